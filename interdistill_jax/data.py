@@ -1,0 +1,297 @@
+"""Readers and writers for corpora, queries, qrels, TREC runs and labels (no JAX).
+
+Every reader fails on malformed input with a `DataError` naming the file, the
+line and the problem, so a user can fix the line instead of guessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+Qrels = dict[str, dict[str, int]]  # qid -> docid -> graded relevance
+Run = dict[str, dict[str, float]]  # qid -> docid -> score
+
+
+class DataError(ValueError):
+  """Malformed input: carries the file, the line number and the reason."""
+
+  def __init__(self, path: str | os.PathLike, line: int | None, problem: str):
+    self.path, self.line, self.problem = str(path), line, problem
+    where = f"{path}:{line}" if line is not None else f"{path}"
+    super().__init__(f"{where}: {problem}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+  docid: str
+  title: str
+  text: str
+
+  def full_text(self) -> str:
+    """Title and body joined as BEIR's dense-retrieval evaluation does."""
+    return f"{self.title} {self.text}".strip() if self.title else self.text.strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+  qid: str
+  text: str
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def answers(self) -> list[str]:
+    return list(self.metadata.get("answers", []) or [])
+
+
+def _iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
+      if not isinstance(obj, dict):
+        raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+      yield lineno, obj
+
+
+def _require_str(obj: dict, key: str, path, lineno: int, *, allow_empty=False) -> str:
+  if key not in obj:
+    raise DataError(path, lineno, f"missing field {key!r}")
+  value = obj[key]
+  if isinstance(value, int) and not isinstance(value, bool):
+    value = str(value)
+  if not isinstance(value, str):
+    raise DataError(path, lineno, f"field {key!r} must be a string, got {type(value).__name__}")
+  if not allow_empty and not value.strip():
+    raise DataError(path, lineno, f"field {key!r} is empty")
+  return value
+
+
+def _check_unique(seen: set, key: str, path, lineno: int, what: str):
+  if key in seen:
+    raise DataError(path, lineno, f"duplicate {what} {key!r}")
+  seen.add(key)
+
+
+def load_corpus(path: str | os.PathLike) -> dict[str, Document]:
+  """BEIR `corpus.jsonl` (`_id`, `title`, `text`) or a DPR TSV (`id text title`)."""
+  if str(path).endswith((".tsv", ".tsv.gz")):
+    return load_dpr_tsv(path)
+  corpus: dict[str, Document] = {}
+  for lineno, obj in _iter_jsonl(path):
+    docid = _require_str(obj, "_id", path, lineno)
+    text = _require_str(obj, "text", path, lineno, allow_empty=True)
+    title = obj.get("title", "") or ""
+    if not isinstance(title, str):
+      raise DataError(path, lineno, "field 'title' must be a string")
+    if docid in corpus:
+      raise DataError(path, lineno, f"duplicate document id {docid!r}")
+    corpus[docid] = Document(docid, title, text)
+  if not corpus:
+    raise DataError(path, None, "no documents")
+  return corpus
+
+
+def load_dpr_tsv(path: str | os.PathLike) -> dict[str, Document]:
+  """DPR passage TSV: header `id<TAB>text<TAB>title`, one passage per line."""
+  import gzip
+
+  opener = gzip.open if str(path).endswith(".gz") else open
+  corpus: dict[str, Document] = {}
+  with opener(path, "rt", encoding="utf-8", newline="") as f:
+    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
+    header = next(reader, None)
+    if header is None:
+      raise DataError(path, 1, "empty file")
+    if [h.strip().lower() for h in header[:3]] != ["id", "text", "title"]:
+      raise DataError(path, 1, f"expected header 'id<TAB>text<TAB>title', got {header!r}")
+    for row in reader:
+      lineno = reader.line_num
+      if len(row) != 3:
+        raise DataError(path, lineno, f"expected 3 tab-separated fields, got {len(row)}")
+      docid, text, title = row
+      if not docid.strip():
+        raise DataError(path, lineno, "empty passage id")
+      if docid in corpus:
+        raise DataError(path, lineno, f"duplicate document id {docid!r}")
+      corpus[docid] = Document(docid, title, text)
+  return corpus
+
+
+def load_queries(path: str | os.PathLike) -> dict[str, Query]:
+  """BEIR `queries.jsonl` (`_id`, `text`, optional `metadata.answers`)."""
+  queries: dict[str, Query] = {}
+  for lineno, obj in _iter_jsonl(path):
+    qid = _require_str(obj, "_id", path, lineno)
+    text = _require_str(obj, "text", path, lineno)
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+      raise DataError(path, lineno, "field 'metadata' must be an object")
+    answers = metadata.get("answers")
+    if answers is not None and (
+        not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)):
+      raise DataError(path, lineno, "metadata.answers must be a list of strings")
+    if qid in queries:
+      raise DataError(path, lineno, f"duplicate query id {qid!r}")
+    queries[qid] = Query(qid, text, metadata)
+  return queries
+
+
+def load_qrels(path: str | os.PathLike) -> Qrels:
+  """BEIR qrels TSV (header `query-id corpus-id score`) or TREC qrels (`qid 0 docid rel`)."""
+  qrels: Qrels = {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      parts = line.split("\t") if "\t" in line else line.split()
+      parts = [p.strip() for p in parts]
+      if lineno == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):
+        continue
+      if len(parts) == 3:
+        qid, docid, rel = parts
+      elif len(parts) == 4:
+        qid, _, docid, rel = parts
+      else:
+        raise DataError(path, lineno, f"expected 3 (BEIR) or 4 (TREC) fields, got {len(parts)}")
+      try:
+        relevance = int(float(rel))
+      except ValueError:
+        raise DataError(path, lineno, f"relevance {rel!r} is not a number") from None
+      qrels.setdefault(qid, {})[docid] = relevance
+  return qrels
+
+
+def read_trec_run(path: str | os.PathLike) -> Run:
+  """TREC run: `qid Q0 docid rank score tag` per line."""
+  run: Run = {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      parts = line.split()
+      if len(parts) != 6:
+        raise DataError(path, lineno, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}")
+      qid, _, docid, rank, score, _ = parts
+      try:
+        int(rank)
+        value = float(score)
+      except ValueError:
+        raise DataError(path, lineno, f"rank {rank!r} or score {score!r} is not a number") from None
+      docs = run.setdefault(qid, {})
+      if docid in docs:
+        raise DataError(path, lineno, f"document {docid!r} appears twice for query {qid!r}")
+      docs[docid] = value
+  return run
+
+
+def ranked(docs: Mapping[str, float]) -> list[str]:
+  """Docids best first; ties by docid descending, as trec_eval orders them."""
+  return sorted(docs, key=lambda d: (docs[d], d), reverse=True)
+
+
+def write_trec_run(path: str | os.PathLike, run: Run, tag: str) -> None:
+  """Writes a TREC run atomically (a crash never leaves half a file)."""
+  lines = []
+  for qid in run:
+    for rank, docid in enumerate(ranked(run[qid]), start=1):
+      lines.append(f"{qid} Q0 {docid} {rank} {run[qid][docid]:.6f} {tag}\n")
+  atomic_write_text(path, "".join(lines))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  return [obj for _, obj in _iter_jsonl(path)]
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
+  os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+  with open(path, "a", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def load_labels(path: str | os.PathLike) -> list[dict]:
+  """`labels.jsonl` records, each checked against the artifact contract."""
+  labels = []
+  seen: set[str] = set()
+  for lineno, obj in _iter_jsonl(path):
+    qid = _require_str(obj, "qid", path, lineno)
+    _check_unique(seen, qid, path, lineno, "query id")
+    docids, ranking = obj.get("docids"), obj.get("ranking")
+    if not isinstance(docids, list) or not isinstance(ranking, list):
+      raise DataError(path, lineno, "'docids' and 'ranking' must be lists")
+    if sorted(map(str, docids)) != sorted(map(str, ranking)) or len(set(docids)) != len(docids):
+      raise DataError(path, lineno, "'ranking' is not a permutation of 'docids'")
+    prefix = obj.get("ranked_prefix", len(ranking))
+    if not isinstance(prefix, int) or not 0 <= prefix <= len(ranking):
+      raise DataError(path, lineno, f"'ranked_prefix' must be an int in [0, {len(ranking)}]")
+    labels.append(obj)
+  return labels
+
+
+@dataclasses.dataclass
+class Dataset:
+  """A BEIR-layout directory: corpus, queries and the qrels of each split present."""
+
+  root: str
+  corpus: dict[str, Document]
+  queries: dict[str, Query]
+
+  def qrels(self, split: str) -> Qrels:
+    path = os.path.join(self.root, "qrels", f"{split}.tsv")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: no qrels for split {split!r}")
+    return load_qrels(path)
+
+  def has_split(self, split: str) -> bool:
+    return os.path.exists(os.path.join(self.root, "qrels", f"{split}.tsv"))
+
+  def split_queries(self, split: str) -> dict[str, Query]:
+    """Queries of a split: those with qrels in it, in file order."""
+    qrels = self.qrels(split)
+    missing = [qid for qid in qrels if qid not in self.queries]
+    if missing:
+      raise DataError(os.path.join(self.root, "qrels", f"{split}.tsv"), None,
+                      f"{len(missing)} query ids not in queries.jsonl, e.g. {missing[0]!r}")
+    return {qid: q for qid, q in self.queries.items() if qid in qrels}
+
+
+def load_beir(root: str | os.PathLike, corpus_file: str = "corpus.jsonl") -> Dataset:
+  root = os.fspath(root)
+  corpus_path = corpus_file if os.path.isabs(corpus_file) else os.path.join(root, corpus_file)
+  for p in (corpus_path, os.path.join(root, "queries.jsonl")):
+    if not os.path.exists(p):
+      raise FileNotFoundError(f"{p} not found: expected a BEIR-layout directory "
+                              "(corpus.jsonl, queries.jsonl, qrels/{split}.tsv)")
+  return Dataset(root, load_corpus(corpus_path), load_queries(os.path.join(root, "queries.jsonl")))

@@ -1,0 +1,57 @@
+"""Entrypoint: `python -m interdistill_jax.main --config=configs/<x>.py [--config.a.b=v] [--workdir=DIR]`.
+
+Flags, then one call: `config.task` names a function `run(config, workdir)` in the table below.
+"""
+
+import importlib
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory; default runs/<config name>.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False,
+                               "Call jax.distributed.initialize() (multi-host TPU/GPU, launch/*.sh).")
+
+# Task name -> "module:function"; modules are imported only when their task runs.
+TASKS = {
+    "retrieve": "interdistill_jax.retrieval:run",
+    "label": "interdistill_jax.labeling:run",
+    "train_ranker": "interdistill_jax.train:run_train_ranker",
+    "distill": "interdistill_jax.train:run_distill",
+    "evaluate": "interdistill_jax.evaluate:run",
+    "export": "interdistill_jax.hf_export:run",
+    "pipeline": "interdistill_jax.pipeline:run",
+}
+
+
+def resolve_task(name: str):
+  if name not in TASKS:
+    raise app.UsageError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+  module, fn = TASKS[name].split(":")
+  return getattr(importlib.import_module(module), fn)
+
+
+def default_workdir(config_path: str) -> str:
+  return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _MULTIHOST.value:
+    import jax
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+  logging.info("task=%s workdir=%s", config.task, workdir)
+  resolve_task(config.task)(config, workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

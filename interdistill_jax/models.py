@@ -1,0 +1,304 @@
+"""Flax NNX BERT, the dual-encoder retriever and the cross-encoder ranker.
+
+Weights load from Hugging Face safetensors through one explicit name table
+(`hf_name_table`), the single place that knows how BERT names map onto ours; the
+exporter uses the same table in reverse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from interdistill_jax import assets
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  vocab_size: int = 30522
+  hidden_size: int = 384
+  num_hidden_layers: int = 6
+  num_attention_heads: int = 12
+  intermediate_size: int = 1536
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  hidden_act: str = "gelu"
+
+  @classmethod
+  def from_json(cls, path: str | os.PathLike) -> "BertConfig":
+    with open(path) as f:
+      raw = json.load(f)
+    if raw.get("model_type", "bert") not in ("bert",):
+      raise ValueError(f"{path}: model_type {raw.get('model_type')!r} is not BERT")
+    if raw.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError(f"{path}: only absolute position embeddings are supported")
+    if raw.get("hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+      raise ValueError(f"{path}: unsupported hidden_act {raw.get('hidden_act')!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in raw.items() if k in fields})
+
+  def to_hf_dict(self) -> dict:
+    return dict(dataclasses.asdict(self), model_type="bert", architectures=["BertModel"],
+                position_embedding_type="absolute", pad_token_id=0, initializer_range=0.02)
+
+
+def _dropout(x, rate: float, rng):
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _split(rng, n):
+  return (None,) * n if rng is None else tuple(jax.random.split(rng, n))
+
+
+class BertLayer(nnx.Module):
+  """Post-LayerNorm transformer block, as in BERT."""
+
+  def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    dense = lambda a, b: nnx.Linear(a, b, dtype=dtype, rngs=rngs)  # noqa: E731
+    self.query, self.key, self.value = dense(h, h), dense(h, h), dense(h, h)
+    self.attn_out = dense(h, h)
+    self.attn_norm = nnx.LayerNorm(h, epsilon=cfg.layer_norm_eps, rngs=rngs)
+    self.ffn_in = dense(h, i)
+    self.ffn_out = dense(i, h)
+    self.ffn_norm = nnx.LayerNorm(h, epsilon=cfg.layer_norm_eps, rngs=rngs)
+    self.num_heads = cfg.num_attention_heads
+    self.approximate_gelu = cfg.hidden_act != "gelu"
+    self.hidden_dropout = cfg.hidden_dropout_prob
+    self.attn_dropout = cfg.attention_probs_dropout_prob
+
+  def __call__(self, x, bias, dropout_rng=None):
+    """x: [B, T, H]; bias: [B, 1, 1, T] additive attention mask."""
+    b, t, h = x.shape
+    heads = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # noqa: E731
+    q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+    r_attn, r_out, r_ffn = _split(dropout_rng, 3)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(h // self.num_heads)
+    probs = jax.nn.softmax(logits.astype(jnp.float32) + bias, axis=-1).astype(x.dtype)
+    probs = _dropout(probs, self.attn_dropout, r_attn)
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, h)
+    x = self.attn_norm(x + _dropout(self.attn_out(ctx), self.hidden_dropout, r_out))
+    ffn = self.ffn_out(jax.nn.gelu(self.ffn_in(x), approximate=self.approximate_gelu))
+    return self.ffn_norm(x + _dropout(ffn, self.hidden_dropout, r_ffn))
+
+
+class Bert(nnx.Module):
+  """BERT encoder: token ids -> contextual token states [B, T, H]."""
+
+  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = dtype
+    h = cfg.hidden_size
+    self.word_emb = nnx.Embed(cfg.vocab_size, h, rngs=rngs)
+    self.pos_emb = nnx.Embed(cfg.max_position_embeddings, h, rngs=rngs)
+    self.type_emb = nnx.Embed(cfg.type_vocab_size, h, rngs=rngs)
+    self.emb_norm = nnx.LayerNorm(h, epsilon=cfg.layer_norm_eps, rngs=rngs)
+    self.layers = nnx.List([BertLayer(cfg, dtype=dtype, rngs=rngs)
+                            for _ in range(cfg.num_hidden_layers)])
+
+  def __call__(self, input_ids, token_type_ids, attention_mask, dropout_rng=None):
+    """input_ids, token_type_ids, attention_mask: [B, T] int -> [B, T, H]."""
+    t = input_ids.shape[1]
+    x = self.word_emb(input_ids) + self.pos_emb(jnp.arange(t)[None]) + self.type_emb(token_type_ids)
+    rngs = _split(dropout_rng, len(self.layers) + 1)
+    x = _dropout(self.emb_norm(x), self.cfg.hidden_dropout_prob, rngs[0]).astype(self.dtype)
+    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+    for layer, r in zip(self.layers, rngs[1:]):
+      x = layer(x, bias, r)
+    return x
+
+
+def pool(hidden, attention_mask, mode: str, normalize: bool):
+  """hidden: [B, T, H], attention_mask: [B, T] -> [B, H] float32."""
+  hidden = hidden.astype(jnp.float32)
+  if mode == "mean":
+    m = attention_mask.astype(jnp.float32)[..., None]
+    out = (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
+  elif mode == "cls":
+    out = hidden[:, 0]
+  else:
+    raise ValueError(f"unknown pooling {mode!r}; expected 'mean' or 'cls'")
+  if normalize:
+    out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+  return out
+
+
+class DualEncoder(nnx.Module):
+  """Retriever: query and passage towers (shared by default), pooled embeddings."""
+
+  def __init__(self, cfg: BertConfig, *, pooling="mean", normalize=True, shared=True,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    self.query_tower = Bert(cfg, dtype=dtype, rngs=rngs)
+    self.doc_tower = self.query_tower if shared else Bert(cfg, dtype=dtype, rngs=rngs)
+    self.shared = shared
+    self.pooling = pooling
+    self.normalize = normalize
+
+  def encode(self, input_ids, token_type_ids, attention_mask, *, tower="doc", dropout_rng=None):
+    """[B, T] ints -> [B, H] float32 embeddings."""
+    bert = self.doc_tower if tower == "doc" else self.query_tower
+    hidden = bert(input_ids, token_type_ids, attention_mask, dropout_rng)
+    return pool(hidden, attention_mask, self.pooling, self.normalize)
+
+
+class CrossEncoder(nnx.Module):
+  """Ranker: `[CLS] q [SEP] p [SEP]` -> scalar, as BertForSequenceClassification (1 label)."""
+
+  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.bert = Bert(cfg, dtype=dtype, rngs=rngs)
+    self.pooler = nnx.Linear(cfg.hidden_size, cfg.hidden_size, rngs=rngs)
+    self.classifier = nnx.Linear(cfg.hidden_size, 1, rngs=rngs,
+                                 kernel_init=nnx.initializers.normal(0.02),
+                                 bias_init=nnx.initializers.zeros)
+    self.dropout = cfg.hidden_dropout_prob
+
+  def __call__(self, input_ids, token_type_ids, attention_mask, dropout_rng=None):
+    """[B, T] ints -> [B] float32 scores."""
+    r_bert, r_head = _split(dropout_rng, 2)
+    hidden = self.bert(input_ids, token_type_ids, attention_mask, r_bert)
+    pooled = jnp.tanh(self.pooler(hidden[:, 0].astype(jnp.float32)))
+    return self.classifier(_dropout(pooled, self.dropout, r_head))[:, 0]
+
+
+# --- Hugging Face weights -------------------------------------------------------------------
+
+def hf_name_table(cfg: BertConfig) -> list[tuple[str, tuple, bool]]:
+  """(HF BertModel name, path in our `Bert`, transpose?) for every weight.
+
+  Torch `Linear.weight` is [out, in]; our kernels are [in, out], hence the transposes.
+  """
+  table = [
+      ("embeddings.word_embeddings.weight", ("word_emb", "embedding"), False),
+      ("embeddings.position_embeddings.weight", ("pos_emb", "embedding"), False),
+      ("embeddings.token_type_embeddings.weight", ("type_emb", "embedding"), False),
+      ("embeddings.LayerNorm.weight", ("emb_norm", "scale"), False),
+      ("embeddings.LayerNorm.bias", ("emb_norm", "bias"), False),
+  ]
+  per_layer = [
+      ("attention.self.query", "query"), ("attention.self.key", "key"),
+      ("attention.self.value", "value"), ("attention.output.dense", "attn_out"),
+      ("intermediate.dense", "ffn_in"), ("output.dense", "ffn_out"),
+  ]
+  norms = [("attention.output.LayerNorm", "attn_norm"), ("output.LayerNorm", "ffn_norm")]
+  for i in range(cfg.num_hidden_layers):
+    for hf, ours in per_layer:
+      table.append((f"encoder.layer.{i}.{hf}.weight", ("layers", i, ours, "kernel"), True))
+      table.append((f"encoder.layer.{i}.{hf}.bias", ("layers", i, ours, "bias"), False))
+    for hf, ours in norms:
+      table.append((f"encoder.layer.{i}.{hf}.weight", ("layers", i, ours, "scale"), False))
+      table.append((f"encoder.layer.{i}.{hf}.bias", ("layers", i, ours, "bias"), False))
+  return table
+
+
+def _get_path(module, path):
+  node = module
+  for p in path:
+    node = node[p] if isinstance(p, int) else getattr(node, p)
+  return node
+
+
+def load_bert_weights(bert: Bert, tensors: dict[str, np.ndarray], *, prefix: str | None = None,
+                      source: str = "") -> None:
+  """Copies HF BERT tensors into `bert` by the name table; every name must be present."""
+  if prefix is None:
+    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
+  for hf_name, path, transpose in hf_name_table(bert.cfg):
+    name = prefix + hf_name
+    if name not in tensors:
+      raise KeyError(f"{source}: weight {name!r} missing from the checkpoint")
+    value = np.asarray(tensors[name], np.float32)
+    if transpose:
+      value = value.T
+    param = _get_path(bert, path)
+    if param.value.shape != value.shape:
+      raise ValueError(f"{source}: {name} has shape {value.shape}, expected {param.value.shape}")
+    param.value = jnp.asarray(value)
+
+
+def read_safetensors(directory: str) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file
+  path = os.path.join(directory, "model.safetensors")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found (only safetensors checkpoints are supported)")
+  return load_file(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """A resolved Hugging Face model directory and what its files say."""
+
+  dir: str
+  config: BertConfig
+  pooling: str        # "mean" or "cls" (sentence-transformers 1_Pooling), default "cls".
+  normalize: bool     # whether sentence-transformers appends a Normalize module.
+
+
+def resolve_checkpoint(init: str) -> Checkpoint:
+  """`init`: "" (packaged all-MiniLM-L6-v2), a local HF directory, or a Hub id."""
+  directory = assets.model_dir(init)
+  cfg = BertConfig.from_json(os.path.join(directory, "config.json"))
+  pooling, normalize = "cls", False
+  pooling_cfg = os.path.join(directory, "1_Pooling", "config.json")
+  if os.path.exists(pooling_cfg):
+    with open(pooling_cfg) as f:
+      p = json.load(f)
+    if p.get("pooling_mode_mean_tokens"):
+      pooling = "mean"
+    elif p.get("pooling_mode_cls_token"):
+      pooling = "cls"
+    else:
+      raise ValueError(f"{pooling_cfg}: only mean or CLS pooling is supported")
+  modules = os.path.join(directory, "modules.json")
+  if os.path.exists(modules):
+    with open(modules) as f:
+      normalize = any(m.get("type", "").endswith("Normalize") for m in json.load(f))
+  return Checkpoint(directory, cfg, pooling, normalize)
+
+
+def _dtype(name: str):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def load_dual_encoder(model_config, *, shared: bool = True, seed: int = 0) -> tuple[DualEncoder, Checkpoint]:
+  """Builds a DualEncoder from `config.model` and loads its weights."""
+  ckpt = resolve_checkpoint(model_config.init)
+  pooling = model_config.pooling or ckpt.pooling
+  normalize = ckpt.normalize if model_config.normalize < 0 else bool(model_config.normalize)
+  model = DualEncoder(ckpt.config, pooling=pooling, normalize=normalize, shared=shared,
+                      dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed))
+  tensors = read_safetensors(ckpt.dir)
+  load_bert_weights(model.query_tower, tensors, source=ckpt.dir)
+  if not shared:
+    load_bert_weights(model.doc_tower, tensors, source=ckpt.dir)
+  logging.info("Loaded %s (pooling=%s, normalize=%s, dtype=%s)", ckpt.dir, pooling, normalize,
+               model_config.dtype)
+  return model, ckpt
+
+
+def load_cross_encoder(model_config, *, seed: int = 0) -> tuple[CrossEncoder, Checkpoint]:
+  """A CrossEncoder from an HF BERT (head from `pooler`/`classifier` when present)."""
+  ckpt = resolve_checkpoint(model_config.init)
+  model = CrossEncoder(ckpt.config, dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed))
+  tensors = read_safetensors(ckpt.dir)
+  load_bert_weights(model.bert, tensors, source=ckpt.dir)
+  prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
+  if prefix + "pooler.dense.weight" in tensors:
+    model.pooler.kernel.value = jnp.asarray(tensors[prefix + "pooler.dense.weight"].T)
+    model.pooler.bias.value = jnp.asarray(tensors[prefix + "pooler.dense.bias"])
+  if "classifier.weight" in tensors and tensors["classifier.weight"].shape[0] == 1:
+    model.classifier.kernel.value = jnp.asarray(tensors["classifier.weight"].T)
+    model.classifier.bias.value = jnp.asarray(tensors["classifier.bias"])
+  return model, ckpt

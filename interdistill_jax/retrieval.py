@@ -1,0 +1,223 @@
+"""Corpus encoding (cached), exact sharded search, and task `retrieve`."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from interdistill_jax import data as data_lib
+from interdistill_jax import assets, models, sharding, tokenization
+
+
+class Encoder:
+  """A dual encoder ready to embed texts on the mesh, one compiled shape per bucket."""
+
+  def __init__(self, model: models.DualEncoder, tokenizer: tokenization.Tokenizer, *,
+               encode_config, model_config, mesh=None, model_id: str = ""):
+    self.mesh = mesh or sharding.make_mesh()
+    self.tokenizer = tokenizer
+    self.batch_size = sharding.round_up(encode_config.batch_size,
+                                        sharding.global_batch_multiple(self.mesh))
+    self.buckets = tuple(sorted(encode_config.buckets))
+    self.max_query_length = model_config.max_query_length
+    self.max_doc_length = model_config.max_doc_length
+    self.model_id = model_id
+    graphdef, state = nnx.split(model)
+    self._state = sharding.put_replicated(state, self.mesh)
+    out = sharding.batch_sharding(self.mesh)
+
+    @functools.partial(jax.jit, static_argnames="tower", out_shardings=out)
+    def encode(state, ids, types, mask, tower):
+      return nnx.merge(graphdef, state).encode(ids, types, mask, tower=tower)
+
+    self._encode = encode
+
+  @classmethod
+  def from_config(cls, config, *, mesh=None) -> "Encoder":
+    model, ckpt = models.load_dual_encoder(config.model, seed=config.seed)
+    return cls(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
+               model_config=config.model, mesh=mesh, model_id=_weights_id(ckpt.dir, config.model))
+
+  def encode(self, texts: Sequence[str], *, tower: str, desc: str | None = None) -> np.ndarray:
+    """texts -> [N, H] float32 embeddings, in input order."""
+    max_len = self.max_query_length if tower == "query" else self.max_doc_length
+    seqs = self.tokenizer.encode(texts, max_len)
+    buckets = [b for b in self.buckets if b < max_len] + [max_len]
+    out = None
+    batches = tokenization.bucketed_batches(seqs, self.batch_size, buckets, self.tokenizer.pad_id)
+    total = tokenization.num_batches(len(seqs), self.batch_size)
+    for batch in tqdm(batches, total=total, desc=desc or f"encode {tower}s", unit="batch",
+                      disable=desc is None and total < 5):
+      arrays = sharding.put_batch((batch.input_ids, batch.token_type_ids, batch.attention_mask),
+                                  self.mesh)
+      emb = np.asarray(sharding.to_host(self._encode(self._state, *arrays, tower=tower)))
+      if out is None:
+        out = np.zeros((len(seqs), emb.shape[-1]), np.float32)
+      valid = batch.index >= 0
+      out[batch.index[valid]] = emb[valid]
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+  def encode_corpus(self, corpus: Mapping[str, data_lib.Document], cache_dir: str | None,
+                    corpus_id: str) -> tuple[list[str], np.ndarray]:
+    """(docids, [N, H] embeddings), read from the cache when this model already encoded it."""
+    docids = list(corpus)
+    path = None
+    if cache_dir:
+      key = hashlib.sha256(f"{self.model_id}|{corpus_id}|{self.max_doc_length}".encode())
+      path = os.path.join(cache_dir, f"corpus-{key.hexdigest()[:16]}.npy")
+      if os.path.exists(path):
+        emb = np.load(path)
+        if emb.shape[0] == len(docids):
+          logging.info("Corpus embeddings from cache %s", path)
+          return docids, emb
+        logging.warning("Ignoring stale embedding cache %s (%d rows for %d docs)", path,
+                        emb.shape[0], len(docids))
+    emb = self.encode([corpus[d].full_text() for d in docids], tower="doc", desc="encode corpus")
+    if path and jax.process_index() == 0:
+      os.makedirs(cache_dir, exist_ok=True)
+      tmp = path + ".tmp.npy"
+      np.save(tmp, emb)
+      os.replace(tmp, path)
+      data_lib.write_json(path[:-4] + ".json", {"model": self.model_id, "corpus": corpus_id,
+                                                "num_docs": len(docids), "dim": int(emb.shape[1])})
+    return docids, emb
+
+
+def _weights_id(directory: str, model_config) -> str:
+  """Identifies a checkpoint's weights and everything that changes its embeddings."""
+  st = os.stat(os.path.join(directory, "model.safetensors"))
+  return (f"{os.path.realpath(directory)}|{st.st_size}|{int(st.st_mtime)}|"
+          f"{model_config.pooling}|{model_config.normalize}|{model_config.dtype}")
+
+
+def corpus_id(path: str) -> str:
+  st = os.stat(path)
+  return f"{os.path.realpath(path)}|{st.st_size}|{int(st.st_mtime)}"
+
+
+# --- exact search ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _search_fn(mesh, k: int, block: int):
+  """Per-device running top-k over corpus blocks, then a merge across devices."""
+
+  def local(q, d, valid):
+    # q: [Q, H] replicated; d: [N_local, H] and valid: [N_local], this device's rows.
+    n_local, h = d.shape
+    num_blocks = n_local // block
+    base = jax.lax.axis_index(sharding.DATA_AXIS) * n_local
+
+    def body(carry, xs):
+      best_s, best_i = carry
+      d_blk, v_blk, b = xs
+      s = jnp.where(v_blk[None, :], q @ d_blk.T, -jnp.inf)
+      idx = jnp.broadcast_to(base + b * block + jnp.arange(block), s.shape)
+      # Earlier (lower-index) entries come first, so ties keep the lower index.
+      top_s, pos = jax.lax.top_k(jnp.concatenate([best_s, s], 1), k)
+      return (top_s, jnp.take_along_axis(jnp.concatenate([best_i, idx], 1), pos, 1)), None
+
+    init = (jnp.full((q.shape[0], k), -jnp.inf, jnp.float32), jnp.full((q.shape[0], k), -1))
+    # The running top-k differs per device: mark it as varying over the mesh axis.
+    init = jax.lax.pcast(init, (sharding.DATA_AXIS,), to="varying")
+    xs = (d.reshape(num_blocks, block, h), valid.reshape(num_blocks, block), jnp.arange(num_blocks))
+    (s, i), _ = jax.lax.scan(body, init, xs)
+    return s[None], i[None]
+
+  shard = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS), P(sharding.DATA_AXIS)),
+                        out_specs=(P(sharding.DATA_AXIS), P(sharding.DATA_AXIS)))
+
+  @jax.jit
+  def search(q, d, valid):
+    s, i = shard(q, d, valid)  # [devices, Q, k], devices in corpus order.
+    s = jnp.moveaxis(s, 0, 1).reshape(q.shape[0], -1)
+    i = jnp.moveaxis(i, 0, 1).reshape(q.shape[0], -1)
+    top_s, pos = jax.lax.top_k(s, k)
+    return top_s, jnp.take_along_axis(i, pos, 1)
+
+  return search
+
+
+class ExactIndex:
+  """Exact inner-product search over embeddings sharded by rows across the mesh."""
+
+  def __init__(self, doc_emb: np.ndarray, *, mesh=None, block_size: int = 2048):
+    self.mesh = mesh or sharding.make_mesh()
+    self.num_docs = doc_emb.shape[0]
+    ndev = self.mesh.devices.size
+    self.block = min(block_size, sharding.round_up(max(1, -(-self.num_docs // ndev)), 8))
+    rows = sharding.round_up(self.num_docs, ndev * self.block)
+    padded = np.zeros((rows, doc_emb.shape[1]), np.float32)
+    padded[:self.num_docs] = doc_emb
+    valid = np.arange(rows) < self.num_docs
+    spec = sharding.batch_sharding(self.mesh)
+    self._docs = jax.device_put(padded, spec)
+    self._valid = jax.device_put(valid, spec)
+
+  def search(self, query_emb: np.ndarray, k: int, query_block: int = 1024):
+    """query_emb: [Q, H] -> (scores [Q, k], doc indices [Q, k]), best first."""
+    k = min(k, self.num_docs)
+    fn = _search_fn(self.mesh, k, self.block)
+    scores, indices = [], []
+    for start in range(0, len(query_emb), query_block):
+      q = query_emb[start:start + query_block]
+      n = len(q)
+      q = np.pad(q, ((0, query_block - n), (0, 0))) if len(query_emb) > query_block else q
+      s, i = fn(sharding.put_replicated(q, self.mesh), self._docs, self._valid)
+      scores.append(np.asarray(s)[:n])
+      indices.append(np.asarray(i)[:n])
+    return np.concatenate(scores), np.concatenate(indices)
+
+
+def search_run(index: ExactIndex, docids: Sequence[str], qids: Sequence[str],
+               query_emb: np.ndarray, k: int) -> data_lib.Run:
+  scores, indices = index.search(query_emb, k)
+  return {qid: {docids[j]: float(s) for s, j in zip(scores[r], indices[r])}
+          for r, qid in enumerate(qids)}
+
+
+# --- task `retrieve` ------------------------------------------------------------------------
+
+def load_dataset(config) -> data_lib.Dataset:
+  return data_lib.load_beir(assets.ensure_dataset(config.data), config.data.corpus_file)
+
+
+def corpus_path(config, dataset: data_lib.Dataset) -> str:
+  f = config.data.corpus_file
+  return f if os.path.isabs(f) else os.path.join(dataset.root, f)
+
+
+def retrieve(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset, split: str,
+             k: int) -> data_lib.Run:
+  """Top-k run of the encoder for the queries of `split` (corpus embeddings cached)."""
+  cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
+  docids, doc_emb = encoder.encode_corpus(dataset.corpus, cache, corpus_id(corpus_path(config, dataset)))
+  queries = dataset.split_queries(split)
+  q_emb = encoder.encode([q.text for q in queries.values()], tower="query", desc=f"encode {split} queries")
+  index = ExactIndex(doc_emb, mesh=encoder.mesh, block_size=config.retrieve.block_size)
+  return search_run(index, docids, list(queries), q_emb, k)
+
+
+def run(config, workdir: str) -> None:
+  """Task `retrieve`: writes `candidates/{split}.trec` for each split that has qrels."""
+  dataset = load_dataset(config)
+  encoder = Encoder.from_config(config)
+  for split in config.retrieve.splits:
+    if not dataset.has_split(split):
+      logging.warning("No qrels/%s.tsv in %s: skipping split %s", split, dataset.root, split)
+      continue
+    out = os.path.join(workdir, "candidates", f"{split}.trec")
+    result = retrieve(config, workdir, encoder, dataset, split, config.retrieve.k)
+    if jax.process_index() == 0:
+      data_lib.write_trec_run(out, result, tag="initial")
+      logging.info("Wrote %s (%d queries, top %d)", out, len(result), config.retrieve.k)

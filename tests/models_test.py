@@ -1,0 +1,82 @@
+"""The Flax BERT against PyTorch transformers on the same weights."""
+
+import json
+
+import numpy as np
+import pytest
+
+from interdistill_jax import assets, defaults, models, retrieval, sharding, tokenization
+from tests.conftest import run_reference
+
+TEXTS = [
+    "0-dimensional biomaterials show inductive properties.",
+    "A short one.",
+    "Alterations of the architecture of cerebral white matter in the developing human brain can "
+    "affect cortical development and result in functional disabilities. " * 12,  # > 256 tokens
+    "Café naïve façade — unicode, punctuation!? and numbers 12,345.67",
+    "",
+] + [f"query number {i} about protein folding and gene {i * 7}" for i in range(11)]
+
+_REFERENCE = r"""
+import json, sys, numpy as np, torch
+from transformers import AutoTokenizer, BertModel
+directory, texts_file, max_len = sys.argv[1], sys.argv[2], int(sys.argv[3])
+texts = json.load(open(texts_file))
+tok = AutoTokenizer.from_pretrained(directory)
+model = BertModel.from_pretrained(directory).eval()
+with torch.no_grad():
+  enc = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+  hidden = model(**enc).last_hidden_state
+  m = enc["attention_mask"].unsqueeze(-1).float()
+  emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+  emb = torch.nn.functional.normalize(emb, dim=-1)
+print(json.dumps(emb.numpy().tolist()))
+"""
+
+
+@pytest.fixture(scope="module")
+def encoder():
+  config = defaults.base_config()
+  config.encode.batch_size = 8
+  config.encode.buckets = (16, 64, 128)
+  model, ckpt = models.load_dual_encoder(config.model)
+  return retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
+                           model_config=config.model, mesh=sharding.make_mesh())
+
+
+def test_pooled_embeddings_match_pytorch_bert(encoder, tmp_path):
+  texts_file = tmp_path / "texts.json"
+  texts_file.write_text(json.dumps(TEXTS))
+  ours = encoder.encode(TEXTS, tower="doc")
+  ref = np.asarray(json.loads(run_reference(_REFERENCE, assets.packaged_encoder_dir(),
+                                            str(texts_file), "256")))
+  assert ours.shape == ref.shape == (len(TEXTS), 384)
+  assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_encoding_is_independent_of_batch_and_bucket(encoder):
+  one_by_one = np.concatenate([encoder.encode([t], tower="doc") for t in TEXTS[:4]])
+  together = encoder.encode(TEXTS[:4], tower="doc")
+  np.testing.assert_allclose(one_by_one, together, atol=1e-5)
+
+
+def test_checkpoint_settings_follow_sentence_transformers_files():
+  ckpt = models.resolve_checkpoint("")
+  assert (ckpt.pooling, ckpt.normalize) == ("mean", True)
+  assert ckpt.config.num_hidden_layers == 6 and ckpt.config.hidden_size == 384
+
+
+def test_missing_weight_names_the_checkpoint_and_tensor(tmp_path):
+  tensors = models.read_safetensors(assets.packaged_encoder_dir())
+  del tensors["encoder.layer.3.output.dense.weight"]
+  bert = models.Bert(models.resolve_checkpoint("").config, rngs=models.nnx.Rngs(0))
+  with pytest.raises(KeyError, match="encoder.layer.3.output.dense.weight"):
+    models.load_bert_weights(bert, tensors, source="ckpt-dir")
+
+
+def test_tokenizer_file_padding_and_truncation_are_reset():
+  tok = tokenization.Tokenizer(assets.packaged_encoder_dir())
+  (short,) = tok.encode(["hi"], 256)
+  (long,) = tok.encode(["word " * 400], 256)
+  assert len(short) == 3 and len(long) == 256  # not the file's fixed 128
+  assert long[0] == tok.cls_id and long[-1] == tok.sep_id
