@@ -46,8 +46,11 @@ $(VENV)/.llama: $(VENV)/.done
 test: setup
 	$(PY) -m pytest -q
 
+DEMO_WORKDIR ?= runs/demo
 demo: setup
-	$(PY) -m interdistill_jax.main --config=configs/demo.py --config.data.dir=$(DATA_DIR)
+	$(PY) -m interdistill_jax.main --config=configs/demo.py --config.data.dir=$(DATA_DIR) \
+	  --workdir=$(DEMO_WORKDIR)
+	@cat $(DEMO_WORKDIR)/eval/report.md
 
 bench: setup
 	$(PY) benchmarks/encode.py --data_dir=$(DATA_DIR)

@@ -52,27 +52,111 @@ def eval_config() -> ml_collections.ConfigDict:
       k_values=(1, 3, 5, 10, 100, 1000),
       answer_ks=(1, 5, 20, 100),  # top-k answer accuracy, for query sets with answers.
       depth=1000,              # Documents retrieved per query for evaluation.
+      rerank_depth=100,        # Baseline candidates the trained ranker re-ranks (system "ranker").
   ))
 
 
 def teacher_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      backend="simulated",
-      model="",
-      base_url="",
-      concurrency=8,
+      backend="simulated",     # "openai", "gemini", "llamacpp" or "simulated" (from qrels, not an LLM).
+      model="",                # API model name; GGUF path for llamacpp ("" = packaged SmolLM2-135M).
+      base_url="",             # OpenAI-compatible server (".../v1") or Gemini endpoint; "" = official.
+      api_version="",          # Gemini API version ("" = the SDK's default).
+      mode="listwise",         # "listwise", or "query_likelihood" (llamacpp only: log P(q | passage)).
+      concurrency=8,           # Calls in flight at once.
       rpm=0,                   # Requests per minute; 0 means no limit.
-      max_retries=6,
+      max_retries=6,           # Per call, on 429 / 5xx / timeouts / lost connections.
+      backoff_base=1.0,        # Seconds before the first retry; doubles each retry, with jitter.
+      backoff_max=60.0,
+      max_retry_after=600.0,   # Longest server-requested (Retry-After) wait honoured, seconds.
       temperature=0.0,
-      timeout=60.0,
+      max_output_tokens=0,     # 0 = the server's default (llamacpp: enough for one permutation).
+      timeout=60.0,            # Seconds per call.
+      window=20,               # Passages per listwise call; longer lists use sliding windows.
+      stride=10,               # Window step, back to front; the top (window - stride) are exact.
+      max_passage_tokens=300,  # Each passage cut to this many tokens in the prompt (0 = no cut).
+      tokenizer="",            # tokenizer.json for exact budgets; "" = an estimate (llamacpp: its own).
+      price_input_per_mtok=-1.0,   # USD per million prompt tokens; < 0 uses teachers/pricing.py.
+      price_output_per_mtok=-1.0,  # USD per million completion tokens; < 0 uses the table.
+      n_ctx=0,                 # llamacpp context; 0 = sized for the mode.
+      n_threads=0,             # llamacpp CPU threads; 0 = all cores.
+      sim_noise=0.0,           # simulated: std of Gaussian noise added to relevance grades.
+      sim_position_bias=0.0,   # simulated: score bonus for the first passage shown, 0 for the last.
+      sim_malformed_rate=0.0,  # simulated: fraction of answers that are malformed.
   ))
 
 
 def label_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       split="train",
-      num_candidates=20,
+      num_candidates=20,       # Top candidates of candidates/{split}.trec shown to the teacher.
       max_queries=0,           # 0 labels every query of the split.
+      on_failure="prefix",     # Malformed answer: "prefix" (keep the ranked part), "retry", "drop".
+      reasks=2,                # "retry": re-asks per window before falling back to "prefix".
+  ))
+
+
+def optim_config(learning_rate: float) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      learning_rate=learning_rate,
+      schedule="linear",       # "linear" or "cosine" decay after warmup, or "constant".
+      warmup_fraction=0.1,
+      weight_decay=0.01,
+      max_grad_norm=1.0,
+  ))
+
+
+def ranker_config() -> ml_collections.ConfigDict:
+  model = model_config()
+  return ml_collections.ConfigDict(dict(
+      model=model,             # Cross-encoder init: "" = the packaged MiniLM (new linear head).
+      max_length=256,          # Tokens of "[CLS] query [SEP] passage [SEP]".
+      list_size=20,            # Candidates per query (pads shorter lists).
+      prefix_only=True,        # ListMLE over the teacher-ranked prefix only (after repairs).
+      batch_size=4,            # Queries per step (x list_size pairs).
+      score_batch_size=64,     # Pairs per forward pass when scoring.
+      epochs=2.0,
+      dev_fraction=0.1,        # Slice of the *training* queries for checkpoint selection.
+      eval_every=50,
+      checkpoint_every=50,
+      keep_checkpoints=2,
+      optim=optim_config(3e-5),
+  ))
+
+
+def distill_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      teacher="ranker",        # "ranker" (Intermediate Distillation) or "llm" (ablation: ListMLE
+                               # of the retriever directly on the LLM rankings).
+      candidates="labels",     # "labels" (the ranked lists) or "retrieved" (top list_size of the
+                               # initial retriever for every training query, ranker-scored).
+      list_size=20,
+      towers="query",          # "query": train the query tower only (corpus embeddings reused);
+                               # "both": train the shared tower (corpus re-encoded for eval).
+      teacher_temperature=1.0,
+      student_temperature=0.05,
+      in_batch_weight=0.0,     # Weight of an in-batch contrastive term (teacher top-1 positive).
+      batch_size=32,           # Queries per step.
+      epochs=4.0,
+      dev_fraction=0.1,
+      eval_every=25,
+      checkpoint_every=25,
+      keep_checkpoints=2,
+      optim=optim_config(2e-5),
+  ))
+
+
+def export_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      push_to_hub=False,       # Upload export/ to the Hub (token from the HF_TOKEN environment variable).
+      repo_id_retriever="",    # "owner/name" of the retriever's model repo; "" = not pushed.
+      repo_id_ranker="",       # "owner/name" of the ranker's model repo; "" = not pushed.
+      repo_id_labels="",       # "owner/name" of a data set repo for labels.jsonl; "" = not pushed.
+      private=True,            # New repos are created private; publishing is a deliberate step.
+      push_untrained=False,    # Also push a model exported from initial (untrained) weights.
+      base_model="",           # Model card `base_model`; "" derives it from model.init.
+      datasets=(),             # Model card `datasets`; () uses data.name.
+      license="",              # Model card `license`; "" leaves it out.
   ))
 
 
@@ -86,7 +170,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.retrieve = retrieve_config()
   config.teacher = teacher_config()
   config.label = label_config()
+  config.ranker = ranker_config()
+  config.distill = distill_config()
   config.eval = eval_config()
+  config.export = export_config()
   config.pipeline = ml_collections.ConfigDict(dict(
       stages=("retrieve", "evaluate"),
   ))

@@ -1,8 +1,14 @@
-"""Task `evaluate`: retrieval metrics (and answer accuracy) of each system on held-out queries.
+"""Task `evaluate`: every available system on the held-out queries, compared with the baseline.
 
-Systems: `baseline`, the untrained initial retriever (`config.model.init`). Every system
-gets `eval/{name}.json` (metrics) and `eval/{name}.trec` (its run), and `eval/report.md`
-collects them in one table.
+Systems (each only when its stage has finished in the workdir):
+- `baseline`: the untrained initial retriever (`config.model.init`);
+- `ranker`: the trained cross-encoder re-ranking the baseline's top `eval.rerank_depth`;
+- `distilled`: the retriever distilled from the ranker (`retriever/`);
+- `direct`: the ablation trained on the LLM rankings without the ranker (`retriever_direct/`).
+
+Writes `eval/{system}.json`, `eval/{system}.trec`, `eval/per_query/{system}.json`,
+`eval/compare.json` (paired bootstrap of each system against the baseline) and
+`eval/report.md` with PNG plots.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import jax
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import metrics, retrieval
+from interdistill_jax import metrics, report, retrieval, tokenization
+
+COMPARED = ("ndcg@10", "recall@100", "mrr@10", "top1_acc", "top5_acc", "top20_acc", "top100_acc")
 
 
 def system_result(dataset: data_lib.Dataset, dataset_name: str, split: str, system: str,
@@ -45,30 +53,78 @@ def write_system(workdir: str, result: dict, per_query: dict, run: data_lib.Run)
   data_lib.write_trec_run(os.path.join(out, f"{result['system']}.trec"), run, tag=result["system"])
 
 
-def write_report(workdir: str, results: list[dict]) -> str:
-  """eval/report.md: one row per system, the metrics users quote."""
-  keys = [k for k in ("ndcg@10", "recall@100", "mrr@10", "map@10", "top1_acc", "top5_acc",
-                      "top20_acc", "top100_acc") if any(k in r["metrics"] for r in results)]
-  lines = [f"# Evaluation: {results[0]['dataset']} / {results[0]['split']}", "",
-           "| system | queries | " + " | ".join(keys) + " |",
-           "|---|---|" + "---|" * len(keys)]
-  for r in results:
-    cells = [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "" for k in keys]
-    lines.append(f"| {r['system']} | {r['num_queries']} | " + " | ".join(cells) + " |")
-  text = "\n".join(lines) + "\n"
-  data_lib.atomic_write_text(os.path.join(workdir, "eval", "report.md"), text)
-  return text
+def compare(per_query: dict[str, dict], baseline: str = "baseline", seed: int = 0) -> dict:
+  """Paired bootstrap (95% CI, p-value) of each system against the baseline, per metric."""
+  out = {}
+  for system, values in per_query.items():
+    if system == baseline:
+      continue
+    out[system] = {m: metrics.paired_bootstrap(per_query[baseline][m], values[m], seed=seed)
+                   for m in COMPARED if m in values and m in per_query[baseline]}
+  return out
+
+
+def _rerank(config, workdir, dataset, queries, base_run) -> data_lib.Run:
+  from interdistill_jax import ranker as ranker_lib
+  model, tokenizer = ranker_lib.load_trained_ranker(config, workdir)
+  scorer = ranker_lib.make_scorer(config, model, tokenizer)
+  depth = config.eval.rerank_depth
+  pairs = [(qid, d) for qid in queries for d in data_lib.ranked(base_run[qid])[:depth]]
+  scores = scorer.score([queries[q].text for q, _ in pairs],
+                        [dataset.corpus[d].full_text() for _, d in pairs], desc="ranker re-ranking")
+  run: data_lib.Run = {qid: {} for qid in queries}
+  for (qid, d), s in zip(pairs, scores.tolist()):
+    run[qid][d] = s
+  for qid in queries:  # Below the re-ranked head, the baseline's order continues.
+    floor = min(run[qid].values(), default=0.0)
+    for i, d in enumerate(data_lib.ranked(base_run[qid])[depth:]):
+      run[qid][d] = floor - 1.0 - i
+  return run
+
+
+def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, base_index):
+  from interdistill_jax import distill
+  model, ckpt, info = distill.load_distilled(config, out_dir)
+  encoder = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
+                              model_config=config.model, mesh=base_encoder.mesh,
+                              model_id=f"{os.path.abspath(out_dir)}|step{info['selected_step']}")
+  index = base_index
+  if info["towers"] != "query":  # the passage tower changed: the corpus must be re-encoded
+    cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
+    _, emb = encoder.encode_corpus(dataset.corpus, cache,
+                                   retrieval.corpus_id(retrieval.corpus_path(config, dataset)))
+    index = retrieval.ExactIndex(emb, mesh=encoder.mesh, block_size=config.retrieve.block_size)
+  q = encoder.encode([x.text for x in queries.values()], tower="query")
+  return retrieval.search_run(index, list(dataset.corpus), list(queries), q, config.eval.depth)
 
 
 def run(config, workdir: str) -> None:
-  """Task `evaluate`: writes eval/baseline.json, eval/baseline.trec and eval/report.md."""
+  """Task `evaluate`: eval/*.json, eval/*.trec, eval/compare.json, eval/report.md (+ PNGs)."""
   dataset = retrieval.load_dataset(config)
-  split = config.eval.split
+  split, name = config.eval.split, dataset_name(config, dataset)
+  queries = dataset.split_queries(split)
   encoder = retrieval.Encoder.from_config(config)
-  run_ = retrieval.retrieve(config, workdir, encoder, dataset, split, config.eval.depth)
-  result, per_query = system_result(dataset, dataset_name(config, dataset), split, "baseline",
-                                    run_, config.eval)
+  cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
+  docids, doc_emb = encoder.encode_corpus(dataset.corpus, cache,
+                                          retrieval.corpus_id(retrieval.corpus_path(config, dataset)))
+  index = retrieval.ExactIndex(doc_emb, mesh=encoder.mesh, block_size=config.retrieve.block_size)
+  q = encoder.encode([x.text for x in queries.values()], tower="query", desc=f"encode {split} queries")
+  runs = {"baseline": retrieval.search_run(index, docids, list(queries), q, config.eval.depth)}
+  if os.path.exists(os.path.join(workdir, "ranker", "done.json")):
+    runs["ranker"] = _rerank(config, workdir, dataset, queries, runs["baseline"])
+  for system, sub in (("distilled", "retriever"), ("direct", "retriever_direct")):
+    if os.path.exists(os.path.join(workdir, sub, "done.json")):
+      runs[system] = _distilled_run(config, workdir, os.path.join(workdir, sub), dataset, queries,
+                                    encoder, index)
+  results, per_query = [], {}
+  for system, run_ in runs.items():
+    result, per_query[system] = system_result(dataset, name, split, system, run_, config.eval)
+    results.append(result)
+    if jax.process_index() == 0:
+      write_system(workdir, result, per_query[system], run_)
+  comparison = compare(per_query, seed=config.seed)
   if jax.process_index() == 0:
-    write_system(workdir, result, per_query, run_)
-    report = write_report(workdir, [result])
-    logging.info("%s\n%s", json.dumps(result["metrics"], indent=1), report)
+    data_lib.write_json(os.path.join(workdir, "eval", "compare.json"), comparison)
+    text = report.write(workdir, results, comparison)
+    logging.info("Wrote %s/eval/report.md\n%s", workdir, text)
+  logging.info("%s", json.dumps({r["system"]: r["metrics"].get("ndcg@10") for r in results}))

@@ -17,12 +17,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory; default r
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() (multi-host TPU/GPU, launch/*.sh).")
 
+# Set by launch/local.sh for each process; absent on TPU pods / SLURM, where JAX autodetects them.
+DISTRIBUTED_ENV = ("INTERDISTILL_COORDINATOR", "INTERDISTILL_NUM_PROCESSES", "INTERDISTILL_PROCESS_ID")
+
 # Task name -> "module:function"; modules are imported only when their task runs.
 TASKS = {
     "retrieve": "interdistill_jax.retrieval:run",
     "label": "interdistill_jax.labeling:run",
-    "train_ranker": "interdistill_jax.train:run_train_ranker",
-    "distill": "interdistill_jax.train:run_distill",
+    "train_ranker": "interdistill_jax.ranker:run",
+    "distill": "interdistill_jax.distill:run",
     "evaluate": "interdistill_jax.evaluate:run",
     "export": "interdistill_jax.hf_export:run",
     "pipeline": "interdistill_jax.pipeline:run",
@@ -40,12 +43,24 @@ def default_workdir(config_path: str) -> str:
   return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
 
 
+def distributed_kwargs(environ=os.environ) -> dict:
+  """Arguments of jax.distributed.initialize: from DISTRIBUTED_ENV if set, else {} (autodetect)."""
+  present = [name for name in DISTRIBUTED_ENV if environ.get(name)]
+  if not present:
+    return {}
+  if len(present) != len(DISTRIBUTED_ENV):
+    raise app.UsageError(f"set all of {DISTRIBUTED_ENV} or none; only {present} are set")
+  coordinator, num_processes, process_id = (environ[name] for name in DISTRIBUTED_ENV)
+  return {"coordinator_address": coordinator, "num_processes": int(num_processes),
+          "process_id": int(process_id)}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _MULTIHOST.value:
     import jax
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_kwargs())
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   logging.info("task=%s workdir=%s", config.task, workdir)

@@ -1,0 +1,208 @@
+"""Stage 2, task `distill`: the frozen ranker teaches the dual-encoder retriever.
+
+For each training query both models score the SAME candidate list; the retriever
+minimises KL(P_ranker || P_retriever) between the two softmaxes. No gold labels are used.
+The ranker's scores are computed once and cached (`teacher_scores.npz`), since it is frozen.
+
+With `distill.teacher="llm"` the ranker is skipped and the retriever learns the LLM
+rankings directly with ListMLE: the "no intermediate ranker" ablation.
+
+With `distill.towers="query"` (default) only the query tower trains; passages keep their
+initial embeddings, so the corpus is never re-encoded. `"both"` trains the shared tower.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from interdistill_jax import data as data_lib
+from interdistill_jax import losses, models, ranker as ranker_lib, retrieval, sharding
+from interdistill_jax import tokenization, train
+
+QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
+
+
+def output_dir(config, workdir: str) -> str:
+  return os.path.join(workdir, "retriever" if config.distill.teacher == "ranker" else "retriever_direct")
+
+
+def build_student(config, towers: str) -> tuple[models.DualEncoder, models.Checkpoint, object]:
+  """The retriever to train and the filter of its trainable parameters."""
+  if towers not in ("query", "both"):
+    raise ValueError(f"distill.towers must be 'query' or 'both', got {towers!r}")
+  shared = towers == "both"
+  model, ckpt = models.load_dual_encoder(config.model, shared=shared, seed=config.seed)
+  return model, ckpt, (nnx.Param if shared else QUERY_TOWER)
+
+
+def load_distilled(config, out_dir: str) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
+  """A finished distillation's selected retriever, with its done.json."""
+  info = train.read_done(out_dir)
+  model, ckpt, trainable = build_student(config, info["towers"])
+  step = train.restore_params(model, out_dir, trainable=trainable)
+  logging.info("Retriever from %s (step %d)", out_dir, step)
+  return model, ckpt, info
+
+
+class CandidateLists:
+  """Per training query: query tokens, candidate docids, teacher scores / ranking, fixed shapes."""
+
+  def __init__(self, labels, dataset, tokenizer, *, list_size: int, max_query_length: int,
+               doc_index: dict[str, int], doc_emb: np.ndarray | None, teacher_scores: dict | None,
+               doc_tokens: tuple | None):
+    q, l = len(labels), list_size
+    self.qids = [r["qid"] for r in labels]
+    self.query_ids = np.zeros((q, max_query_length), np.int32)
+    self.query_len = np.zeros((q,), np.int32)
+    for i, ids in enumerate(tokenizer.encode([dataset.queries[x].text for x in self.qids],
+                                             max_query_length)):
+      self.query_ids[i, :len(ids)] = ids
+      self.query_len[i] = len(ids)
+    self.cand = np.zeros((q, l), np.int64)
+    self.mask = np.zeros((q, l), bool)
+    self.teacher = np.zeros((q, l), np.float32)
+    self.ranking = np.zeros((q, l), np.int32)
+    self.prefix = np.zeros((q,), np.int32)
+    for i, r in enumerate(labels):
+      docids = r["docids"][:l]
+      self.cand[i, :len(docids)] = [doc_index[d] for d in docids]
+      self.mask[i, :len(docids)] = True
+      kept, trusted = set(docids), set(r["ranking"][:r.get("ranked_prefix", len(r["ranking"]))])
+      ranking = [d for d in r["ranking"] if d in kept]
+      pos = {d: j for j, d in enumerate(docids)}
+      self.ranking[i, :len(ranking)] = [pos[d] for d in ranking]
+      self.prefix[i] = sum(d in trusted for d in ranking)
+      if teacher_scores is not None:
+        self.teacher[i, :len(docids)] = [teacher_scores[(r["qid"], d)] for d in docids]
+    self.doc_emb = doc_emb
+    self.doc_tokens = doc_tokens  # (ids [N, T], lengths [N]) for towers="both"
+
+  def __len__(self):
+    return len(self.qids)
+
+  def batch(self, idx: np.ndarray) -> dict:
+    rows = np.maximum(idx, 0)
+    valid = idx >= 0
+    t = int(self.query_len[rows].max(initial=1))
+    out = {
+        "query_ids": self.query_ids[rows, :t],
+        "query_mask": (np.arange(t)[None] < self.query_len[rows][:, None]).astype(np.int32),
+        "mask": self.mask[rows] & valid[:, None], "teacher": self.teacher[rows],
+        "ranking": self.ranking[rows], "prefix": self.prefix[rows],
+        "weight": valid.astype(np.float32),
+    }
+    cand = self.cand[rows]
+    if self.doc_emb is not None:
+      out["cand_emb"] = self.doc_emb[cand]
+    else:
+      ids, lengths = self.doc_tokens
+      td = int(lengths[cand].max(initial=1))
+      out["cand_ids"] = ids[cand, :td]
+      out["cand_mask"] = (np.arange(td)[None, None] < lengths[cand][..., None]).astype(np.int32)
+    return out
+
+
+def distill_loss(model: models.DualEncoder, batch: dict, rng, *, section) -> jax.Array:
+  """[B] per-query loss of the retriever against the teacher over its candidate list."""
+  r_q, r_d = (None, None) if rng is None else tuple(jax.random.split(rng))
+  q = model.encode(batch["query_ids"], jnp.zeros_like(batch["query_ids"]), batch["query_mask"],
+                   tower="query", dropout_rng=r_q)
+  if "cand_emb" in batch:
+    cand = batch["cand_emb"]
+  else:
+    b, l, t = batch["cand_ids"].shape
+    ids = batch["cand_ids"].reshape(b * l, t)
+    cand = model.encode(ids, jnp.zeros_like(ids), batch["cand_mask"].reshape(b * l, t),
+                        tower="doc", dropout_rng=r_d).reshape(b, l, -1)
+  scores = losses.scores_from_embeddings(q, cand)
+  if section.teacher == "llm":
+    loss = losses.listmle(scores / section.student_temperature, batch["ranking"], batch["mask"],
+                          batch["prefix"])
+  else:
+    loss = losses.kl_distillation(scores, batch["teacher"], batch["mask"],
+                                  student_temperature=section.student_temperature,
+                                  teacher_temperature=section.teacher_temperature)
+  if section.in_batch_weight:
+    b, l = batch["mask"].shape
+    # Positive: the teacher's best candidate; negatives: every other candidate in the batch.
+    if section.teacher == "llm":
+      best = batch["ranking"][:, 0]
+    else:
+      best = jnp.argmax(jnp.where(batch["mask"], batch["teacher"], -jnp.inf), axis=1)
+    loss = loss + section.in_batch_weight * losses.in_batch_contrastive(
+        q, cand.reshape(b * l, -1), jnp.arange(b) * l + best, section.student_temperature,
+        doc_mask=batch["mask"].reshape(b * l))
+  return loss
+
+
+def teacher_scores(config, workdir: str, dataset, labels) -> dict[tuple[str, str], float]:
+  """The frozen ranker's score of every labelled (query, candidate) pair, cached on disk."""
+  path = os.path.join(workdir, "ranker", "teacher_scores.npz")
+  pairs = [(r["qid"], d) for r in labels for d in r["docids"][:config.distill.list_size]]
+  if os.path.exists(path):
+    cached = np.load(path)
+    have = dict(zip(zip(cached["qids"].tolist(), cached["docids"].tolist()), cached["scores"].tolist()))
+    if all(p in have for p in pairs):
+      logging.info("Ranker scores from cache %s", path)
+      return have
+  model, tokenizer = ranker_lib.load_trained_ranker(config, workdir)
+  scorer = ranker_lib.make_scorer(config, model, tokenizer)
+  scores = scorer.score([dataset.queries[q].text for q, _ in pairs],
+                        [dataset.corpus[d].full_text() for _, d in pairs], desc="ranker scores")
+  if jax.process_index() == 0:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, qids=np.array([q for q, _ in pairs]), docids=np.array([d for _, d in pairs]),
+             scores=scores)
+    os.replace(tmp, path)
+  return dict(zip(pairs, scores.tolist()))
+
+
+def run(config, workdir: str) -> None:
+  """Task `distill`: ranker (or LLM rankings) -> retriever/checkpoints, retriever/metrics.jsonl."""
+  section = config.distill
+  if section.teacher not in ("ranker", "llm"):
+    raise ValueError(f"distill.teacher must be 'ranker' or 'llm', got {section.teacher!r}")
+  dataset = retrieval.load_dataset(config)
+  labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
+  scores = teacher_scores(config, workdir, dataset, labels) if section.teacher == "ranker" else None
+  model, ckpt, trainable = build_student(config, section.towers)
+  tokenizer = tokenization.Tokenizer(ckpt.dir)
+  docids = list(dataset.corpus)
+  doc_index = {d: i for i, d in enumerate(docids)}
+  doc_emb = doc_tokens = None
+  if section.towers == "query":
+    encoder = retrieval.Encoder.from_config(config)
+    cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
+    _, doc_emb = encoder.encode_corpus(dataset.corpus, cache,
+                                       retrieval.corpus_id(retrieval.corpus_path(config, dataset)))
+    del encoder
+  else:
+    seqs = tokenizer.encode([dataset.corpus[d].full_text() for d in docids], config.model.max_doc_length)
+    ids = np.zeros((len(seqs), config.model.max_doc_length), np.int32)
+    for i, s in enumerate(seqs):
+      ids[i, :len(s)] = s
+    doc_tokens = (ids, np.array([len(s) for s in seqs], np.int32))
+  train_qids, dev_qids = train.dev_split([r["qid"] for r in labels], section.dev_fraction, config.seed)
+  by_qid = {r["qid"]: r for r in labels}
+  make = functools.partial(CandidateLists, dataset=dataset, tokenizer=tokenizer,
+                           list_size=section.list_size, max_query_length=config.model.max_query_length,
+                           doc_index=doc_index, doc_emb=doc_emb, teacher_scores=scores,
+                           doc_tokens=doc_tokens)
+  train_ex, dev_ex = make([by_qid[q] for q in train_qids]), make([by_qid[q] for q in dev_qids])
+  mesh = sharding.make_mesh()
+  out_dir = output_dir(config, workdir)
+  _, summary = train.train_loop(
+      model=model, loss_fn=functools.partial(distill_loss, section=section),
+      make_batch=train_ex.batch, num_examples=len(train_ex),
+      dev_batches=ranker_lib.dev_batches_fn(dev_ex, section.batch_size, mesh),
+      loop=ranker_lib.loop_config(section, config.seed), optim_config=section.optim,
+      out_dir=out_dir, mesh=mesh, trainable=trainable)
+  train.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
+                                      "train_queries": len(train_ex), "dev_queries": len(dev_ex)})

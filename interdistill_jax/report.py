@@ -1,0 +1,93 @@
+"""eval/report.md: the systems side by side, the bootstrap comparison, and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from interdistill_jax import data as data_lib
+
+_KEYS = ("ndcg@10", "recall@100", "mrr@10", "map@10", "top1_acc", "top5_acc", "top20_acc",
+         "top100_acc")
+
+
+def table(results: list[dict]) -> str:
+  """A markdown table: one row per system, the metrics users quote."""
+  keys = [k for k in _KEYS if any(k in r["metrics"] for r in results)]
+  lines = ["| system | queries | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+  for r in results:
+    cells = [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "" for k in keys]
+    lines.append(f"| {r['system']} | {r['num_queries']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _comparison_table(comparison: dict) -> str:
+  lines = ["| system | metric | baseline | system | diff | 95% CI | p |", "|---|---|---|---|---|---|---|"]
+  for system, per_metric in comparison.items():
+    for metric, c in per_metric.items():
+      lines.append(f"| {system} | {metric} | {c['mean_a']:.4f} | {c['mean_b']:.4f} | "
+                   f"{c['diff']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['p_value']:.4f} |")
+  return "\n".join(lines)
+
+
+def _read_metrics(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _plots(workdir: str, results: list[dict]) -> list[str]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  out_dir = os.path.join(workdir, "eval")
+  written = []
+  curves = {name: _read_metrics(os.path.join(workdir, name, "metrics.jsonl"))
+            for name in ("ranker", "retriever", "retriever_direct")}
+  curves = {k: v for k, v in curves.items() if v}
+  if curves:
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], curves.items()):
+      ax.plot([r["step"] for r in rows], [r["train/loss"] for r in rows], label="train/loss", lw=1)
+      dev = [r for r in rows if "dev/loss" in r]
+      if dev:
+        ax.plot([r["step"] for r in dev], [r["dev/loss"] for r in dev], "o-", label="dev/loss")
+      ax.set_title(name)
+      ax.set_xlabel("step")
+      ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out_dir, "training_curves.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+  keys = [k for k in ("ndcg@10", "recall@100", "mrr@10", "top20_acc") if k in results[0]["metrics"]]
+  fig, ax = plt.subplots(figsize=(1.6 * len(keys) * max(1, len(results)) / 2 + 3, 3.5))
+  width = 0.8 / len(results)
+  for i, r in enumerate(results):
+    ax.bar([j + i * width for j in range(len(keys))], [r["metrics"][k] for k in keys], width,
+           label=r["system"])
+  ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(keys))], keys)
+  ax.set_ylim(0, 1)
+  ax.legend()
+  ax.set_title(f"{results[0]['dataset']} / {results[0]['split']}")
+  fig.tight_layout()
+  path = os.path.join(out_dir, "before_after.png")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  written.append(path)
+  return written
+
+
+def write(workdir: str, results: list[dict], comparison: dict) -> str:
+  """Writes eval/report.md (and its plots); returns the markdown."""
+  parts = [f"# Evaluation: {results[0]['dataset']} / {results[0]['split']}", "", table(results), ""]
+  if comparison:
+    parts += ["## Against the baseline (paired bootstrap, 10,000 resamples)", "",
+              _comparison_table(comparison), ""]
+  for path in _plots(workdir, results):
+    parts.append(f"![{os.path.basename(path)}]({os.path.basename(path)})")
+  text = "\n".join(parts) + "\n"
+  data_lib.atomic_write_text(os.path.join(workdir, "eval", "report.md"), text)
+  return text

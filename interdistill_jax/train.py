@@ -1,0 +1,299 @@
+"""The trainer shared by both stages: optimizer, jitted step, loop, checkpoints, exact resume.
+
+The step is a pure function of (params, opt_state, batch, step): the model is rebuilt
+inside it with `nnx.merge`, randomness is `fold_in(seed key, step)`, and the data order
+is a function of (seed, epoch). A checkpoint therefore only needs params, optimizer
+state and the step for a resumed run to continue exactly as an uninterrupted one.
+
+Resume order: an existing checkpoint in the stage's directory > the stage's init > scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+from tqdm import tqdm
+
+from interdistill_jax import data as data_lib
+from interdistill_jax import sharding
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def make_optimizer(optim_config, total_steps: int) -> tuple[optax.GradientTransformation, Any]:
+  """(AdamW with warmup, decay and global-norm clipping, its learning-rate schedule)."""
+  warmup = int(round(optim_config.warmup_fraction * total_steps))
+  lr = optim_config.learning_rate
+  if optim_config.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(total_steps, 2))
+  elif optim_config.schedule == "linear":
+    schedule = optax.join_schedules([
+        optax.linear_schedule(0.0, lr, max(warmup, 1)),
+        optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1))], [max(warmup, 1)])
+  elif optim_config.schedule == "constant":
+    schedule = optax.constant_schedule(lr)
+  else:
+    raise ValueError(f"optim.schedule: unknown schedule {optim_config.schedule!r}")
+  return optax.chain(
+      optax.clip_by_global_norm(optim_config.max_grad_norm),
+      optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=optim_config.weight_decay),
+  ), schedule
+
+
+@dataclasses.dataclass
+class TrainState:
+  params: Any
+  opt_state: Any
+  step: int
+
+
+def make_train_step(graphdef, rest, tx, loss_fn: Callable):
+  """A jitted step: (params, opt_state, batch, step, rng) -> (params, opt_state, metrics).
+
+  `loss_fn(model, batch, rng) -> [B] per-example losses`; the mean is taken over the
+  global batch, so the gradient is the same on 1 or N devices (XLA all-reduces it).
+  Params and optimizer state are donated: the step updates them in place.
+  """
+
+  def step_fn(params, opt_state, batch, step, base_rng):
+    rng = jax.random.fold_in(base_rng, step)
+
+    def loss(p):
+      model = nnx.merge(graphdef, p, rest)
+      per_example = loss_fn(model, batch, rng)
+      weights = batch["weight"]
+      return (per_example * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+    value, grads = jax.value_and_grad(loss)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"loss": value, "grad_norm": optax.global_norm(grads)}
+
+  return jax.jit(step_fn, donate_argnums=(0, 1))
+
+
+def make_eval_step(graphdef, rest, loss_fn: Callable):
+  def eval_fn(params, batch):
+    per_example = loss_fn(nnx.merge(graphdef, params, rest), batch, None)
+    return (per_example * batch["weight"]).sum(), batch["weight"].sum()
+  return jax.jit(eval_fn)
+
+
+class Checkpoints:
+  """Orbax checkpoints of one stage: `latest/` for resume and `best/` by the dev metric."""
+
+  def __init__(self, directory: str, *, keep: int, interval: int):
+    directory = os.path.abspath(directory)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(directory, "latest"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval))
+    self.best = ocp.CheckpointManager(
+        os.path.join(directory, "best"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["dev_loss"],
+                                             best_mode="min"))
+
+  def save(self, state: TrainState, *, force=False, dev_loss: float | None = None):
+    tree = {"params": state.params, "opt_state": state.opt_state}
+    self.latest.save(state.step, args=ocp.args.StandardSave(tree), force=force)
+    if dev_loss is not None:
+      self.best.save(state.step, args=ocp.args.StandardSave({"params": state.params}),
+                     metrics={"dev_loss": float(dev_loss)}, force=True)
+
+  def restore_latest(self, abstract: TrainState) -> TrainState | None:
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    tree = self.latest.restore(step, args=ocp.args.StandardRestore(
+        {"params": abstract.params, "opt_state": abstract.opt_state}))
+    return TrainState(tree["params"], tree["opt_state"], int(step))
+
+  def best_params(self, abstract_params):
+    step = self.best.best_step()
+    tree = self.best.restore(step, args=ocp.args.StandardRestore({"params": abstract_params}))
+    return tree["params"], step
+
+  def close(self):
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+    self.latest.close()
+    self.best.close()
+
+
+def _abstract(tree, mesh):
+  sharding_ = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), tree)
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The example order of one epoch: a function of (seed, epoch) only, so resume is exact."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  """What the loop needs from a stage's config section."""
+
+  batch_size: int
+  epochs: float
+  eval_every: int
+  checkpoint_every: int
+  keep_checkpoints: int
+  seed: int
+
+
+def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np.ndarray], dict],
+               num_examples: int, dev_batches: Callable[[], Iterator[dict]] | None,
+               loop: LoopConfig, optim_config, out_dir: str, mesh=None,
+               trainable: Any = nnx.Param) -> tuple[nnx.Module, dict]:
+  """Trains `model` in place and returns it with the best dev-loss parameters loaded.
+
+  Args:
+    model: the NNX module; only its `trainable` variables are optimised.
+    loss_fn: (model, batch, rng) -> [B] per-example losses (rng None = deterministic).
+    make_batch: example indices [B] (-1 = padding) -> host batch dict of [B, ...] arrays,
+      with a `weight` [B] float32 entry (0 for padding rows).
+    num_examples: size of the training set; steps = ceil(epochs * num_examples / B).
+    dev_batches: yields dev batches (same format) for the dev loss, or None.
+    out_dir: the stage directory: `checkpoints/`, `metrics.jsonl`, `done.json` go there.
+
+  Returns:
+    (model with the selected parameters, summary dict).
+  """
+  mesh = mesh or sharding.make_mesh()
+  batch_size = sharding.round_up(loop.batch_size, sharding.global_batch_multiple(mesh))
+  steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
+  total_steps = max(1, math.ceil(loop.epochs * steps_per_epoch))
+  tx, schedule = make_optimizer(optim_config, total_steps)
+
+  graphdef, params, rest = nnx.split(model, trainable, ...)
+  params = sharding.put_replicated(params, mesh)
+  rest = sharding.put_replicated(rest, mesh)
+  opt_state = jax.jit(tx.init)(params)
+  state = TrainState(params, opt_state, 0)
+
+  ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"), keep=loop.keep_checkpoints,
+                      interval=loop.checkpoint_every)
+  restored = ckpts.restore_latest(TrainState(_abstract(params, mesh), _abstract(opt_state, mesh), 0))
+  if restored is not None:
+    state = restored
+    logging.info("Resuming from step %d in %s", state.step, out_dir)
+
+  step_fn = make_train_step(graphdef, rest, tx, loss_fn)
+  eval_fn = make_eval_step(graphdef, rest, loss_fn)
+  base_rng = jax.random.key(loop.seed)
+  metrics_path = os.path.join(out_dir, "metrics.jsonl")
+  _truncate_metrics(metrics_path, state.step)
+
+  def dev_loss(params):
+    if dev_batches is None:
+      return None
+    total, count = 0.0, 0.0
+    for batch in dev_batches():
+      s, c = eval_fn(params, sharding.put_batch(batch, mesh))
+      total, count = total + float(s), count + float(c)
+    return total / max(count, 1.0)
+
+  pbar = tqdm(total=total_steps, initial=state.step, desc=f"train {os.path.basename(out_dir)}",
+              unit="step")
+  t_last, examples_since = time.perf_counter(), 0
+  while state.step < total_steps:
+    epoch, offset = divmod(state.step, steps_per_epoch)
+    order = epoch_order(num_examples, loop.seed, epoch)
+    idx = order[offset * batch_size:(offset + 1) * batch_size]
+    idx = np.pad(idx, (0, batch_size - len(idx)), constant_values=-1)
+    batch = sharding.put_batch(make_batch(idx), mesh)
+    params, opt_state, m = step_fn(state.params, state.opt_state, batch, state.step, base_rng)
+    state = TrainState(params, opt_state, state.step + 1)
+    examples_since += int((idx >= 0).sum())
+    loss = float(m["loss"])
+    if not math.isfinite(loss):
+      ckpts.close()
+      raise NonFiniteLossError(f"{out_dir}: non-finite loss {loss} at step {state.step}; "
+                               "lower optim.learning_rate or check the inputs")
+    record = {"step": state.step, "train/loss": loss, "train/grad_norm": float(m["grad_norm"]),
+              "train/lr": float(schedule(state.step - 1)), "epoch": state.step / steps_per_epoch}
+    last = state.step == total_steps
+    dev = None
+    if loop.eval_every and (state.step % loop.eval_every == 0 or last):
+      dev = dev_loss(state.params)
+      if dev is not None:
+        record["dev/loss"] = dev
+    if last and dev is None:
+      dev = 0.0  # No dev set: the final parameters are the selected ones.
+    if state.step % loop.checkpoint_every == 0 or last or dev is not None:
+      ckpts.save(state, force=last, dev_loss=dev)
+    now = time.perf_counter()
+    record["train/examples_per_s"] = examples_since / max(now - t_last, 1e-9)
+    t_last, examples_since = now, 0
+    if jax.process_index() == 0:
+      data_lib.append_jsonl(metrics_path, [record])
+    pbar.set_postfix(loss=f"{loss:.4f}")
+    pbar.update(1)
+  pbar.close()
+  ckpts.close()
+  best, best_step = ckpts.best_params(_abstract(state.params, mesh))
+  nnx.update(model, jax.device_get(best))
+  summary = {"total_steps": total_steps, "selected_step": int(best_step), "batch_size": batch_size,
+             "num_examples": num_examples}
+  return model, summary
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops metric lines past the resumed step, so a resumed run's log has no duplicates."""
+  if not os.path.exists(path) or jax.process_index() != 0:
+    return
+  with open(path, encoding="utf-8") as f:
+    keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+  data_lib.atomic_write_text(path, "".join(keep))
+
+
+def restore_params(model: nnx.Module, out_dir: str, *, trainable: Any = nnx.Param) -> int:
+  """Loads a finished stage's selected parameters into `model`; returns their step."""
+  info = read_done(out_dir)
+  _, params, _ = nnx.split(model, trainable, ...)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(out_dir), "checkpoints", "best"),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  tree = mngr.restore(info["selected_step"], args=ocp.args.StandardRestore({"params": abstract}))
+  mngr.close()
+  nnx.update(model, tree["params"])
+  return info["selected_step"]
+
+
+def read_done(out_dir: str) -> dict:
+  done = os.path.join(out_dir, "done.json")
+  if not os.path.exists(done):
+    raise FileNotFoundError(f"{done} not found: the stage has not finished in this workdir")
+  with open(done) as f:
+    return json.load(f)
+
+
+def write_done(out_dir: str, summary: dict, extra: dict | None = None) -> None:
+  """Marks a stage finished (last, atomically): the pipeline skips it from then on."""
+  info = dict(summary, **(extra or {}))
+  if jax.process_index() == 0:
+    data_lib.write_json(os.path.join(out_dir, "done.json"), info)
+
+
+def dev_split(qids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+  """(train, dev) qids: a seeded slice of the *training* queries for checkpoint selection."""
+  qids = sorted(qids)
+  n_dev = int(round(fraction * len(qids)))
+  perm = np.random.default_rng(seed).permutation(len(qids))
+  dev = {qids[i] for i in perm[:n_dev]}
+  return [q for q in qids if q not in dev], [q for q in qids if q in dev]
