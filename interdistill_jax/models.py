@@ -223,9 +223,18 @@ def load_bert_weights(bert: Bert, tensors: dict[str, np.ndarray], *, prefix: str
     if transpose:
       value = value.T
     param = _get_path(bert, path)
-    if param.value.shape != value.shape:
-      raise ValueError(f"{source}: {name} has shape {value.shape}, expected {param.value.shape}")
-    param.value = jnp.asarray(value)
+    if param.shape != value.shape:
+      raise ValueError(f"{source}: {name} has shape {value.shape}, expected {param.shape}")
+    param[...] = jnp.asarray(value)
+
+
+def bert_tensors(bert: Bert, *, prefix: str = "") -> dict[str, np.ndarray]:
+  """`bert`'s weights as HF BERT tensors (float32, torch layout): `load_bert_weights` in reverse."""
+  tensors = {}
+  for hf_name, path, transpose in hf_name_table(bert.cfg):
+    value = np.asarray(jax.device_get(_get_path(bert, path)[...]), np.float32)
+    tensors[prefix + hf_name] = np.ascontiguousarray(value.T if transpose else value)
+  return tensors
 
 
 def read_safetensors(directory: str) -> dict[str, np.ndarray]:
@@ -296,9 +305,9 @@ def load_cross_encoder(model_config, *, seed: int = 0) -> tuple[CrossEncoder, Ch
   load_bert_weights(model.bert, tensors, source=ckpt.dir)
   prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
   if prefix + "pooler.dense.weight" in tensors:
-    model.pooler.kernel.value = jnp.asarray(tensors[prefix + "pooler.dense.weight"].T)
-    model.pooler.bias.value = jnp.asarray(tensors[prefix + "pooler.dense.bias"])
+    model.pooler.kernel[...] = jnp.asarray(tensors[prefix + "pooler.dense.weight"].T)
+    model.pooler.bias[...] = jnp.asarray(tensors[prefix + "pooler.dense.bias"])
   if "classifier.weight" in tensors and tensors["classifier.weight"].shape[0] == 1:
-    model.classifier.kernel.value = jnp.asarray(tensors["classifier.weight"].T)
-    model.classifier.bias.value = jnp.asarray(tensors["classifier.bias"])
+    model.classifier.kernel[...] = jnp.asarray(tensors["classifier.weight"].T)
+    model.classifier.bias[...] = jnp.asarray(tensors["classifier.bias"])
   return model, ckpt

@@ -82,7 +82,7 @@ def make_train_step(graphdef, rest, tx, loss_fn: Callable):
     value, grads = jax.value_and_grad(loss)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": value, "grad_norm": optax.global_norm(grads)}
+    return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
   return jax.jit(step_fn, donate_argnums=(0, 1))
 
@@ -183,7 +183,8 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
   graphdef, params, rest = nnx.split(model, trainable, ...)
   params = sharding.put_replicated(params, mesh)
   rest = sharding.put_replicated(rest, mesh)
-  opt_state = jax.jit(tx.init)(params)
+  # Placed like the params, so the first step's input types equal every later step's.
+  opt_state = sharding.put_replicated(jax.jit(tx.init)(params), mesh)
   state = TrainState(params, opt_state, 0)
 
   ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"), keep=loop.keep_checkpoints,

@@ -1,0 +1,204 @@
+"""The trainer: data parallel equals one device, exact resume after SIGKILL, one compile per shape."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from interdistill_jax import defaults, models, ranker, sharding, tokenization, train
+from interdistill_jax import data as data_lib
+from tests import fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tiny")
+  bert = fixtures.tiny_bert(root / "bert", layers=1, hidden=16, heads=2)
+  data_dir = fixtures.tiny_beir(root / "data", num_train=12)
+  return bert, data_dir
+
+
+def _config(bert, data_dir):
+  c = defaults.base_config()
+  c.data.dir = str(data_dir)
+  c.model.init = c.ranker.model.init = str(bert)
+  c.model.max_doc_length = c.ranker.max_length = 32
+  c.encode.buckets = (32,)
+  r = c.ranker
+  r.list_size, r.batch_size, r.epochs, r.dev_fraction = 6, 4, 2.0, 0.25
+  r.eval_every = r.checkpoint_every = 2
+  d = c.distill
+  d.list_size, d.batch_size, d.epochs, d.dev_fraction = 6, 4, 2.0, 0.25
+  d.eval_every = d.checkpoint_every = 2
+  c.eval.depth, c.eval.rerank_depth = 20, 10
+  return c
+
+
+def _examples(config, data_dir, tmp_path):
+  labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
+  dataset = data_lib.load_beir(data_dir)
+  tok = tokenization.Tokenizer(config.model.init)
+  return ranker.ListwiseExamples(labels, dataset, tok, list_size=6, max_length=32, buckets=(32,),
+                                 use_prefix=True)
+
+
+def _params(model):
+  return jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+
+
+def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
+  bert, data_dir = tiny
+  config = _config(bert, data_dir)
+  config.ranker.model.hidden_dropout_prob = 0.0
+  examples = _examples(config, data_dir, tmp_path)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = sharding.make_mesh(devices)
+    model, _ = models.load_cross_encoder(config.ranker.model)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx, _ = train.make_optimizer(config.ranker.optim, total_steps=10)
+    params = sharding.put_replicated(params, mesh)
+    opt_state = tx.init(params)
+    step = train.make_train_step(graphdef, sharding.put_replicated(rest, mesh), tx, ranker.listmle_loss)
+    for s in range(3):
+      batch = sharding.put_batch(examples.batch(np.arange(4 * s, 4 * s + 4) % len(examples)), mesh)
+      params, opt_state, m = step(params, opt_state, batch, s, jax.random.key(0))
+    results.append((jax.tree.map(np.asarray, params), float(m["loss"])))
+  (p1, l1), (p4, l4) = results
+  # Same math, different reduction order across devices. The loss agrees to float32 round-off;
+  # parameters to 1e-5 absolute, a third of one learning-rate step (3e-5): Adam divides by the
+  # root of the squared gradient, which turns round-off in near-zero gradients into up to
+  # ~10% of a step for those parameters.
+  assert abs(l1 - l4) < 1e-5
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_each_step_compiles_once_per_shape(tiny, tmp_path):
+  bert, data_dir = tiny
+  config = _config(bert, data_dir)
+  examples = _examples(config, data_dir, tmp_path)
+  traces = []
+
+  def counted_loss(model, batch, rng):
+    traces.append(batch["input_ids"].shape)  # runs only while tracing
+    return ranker.listmle_loss(model, batch, rng)
+
+  model, _ = models.load_cross_encoder(config.ranker.model)
+  loop = ranker.loop_config(config.ranker, 0)
+  loop.epochs = 3.0
+  train.train_loop(model=model, loss_fn=counted_loss, make_batch=examples.batch,
+                   num_examples=len(examples), dev_batches=ranker.dev_batches_fn(examples, 4, sharding.make_mesh()),
+                   loop=loop, optim_config=config.ranker.optim, out_dir=str(tmp_path / "run"))
+  steps = sum(1 for _ in open(tmp_path / "run" / "metrics.jsonl"))
+  assert steps == 9
+  assert len(traces) == 2, traces  # one train step and one eval step, for the one bucket
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
+  bert, data_dir = tiny
+  config = _config(bert, data_dir)
+  examples = _examples(config, data_dir, tmp_path)
+  model, _ = models.load_cross_encoder(config.ranker.model)
+  nan_loss = lambda m, b, r: ranker.listmle_loss(m, b, r) * jnp.nan  # noqa: E731
+  with pytest.raises(train.NonFiniteLossError, match="non-finite loss nan at step 1"):
+    train.train_loop(model=model, loss_fn=nan_loss, make_batch=examples.batch,
+                     num_examples=len(examples), dev_batches=None,
+                     loop=ranker.loop_config(config.ranker, 0), optim_config=config.ranker.optim,
+                     out_dir=str(tmp_path / "run"))
+
+
+def _write_config_file(path, config):
+  path.write_text(textwrap.dedent(f"""
+      import json
+      import ml_collections
+      def get_config(arg=None):
+        return ml_collections.ConfigDict(json.loads({config.to_json()!r}))
+      """))
+
+
+def _latest_params(out_dir):
+  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, "checkpoints", "latest")),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  step = mngr.latest_step()
+  tree = mngr.restore(step)
+  mngr.close()
+  return step, jax.tree.map(np.asarray, tree["params"])
+
+
+def _run_main(config_file, workdir, task):
+  env = dict(os.environ)
+  return subprocess.Popen([sys.executable, "-m", "interdistill_jax.main", f"--config={config_file}",
+                           f"--config.task={task}", f"--workdir={workdir}"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
+  bert, data_dir = tiny
+  config = _config(bert, data_dir)
+  config.ranker.epochs = 4.0
+  config.ranker.checkpoint_every = 1
+  config_file = tmp_path / "cfg.py"
+  _write_config_file(config_file, config)
+  full, killed = tmp_path / "full", tmp_path / "killed"
+  for wd in (full, killed):
+    fixtures.write_labels(wd / "labels" / "labels.jsonl", data_dir, list_size=6)
+
+  proc = _run_main(config_file, full, "train_ranker")
+  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+
+  proc = _run_main(config_file, killed, "train_ranker")
+  metrics = killed / "ranker" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and sum(1 for _ in open(metrics)) >= 4:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "ranker" / "done.json").exists()
+  proc = _run_main(config_file, killed, "train_ranker")
+  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+
+  step_full, params_full = _latest_params(full / "ranker")
+  step_killed, params_killed = _latest_params(killed / "ranker")
+  assert step_full == step_killed == 12
+  for a, b in zip(jax.tree.leaves(params_full), jax.tree.leaves(params_killed)):
+    np.testing.assert_array_equal(a, b)
+  done_full = json.loads((full / "ranker" / "done.json").read_text())
+  done_killed = json.loads((killed / "ranker" / "done.json").read_text())
+  assert done_full == done_killed
+  steps = [json.loads(line)["step"] for line in open(metrics)]
+  assert steps == list(range(1, 13))  # the resumed log has each step once
+
+
+def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
+  bert, data_dir = tiny
+  config = _config(bert, data_dir)
+  fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
+  from interdistill_jax import distill, evaluate
+  ranker.run(config, str(tmp_path))
+  distill.run(config, str(tmp_path))
+  config.distill.teacher = "llm"
+  distill.run(config, str(tmp_path))
+  evaluate.run(config, str(tmp_path))
+  for system in ("baseline", "ranker", "distilled", "direct"):
+    result = json.loads((tmp_path / "eval" / f"{system}.json").read_text())
+    assert result["num_queries"] == 8 and 0 <= result["metrics"]["ndcg@10"] <= 1
+  compare = json.loads((tmp_path / "eval" / "compare.json").read_text())
+  assert set(compare) == {"ranker", "distilled", "direct"}
+  assert (tmp_path / "ranker" / "teacher_scores.npz").exists()
+  assert (tmp_path / "eval" / "training_curves.png").stat().st_size > 1000
+  report = (tmp_path / "eval" / "report.md").read_text()
+  assert "| distilled |" in report and "95% CI" in report
