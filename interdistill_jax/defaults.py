@@ -128,8 +128,6 @@ def distill_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       teacher="ranker",        # "ranker" (Intermediate Distillation) or "llm" (ablation: ListMLE
                                # of the retriever directly on the LLM rankings).
-      candidates="labels",     # "labels" (the ranked lists) or "retrieved" (top list_size of the
-                               # initial retriever for every training query, ranker-scored).
       list_size=20,
       towers="query",          # "query": train the query tower only (corpus embeddings reused);
                                # "both": train the shared tower (corpus re-encoded for eval).

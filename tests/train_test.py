@@ -137,10 +137,15 @@ def _latest_params(out_dir):
 
 
 def _run_main(config_file, workdir, task):
-  env = dict(os.environ)
+  workdir.mkdir(parents=True, exist_ok=True)
+  log = open(workdir / f"{task}.log", "a")  # a file, not a pipe: a full pipe would block the run
   return subprocess.Popen([sys.executable, "-m", "interdistill_jax.main", f"--config={config_file}",
-                           f"--config.task={task}", f"--workdir={workdir}"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           f"--config.task={task}", f"--workdir={workdir}"],
+                          stdout=log, stderr=subprocess.STDOUT)
+
+
+def _tail(workdir, task):
+  return (workdir / f"{task}.log").read_text()[-3000:]
 
 
 def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
@@ -155,7 +160,7 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
     fixtures.write_labels(wd / "labels" / "labels.jsonl", data_dir, list_size=6)
 
   proc = _run_main(config_file, full, "train_ranker")
-  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+  assert proc.wait(timeout=300) == 0, _tail(full, "train_ranker")
 
   proc = _run_main(config_file, killed, "train_ranker")
   metrics = killed / "ranker" / "metrics.jsonl"
@@ -169,7 +174,7 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
   proc.wait()
   assert not (killed / "ranker" / "done.json").exists()
   proc = _run_main(config_file, killed, "train_ranker")
-  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+  assert proc.wait(timeout=300) == 0, _tail(killed, "train_ranker")
 
   step_full, params_full = _latest_params(full / "ranker")
   step_killed, params_killed = _latest_params(killed / "ranker")
