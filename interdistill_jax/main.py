@@ -1,15 +1,16 @@
 """Entrypoint: `python -m interdistill_jax.main --config=configs/<x>.py [--config.a.b=v] [--workdir=DIR]`.
 
-Flags, then one call: `config.task` names a function `run(config, workdir)` in the table below.
+Flags, then one call: `config.task` names a function `run(config, workdir)` in `tasks.TASKS`.
 """
 
-import importlib
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from interdistill_jax import tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -19,24 +20,6 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
 
 # Set by launch/local.sh for each process; absent on TPU pods / SLURM, where JAX autodetects them.
 DISTRIBUTED_ENV = ("INTERDISTILL_COORDINATOR", "INTERDISTILL_NUM_PROCESSES", "INTERDISTILL_PROCESS_ID")
-
-# Task name -> "module:function"; modules are imported only when their task runs.
-TASKS = {
-    "retrieve": "interdistill_jax.retrieval:run",
-    "label": "interdistill_jax.labeling:run",
-    "train_ranker": "interdistill_jax.ranker:run",
-    "distill": "interdistill_jax.distill:run",
-    "evaluate": "interdistill_jax.evaluate:run",
-    "export": "interdistill_jax.hf_export:run",
-    "pipeline": "interdistill_jax.pipeline:run",
-}
-
-
-def resolve_task(name: str):
-  if name not in TASKS:
-    raise app.UsageError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-  module, fn = TASKS[name].split(":")
-  return getattr(importlib.import_module(module), fn)
 
 
 def default_workdir(config_path: str) -> str:
@@ -64,7 +47,11 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   logging.info("task=%s workdir=%s", config.task, workdir)
-  resolve_task(config.task)(config, workdir)
+  try:
+    task = tasks.resolve(config.task)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  task(config, workdir)
 
 
 if __name__ == "__main__":

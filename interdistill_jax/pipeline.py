@@ -11,7 +11,7 @@ import os
 
 from absl import logging
 
-from interdistill_jax import main as main_lib
+from interdistill_jax import tasks
 
 
 def _outputs(config, workdir: str) -> dict[str, list[str]]:
@@ -38,4 +38,4 @@ def run(config, workdir: str) -> None:
       logging.info("pipeline: %s already complete in %s, skipping", stage, workdir)
       continue
     logging.info("pipeline: running %s", stage)
-    main_lib.resolve_task(stage)(config, workdir)
+    tasks.resolve(stage)(config, workdir)

@@ -1,0 +1,292 @@
+"""Task `label`: each query's candidates re-ranked by the teacher, into `labels/labels.jsonl`.
+
+Reads `{workdir}/candidates/{label.split}.trec` (top `label.num_candidates` per query) and the
+corpus and queries of `config.data.dir`; writes under `{workdir}/labels/`:
+  - `labels.jsonl`: one line per query as DESIGN.md specifies, appended as each query finishes;
+  - `llm_cache.sqlite`: every answered call, committed before it is used;
+  - `stats.json`: calls, cache hits, retries by cause, windows parsed / repaired / failed, repairs
+    by kind, tokens and estimated cost. Written last, and only when every query was labelled or
+    dropped, so it marks the stage complete; otherwise the same report goes to `stats.partial.json`.
+A killed run resumes: queries already in labels.jsonl are skipped, and the calls of unfinished
+queries come back from the cache, so nothing answered is paid for twice and the labels equal an
+uninterrupted run's. Queries whose calls fail after every retry are left out and reported; run
+again to retry them.
+
+  OPENAI_API_KEY=... python -m interdistill_jax.main --config=configs/scifact.py --config.task=label \
+      --config.teacher.backend=openai --config.teacher.model=gpt-4o-mini --workdir=runs/scifact
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from absl import logging
+from tqdm import tqdm
+
+from interdistill_jax import data
+from interdistill_jax import teachers
+from interdistill_jax.teachers import pricing
+from interdistill_jax.teachers.cache import Cache
+
+# Provenance fields that must match for a resumed run to extend existing labels.
+_RESUME_FIELDS = ("backend", "model", "prompt_version", "mode")
+
+
+def labels_dir(workdir: str) -> str:
+  return os.path.join(workdir, "labels")
+
+
+def load_candidates(path: str, num_candidates: int, max_queries: int = 0) -> dict[str, list[str]]:
+  """qid -> its top `num_candidates` docids, best first, in the run file's query order."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: run the `retrieve` task first")
+  run = data.read_trec_run(path)
+  if not run:
+    raise data.DataError(path, None, "no candidates")
+  qids = list(run)[:max_queries] if max_queries > 0 else list(run)
+  return {qid: data.ranked(run[qid])[:num_candidates] for qid in qids}
+
+
+def recover_labels(path: str) -> None:
+  """Drops a last line cut short by a kill (no trailing newline); earlier lines are left alone."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb") as f:
+    blob = f.read()
+  if not blob or blob.endswith(b"\n"):
+    return
+  keep = blob[:blob.rfind(b"\n") + 1]
+  logging.warning("%s: dropping an unfinished last line (%d bytes) left by an interrupted run",
+                  path, len(blob) - len(keep))
+  data.atomic_write_text(path, keep.decode("utf-8"))
+
+
+def _check_resumable(path: str, existing: list[dict], candidates: Mapping[str, list[str]],
+                     provenance: Mapping[str, Any]) -> None:
+  for record in existing:
+    qid = record["qid"]
+    if qid in candidates and list(record["docids"]) != candidates[qid]:
+      raise data.DataError(path, None, f"query {qid!r} was labelled over other candidates than "
+                           "candidates/ now holds; move labels/ away to relabel")
+    old = record.get("teacher", {})
+    for field in _RESUME_FIELDS:
+      if old.get(field) != provenance.get(field):
+        raise data.DataError(path, None, f"query {qid!r} was labelled with teacher {field}="
+                             f"{old.get(field)!r}, this run uses {provenance.get(field)!r}; "
+                             "move labels/ away or use another workdir")
+
+
+def _relevance(dataset: data.Dataset, split: str, qids) -> dict[str, dict[str, int]]:
+  """Query text -> docid -> grade, what the simulated teacher ranks by."""
+  qrels = dataset.qrels(split)
+  relevance: dict[str, dict[str, int]] = {}
+  for qid in qids:
+    relevance.setdefault(dataset.queries[qid].text, {}).update(qrels.get(qid, {}))
+  return relevance
+
+
+def _aggregate(records: list[dict]) -> dict[str, Any]:
+  """Totals over every line of labels.jsonl, whichever run wrote it."""
+  windows: collections.Counter = collections.Counter()
+  repairs: collections.Counter = collections.Counter()
+  prompt_tokens = completion_tokens = full = 0
+  for r in records:
+    t = r.get("teacher", {})
+    windows.update(t.get("windows", {}))
+    repairs.update(t.get("repairs", {}))
+    prompt_tokens += t.get("prompt_tokens", 0)
+    completion_tokens += t.get("completion_tokens", 0)
+    full += r["ranked_prefix"] == len(r["ranking"])
+  n = len(records)
+  return {
+      "queries": n,
+      "repaired": sum(bool(r["repaired"]) for r in records),
+      "fully_ranked": full,
+      "mean_ranked_prefix": round(sum(r["ranked_prefix"] for r in records) / n, 3) if n else 0.0,
+      "windows": dict(sorted(windows.items())),
+      "repairs": dict(sorted(repairs.items())),
+      "prompt_tokens": prompt_tokens,
+      "completion_tokens": completion_tokens,
+  }
+
+
+@dataclasses.dataclass
+class _Tally:
+  """What this run did, query by query."""
+  labelled: int = 0
+  reasks: int = 0
+  windows: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  repairs: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  dropped: list[str] = dataclasses.field(default_factory=list)
+  failed: dict[str, str] = dataclasses.field(default_factory=dict)
+  fatal: list[BaseException] = dataclasses.field(default_factory=list)
+  seconds: float = 0.0
+
+
+def _record(qid: str, docids: list[str], result: teachers.QueryRanking,
+            provenance: Mapping[str, Any]) -> dict[str, Any]:
+  """One labels.jsonl line (DESIGN.md)."""
+  return {
+      "qid": qid,
+      "docids": list(docids),
+      "ranking": [docids[i] for i in result.order],
+      "ranked_prefix": result.ranked_prefix,
+      "repaired": result.repaired,
+      "teacher": dict(provenance) | result.summary() | {
+          "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+  }
+
+
+async def _label_queries(teacher: teachers.Teacher, pending: list[str], dataset: data.Dataset,
+                         candidates: Mapping[str, list[str]], labels_path: str, workers: int,
+                         tally: _Tally) -> None:
+  """Ranks `pending` queries with `workers` running at once, appending each line as it is done."""
+  provenance = teacher.provenance()
+  queue = collections.deque(pending)
+  write_lock = asyncio.Lock()  # One writer at a time; the fsync runs off the event loop.
+  bar = tqdm(total=len(pending), unit="query", desc=f"label ({teacher.backend.name})")
+
+  async def worker():
+    while queue and not tally.fatal:
+      qid = queue.popleft()
+      docids = candidates[qid]
+      passages = [teachers.Passage(d, dataset.corpus[d].full_text()) for d in docids]
+      try:
+        result = await teacher.rank(dataset.queries[qid].text, passages)
+      except teachers.CallFailed as e:
+        if e.fatal:
+          tally.fatal.append(e)
+          return
+        tally.failed[qid] = str(e)
+        logging.error("query %s not labelled: %s", qid, e)
+      else:
+        tally.windows.update(result.windows)
+        tally.repairs.update(result.repairs)
+        tally.reasks += result.reasks
+        if result.dropped:
+          tally.dropped.append(qid)
+          logging.info("query %s dropped (label.on_failure=drop): %s", qid, dict(result.repairs))
+        else:
+          async with write_lock:
+            await asyncio.to_thread(data.append_jsonl, labels_path,
+                                    [_record(qid, docids, result, provenance)])
+          tally.labelled += 1
+      bar.update(1)
+      bar.set_postfix(calls=teacher.runner.stats.answered, cached=teacher.runner.stats.cache_hits,
+                      refresh=False)
+
+  start = time.monotonic()
+  try:
+    await asyncio.gather(*(worker() for _ in range(max(1, workers))))
+  finally:
+    bar.close()
+    tally.seconds = time.monotonic() - start
+
+
+def _summary(config: ml_collections.ConfigDict, teacher: teachers.Teacher, cache: Cache,
+             labels_path: str, num_selected: int, num_pending: int, tally: _Tally) -> dict[str, Any]:
+  """stats.json: this run's counts, and totals over every line of labels.jsonl."""
+  calls = teacher.runner.stats
+  price = pricing.price_for(config.teacher.backend, config.teacher.model,
+                            input_override=config.teacher.price_input_per_mtok,
+                            output_override=config.teacher.price_output_per_mtok)
+  labels = _aggregate(data.read_jsonl(labels_path) if os.path.exists(labels_path) else [])
+  ledger = [row | {"cost_usd": pricing.cost(price, row["prompt_tokens"], row["completion_tokens"])}
+            for row in cache.ledger()]
+  return {
+      "teacher": teacher.provenance(),
+      "split": config.label.split,
+      "num_candidates": config.label.num_candidates,
+      "on_failure": config.label.on_failure,
+      "queries": {"selected": num_selected, "already_labelled": num_selected - num_pending,
+                  "labelled": tally.labelled, "dropped": len(tally.dropped),
+                  "failed": len(tally.failed)},
+      "windows": dict(sorted(tally.windows.items())),
+      "repairs": dict(sorted(tally.repairs.items())),
+      "reasks": tally.reasks,
+      "calls": calls.to_json(),
+      "cost_usd": {
+          "price": price,
+          "this_run": pricing.cost(price, calls.prompt_tokens, calls.completion_tokens),
+          "labels": pricing.cost(price, labels["prompt_tokens"], labels["completion_tokens"]),
+      },
+      "labels": labels,
+      "cache": {"answers": len(cache), "ledger": ledger},
+      "seconds": round(tally.seconds, 3),
+      "queries_per_second": round(num_pending / tally.seconds, 3) if tally.seconds > 0 else None,
+      "dropped_qids": tally.dropped,
+      "failed_qids": tally.failed,
+      "stopped_by": str(tally.fatal[0]) if tally.fatal else None,
+  }
+
+
+async def _label(config: ml_collections.ConfigDict, paths: Mapping[str, str], dataset: data.Dataset,
+                 candidates: Mapping[str, list[str]]) -> tuple[dict[str, Any], _Tally]:
+  relevance = None
+  if config.teacher.backend == "simulated":
+    relevance = _relevance(dataset, config.label.split, candidates)
+  cache = Cache(paths["cache"])
+  try:
+    teacher = teachers.make_teacher(config.teacher, cache=cache, on_failure=config.label.on_failure,
+                                    reasks=config.label.reasks, relevance=relevance, seed=config.seed)
+  except BaseException:
+    cache.close()
+    raise
+  try:
+    existing = data.load_labels(paths["labels"]) if os.path.exists(paths["labels"]) else []
+    _check_resumable(paths["labels"], existing, candidates, teacher.provenance())
+    done = {r["qid"] for r in existing}
+    pending = [qid for qid in candidates if qid not in done]
+    logging.info("label: %d queries, %d already labelled, %d to go; teacher %s", len(candidates),
+                 len(done & set(candidates)), len(pending), teacher.provenance())
+    tally = _Tally()
+    await _label_queries(teacher, pending, dataset, candidates, paths["labels"],
+                         config.teacher.concurrency, tally)
+    return _summary(config, teacher, cache, paths["labels"], len(candidates), len(pending), tally), tally
+  finally:
+    await teacher.aclose()
+    cache.close()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Task `label` (see the module docstring)."""
+  out = labels_dir(workdir)
+  paths = {"labels": os.path.join(out, "labels.jsonl"), "cache": os.path.join(out, "llm_cache.sqlite"),
+           "stats": os.path.join(out, "stats.json"),
+           "partial_stats": os.path.join(out, "stats.partial.json")}
+  dataset = data.load_beir(config.data.dir, config.data.corpus_file)
+  run_path = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
+  candidates = load_candidates(run_path, config.label.num_candidates, config.label.max_queries)
+  for qid, docids in candidates.items():
+    if qid not in dataset.queries:
+      raise data.DataError(run_path, None, f"query {qid!r} is not in {config.data.dir}/queries.jsonl")
+    for d in docids:
+      if d not in dataset.corpus:
+        raise data.DataError(run_path, None, f"document {d!r} (query {qid!r}) is not in the corpus")
+  os.makedirs(out, exist_ok=True)
+  # stats.json marks the stage complete (the pipeline skips it then): written only on success.
+  for stale in (paths["stats"], paths["partial_stats"]):
+    if os.path.exists(stale):
+      os.remove(stale)
+  recover_labels(paths["labels"])
+  stats, tally = asyncio.run(_label(config, paths, dataset, candidates))
+  complete = not tally.fatal and not tally.failed
+  stats_path = paths["stats"] if complete else paths["partial_stats"]
+  data.write_json(stats_path, stats)
+  q = stats["queries"]
+  logging.info("label: %d labelled this run (%d total), %d dropped, %d failed; %d calls, %d cache hits; "
+               "stats in %s", q["labelled"], stats["labels"]["queries"], q["dropped"], q["failed"],
+               stats["calls"]["answered"], stats["calls"]["cache_hits"], stats_path)
+  if tally.fatal:
+    raise tally.fatal[0]
+  if tally.failed:
+    raise RuntimeError(f"{len(tally.failed)} queries could not be labelled (see {stats_path}); run "
+                       "`label` again to retry them: answered calls are cached")

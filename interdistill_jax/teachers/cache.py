@@ -1,0 +1,75 @@
+"""SQLite cache of answered calls: a killed run resumes without paying again, a rerun pays nothing.
+
+The key is a sha256 over the backend's identity (backend, model, prompt version, sampling
+parameters) and the request (query, passages as shown, earlier corrections). An answer is committed
+before the caller sees it. WAL journaling with synchronous=NORMAL survives the process being killed
+at any point (only an OS crash or power loss can roll back the last commits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+from interdistill_jax.teachers.base import Answer, Request
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+  key TEXT PRIMARY KEY,
+  backend TEXT NOT NULL,
+  model TEXT NOT NULL,
+  answer TEXT NOT NULL,
+  prompt_tokens INTEGER NOT NULL,
+  completion_tokens INTEGER NOT NULL,
+  created REAL NOT NULL
+)
+"""
+
+
+def cache_key(identity: dict[str, Any], request: Request) -> str:
+  """sha256 hex digest of the canonical JSON of (identity, request)."""
+  blob = json.dumps({"identity": identity, "request": request.key_fields()},
+                    sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+  return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class Cache:
+  """Answers by key, in one SQLite file. Used from one event loop thread."""
+
+  def __init__(self, path: str | os.PathLike):
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    self.path = path
+    self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    self._db.execute("PRAGMA journal_mode=WAL")
+    self._db.execute("PRAGMA synchronous=NORMAL")
+    self._db.execute(_SCHEMA)
+
+  def get(self, key: str) -> Answer | None:
+    row = self._db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
+    return Answer.from_json(json.loads(row[0])) if row else None
+
+  def put(self, key: str, answer: Answer, *, backend: str, model: str) -> None:
+    """Stores and commits (autocommit mode) before returning."""
+    self._db.execute(
+        "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (key, backend, model, json.dumps(answer.to_json(), ensure_ascii=False),
+         answer.prompt_tokens, answer.completion_tokens, time.time()))
+
+  def __len__(self) -> int:
+    return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+  def ledger(self) -> list[dict[str, Any]]:
+    """Every answer ever paid for, summed by backend and model."""
+    rows = self._db.execute(
+        "SELECT backend, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) "
+        "FROM answers GROUP BY backend, model ORDER BY backend, model").fetchall()
+    return [{"backend": b, "model": m, "answers": n, "prompt_tokens": p or 0,
+             "completion_tokens": c or 0} for b, m, n, p, c in rows]
+
+  def close(self) -> None:
+    self._db.close()
