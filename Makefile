@@ -46,7 +46,7 @@ test: setup
 	$(PY) -m pytest -q
 
 DEMO_WORKDIR ?= runs/demo
-demo: setup
+demo: venv llama
 	$(PY) -m interdistill_jax.main --config=configs/demo.py --config.data.dir=$(DATA_DIR) \
 	  --workdir=$(DEMO_WORKDIR)
 	@cat $(DEMO_WORKDIR)/eval/report.md

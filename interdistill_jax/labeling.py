@@ -31,7 +31,7 @@ import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from interdistill_jax import data
+from interdistill_jax import assets, data
 from interdistill_jax import teachers
 from interdistill_jax.teachers import pricing
 from interdistill_jax.teachers.cache import Cache
@@ -262,7 +262,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   paths = {"labels": os.path.join(out, "labels.jsonl"), "cache": os.path.join(out, "llm_cache.sqlite"),
            "stats": os.path.join(out, "stats.json"),
            "partial_stats": os.path.join(out, "stats.partial.json")}
-  dataset = data.load_beir(config.data.dir, config.data.corpus_file)
+  dataset = data.load_beir(assets.ensure_dataset(config.data), config.data.corpus_file)
   run_path = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
   candidates = load_candidates(run_path, config.label.num_candidates, config.label.max_queries)
   for qid, docids in candidates.items():
