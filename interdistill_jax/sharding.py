@@ -38,15 +38,22 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def put_batch(tree, mesh: Mesh):
-  """Host numpy arrays (this process's rows) -> global arrays sharded over `data`.
+  """A global host batch (numpy, the same on every process) -> arrays sharded over `data`.
 
-  With one process the local rows are the global batch; with several, each process
-  passes its own slice and the global batch is their concatenation in process order.
+  Every process builds the same global batch (the data order is a function of the seed), and
+  hands over only its own rows: with several processes, process i's slice is rows
+  [i * B / n, (i + 1) * B / n), the rows its devices hold in the mesh.
   """
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+  n, i = jax.process_count(), jax.process_index()
+
+  def put(x):
+    rows = x.shape[0] // n
+    return jax.make_array_from_process_local_data(sharding, x[i * rows:(i + 1) * rows], x.shape)
+
+  return jax.tree.map(put, tree)
 
 
 def put_replicated(tree, mesh: Mesh):
