@@ -165,16 +165,22 @@ def _python_stub(tmp_path, body: str) -> pathlib.Path:
 
 
 def test_local_failure_stops_the_others(tmp_path):
-  stub = _python_stub(tmp_path, """\
+  # Process 1 fails only once the others have their TERM trap in place, so the test does not
+  # depend on how fast a loaded machine starts them.
+  stub = _python_stub(tmp_path, f"""\
       echo "start $INTERDISTILL_PROCESS_ID of $INTERDISTILL_NUM_PROCESSES"
-      if [[ $INTERDISTILL_PROCESS_ID == 1 ]]; then echo failing; exit 3; fi
+      if [[ $INTERDISTILL_PROCESS_ID == 1 ]]; then
+        while [[ ! -e {tmp_path}/ready0 || ! -e {tmp_path}/ready2 ]]; do sleep 0.05; done
+        echo failing; exit 3
+      fi
       trap 'echo stopped; exit 143' TERM
+      touch {tmp_path}/ready$INTERDISTILL_PROCESS_ID
       while :; do sleep 0.1; done
       """)
   env = dict(os.environ, PYTHON=str(stub), LOG_DIR=str(tmp_path / "logs"))
   start = time.monotonic()
   proc = _run("local.sh", "--num_processes", "3", "--", "--config=c.py", env=env)
-  assert time.monotonic() - start < 8
+  assert time.monotonic() - start < 60  # the stand-ins loop forever unless stopped
   assert proc.returncode == 3
   assert "process 1 exited with status 3" in proc.stderr
   assert "[proc 1] failing" in proc.stdout
