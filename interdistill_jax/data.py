@@ -260,9 +260,47 @@ def load_labels(path: str | os.PathLike) -> list[dict]:
   return labels
 
 
+def load_split_ids(path: str | os.PathLike) -> list[str]:
+  """A split's query ids, one per line (`splits/{split}.txt`)."""
+  qids: list[str] = []
+  seen: set[str] = set()
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      qid = line.strip()
+      if not qid:
+        continue
+      if len(qid.split()) != 1:
+        raise DataError(path, lineno, f"expected one query id, got {qid!r}")
+      _check_unique(seen, qid, path, lineno, "query id")
+      qids.append(qid)
+  return qids
+
+
+def truncate_label(record: Mapping, list_size: int, *, use_prefix: bool = True
+                   ) -> tuple[list[str], list[int], int]:
+  """A labels.jsonl record cut to its first `list_size` candidates.
+
+  Returns (docids in candidate order, ranking as indices into them, trusted prefix length).
+  The teacher's order among the kept candidates stays, and so does the trust in those of
+  them that were inside the ranked prefix.
+  """
+  docids = list(record["docids"][:list_size])
+  kept = set(docids)
+  prefix = record.get("ranked_prefix", len(record["ranking"])) if use_prefix else len(record["ranking"])
+  trusted = set(record["ranking"][:prefix])
+  ranking = [d for d in record["ranking"] if d in kept]
+  pos = {d: j for j, d in enumerate(docids)}
+  return docids, [pos[d] for d in ranking], sum(d in trusted for d in ranking)
+
+
 @dataclasses.dataclass
 class Dataset:
-  """A BEIR-layout directory: corpus, queries and the qrels of each split present."""
+  """A BEIR-layout directory: corpus, queries and the splits present.
+
+  A split is `qrels/{split}.tsv` (its queries are those judged), or, for question sets that have
+  answers but no relevance judgements (NQ-open, TriviaQA), `splits/{split}.txt`: its query ids,
+  one per line. Qrels win when both exist.
+  """
 
   root: str
   corpus: dict[str, Document]
@@ -274,17 +312,33 @@ class Dataset:
       raise FileNotFoundError(f"{path}: no qrels for split {split!r}")
     return load_qrels(path)
 
-  def has_split(self, split: str) -> bool:
+  def has_qrels(self, split: str) -> bool:
     return os.path.exists(os.path.join(self.root, "qrels", f"{split}.tsv"))
 
+  def _split_ids_path(self, split: str) -> str:
+    return os.path.join(self.root, "splits", f"{split}.txt")
+
+  def has_split(self, split: str) -> bool:
+    return self.has_qrels(split) or os.path.exists(self._split_ids_path(split))
+
   def split_queries(self, split: str) -> dict[str, Query]:
-    """Queries of a split: those with qrels in it, in file order."""
-    qrels = self.qrels(split)
-    missing = [qid for qid in qrels if qid not in self.queries]
+    """Queries of a split: those with qrels in it in queries.jsonl order, else the split's id list."""
+    if self.has_qrels(split):
+      qrels = self.qrels(split)
+      self._check_known(os.path.join(self.root, "qrels", f"{split}.tsv"), qrels)
+      return {qid: q for qid, q in self.queries.items() if qid in qrels}
+    path = self._split_ids_path(split)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{self.root}: split {split!r} has neither qrels/{split}.tsv nor "
+                              f"splits/{split}.txt")
+    qids = load_split_ids(path)
+    self._check_known(path, qids)
+    return {qid: self.queries[qid] for qid in qids}
+
+  def _check_known(self, path: str, qids: Iterable[str]) -> None:
+    missing = [qid for qid in qids if qid not in self.queries]
     if missing:
-      raise DataError(os.path.join(self.root, "qrels", f"{split}.tsv"), None,
-                      f"{len(missing)} query ids not in queries.jsonl, e.g. {missing[0]!r}")
-    return {qid: q for qid, q in self.queries.items() if qid in qrels}
+      raise DataError(path, None, f"{len(missing)} query ids not in queries.jsonl, e.g. {missing[0]!r}")
 
 
 def load_beir(root: str | os.PathLike, corpus_file: str = "corpus.jsonl") -> Dataset:
@@ -293,5 +347,5 @@ def load_beir(root: str | os.PathLike, corpus_file: str = "corpus.jsonl") -> Dat
   for p in (corpus_path, os.path.join(root, "queries.jsonl")):
     if not os.path.exists(p):
       raise FileNotFoundError(f"{p} not found: expected a BEIR-layout directory "
-                              "(corpus.jsonl, queries.jsonl, qrels/{split}.tsv)")
+                              "(corpus.jsonl, queries.jsonl, qrels/{split}.tsv or splits/{split}.txt)")
   return Dataset(root, load_corpus(corpus_path), load_queries(os.path.join(root, "queries.jsonl")))

@@ -71,14 +71,10 @@ class CandidateLists:
     self.ranking = np.zeros((q, l), np.int32)
     self.prefix = np.zeros((q,), np.int32)
     for i, r in enumerate(labels):
-      docids = r["docids"][:l]
+      docids, ranking, self.prefix[i] = data_lib.truncate_label(r, l)
       self.cand[i, :len(docids)] = [doc_index[d] for d in docids]
       self.mask[i, :len(docids)] = True
-      kept, trusted = set(docids), set(r["ranking"][:r.get("ranked_prefix", len(r["ranking"]))])
-      ranking = [d for d in r["ranking"] if d in kept]
-      pos = {d: j for j, d in enumerate(docids)}
-      self.ranking[i, :len(ranking)] = [pos[d] for d in ranking]
-      self.prefix[i] = sum(d in trusted for d in ranking)
+      self.ranking[i, :len(ranking)] = ranking
       if teacher_scores is not None:
         self.teacher[i, :len(docids)] = [teacher_scores[(r["qid"], d)] for d in docids]
     self.doc_emb = doc_emb

@@ -75,22 +75,14 @@ class ListwiseExamples:
     self.prefix = np.zeros((q,), np.int32)
     firsts, seconds, where = [], [], []
     for i, record in enumerate(labels):
-      docids = record["docids"][:l]
-      prefix = record.get("ranked_prefix", len(record["ranking"])) if use_prefix else l
-      # Candidates past the list size are dropped; the teacher's order among the rest stays,
-      # and so does the trust in those of them that were inside the ranked prefix.
-      kept = set(docids)
-      trusted = set(record["ranking"][:prefix])
-      ranking = [d for d in record["ranking"] if d in kept]
+      docids, ranking, self.prefix[i] = data_lib.truncate_label(record, l, use_prefix=use_prefix)
       query = dataset.queries[record["qid"]].text
       for j, d in enumerate(docids):
         firsts.append(query)
         seconds.append(dataset.corpus[d].full_text())
         where.append((i, j))
-      pos = {d: j for j, d in enumerate(docids)}
-      self.ranking[i, :len(ranking)] = [pos[d] for d in ranking]
+      self.ranking[i, :len(ranking)] = ranking
       self.mask[i, :len(docids)] = True
-      self.prefix[i] = sum(d in trusted for d in ranking)
     for (i, j), (ids, types) in zip(where, tokenizer.encode_pairs(firsts, seconds, max_length)):
       self.ids[i, j, :len(ids)] = ids
       self.types[i, j, :len(ids)] = types

@@ -100,3 +100,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     data.write_json(path, {"a": object()})
   assert json.loads(path.read_text()) == {"a": 1}
   assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_truncated_label_keeps_teacher_order_and_trusted_prefix():
+  record = {"qid": "q", "docids": ["a", "b", "c", "d"], "ranking": ["d", "b", "a", "c"],
+            "ranked_prefix": 2}
+  assert data.truncate_label(record, 4) == (["a", "b", "c", "d"], [3, 1, 0, 2], 2)
+  # "d" (trusted) is cut: of the kept, only "b" was ranked by the teacher.
+  assert data.truncate_label(record, 3) == (["a", "b", "c"], [1, 0, 2], 1)
+  assert data.truncate_label(record, 3, use_prefix=False) == (["a", "b", "c"], [1, 0, 2], 3)
