@@ -16,6 +16,26 @@ def data_config() -> ml_collections.ConfigDict:
       cache_dir="~/.cache/interdistill_jax/datasets",
       train_split="train",
       test_split="test",
+      qa=qa_data_config(),
+  ))
+
+
+def qa_data_config() -> ml_collections.ConfigDict:
+  """Question sets with answers but no qrels (NQ-open, TriviaQA) over a DPR passage TSV.
+
+  With `format` set, the questions are written once as a BEIR-layout directory (queries.jsonl with
+  metadata.answers, splits/{train,test}.txt) in `data.dir`, or under `data.cache_dir` when it is
+  empty; `data.corpus_file` is the passage TSV (an absolute path).
+  """
+  return ml_collections.ConfigDict(dict(
+      format="",               # "" (data.dir is BEIR), "tfds" or "dpr" (question<TAB>["answer", ...]).
+      tfds_name="natural_questions_open",  # or "trivia_qa/unfiltered.nocontext".
+      tfds_data_dir="",        # tensorflow-datasets data_dir ("" = its default).
+      train="train",           # tfds split name, or the DPR question file of the training split.
+      test="validation",       # tfds split name, or the DPR question file of the test split.
+      num_train=1000,          # Training questions, a seeded sample (0 = all).
+      num_test=0,              # Test questions, the first ones in order (0 = all).
+      seed=0,                  # Seeds the training sample.
   ))
 
 
@@ -87,6 +107,32 @@ def teacher_config() -> ml_collections.ConfigDict:
   ))
 
 
+def reader_config() -> ml_collections.ConfigDict:
+  """The reader of retrieval-augmented QA in `evaluate`: a teacher backend used as a generator."""
+  return ml_collections.ConfigDict(dict(
+      enabled=False,           # QA configs turn it on; needs queries with metadata.answers.
+      backend="llamacpp",      # "openai", "gemini" or "llamacpp" (in-process GGUF).
+      model="",                # API model name; GGUF path for llamacpp ("" = packaged SmolLM2-135M).
+      base_url="",             # OpenAI-compatible server (".../v1") or Gemini endpoint; "" = official.
+      api_version="",          # Gemini API version ("" = the SDK's default).
+      ks=(1, 5),               # Passages in the prompt: the top k of each system's run.
+      max_questions=0,         # First questions of the split read (0 = all with answers).
+      concurrency=8,
+      rpm=0,                   # Requests per minute; 0 means no limit.
+      max_retries=6,
+      backoff_base=1.0,
+      backoff_max=60.0,
+      max_retry_after=600.0,
+      temperature=0.0,         # Greedy.
+      max_output_tokens=32,    # A short answer.
+      timeout=60.0,
+      max_passage_tokens=200,  # Each passage (title + text) cut to this many tokens (0 = no cut).
+      tokenizer="",            # tokenizer.json for exact budgets; "" = an estimate (llamacpp: its own).
+      n_ctx=0,                 # llamacpp context; 0 = sized for max(ks) passages.
+      n_threads=0,             # llamacpp CPU threads; 0 = all cores.
+  ))
+
+
 def label_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       split="train",
@@ -114,6 +160,7 @@ def ranker_config() -> ml_collections.ConfigDict:
       max_length=256,          # Tokens of "[CLS] query [SEP] passage [SEP]".
       list_size=20,            # Candidates per query (pads shorter lists).
       prefix_only=True,        # ListMLE over the teacher-ranked prefix only (after repairs).
+      top_k=0,                 # > 0: top-k ListMLE, only the first k teacher positions scored.
       batch_size=4,            # Queries per step (x list_size pairs).
       score_batch_size=64,     # Pairs per forward pass when scoring.
       epochs=2.0,
@@ -172,6 +219,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.ranker = ranker_config()
   config.distill = distill_config()
   config.eval = eval_config()
+  config.reader = reader_config()
   config.export = export_config()
   config.pipeline = ml_collections.ConfigDict(dict(
       stages=("retrieve", "evaluate"),

@@ -63,7 +63,7 @@ class ListwiseExamples:
 
   def __init__(self, labels: Sequence[dict], dataset: data_lib.Dataset,
                tokenizer: tokenization.Tokenizer, *, list_size: int, max_length: int,
-               buckets: Sequence[int], use_prefix: bool):
+               buckets: Sequence[int], use_prefix: bool, top_k: int = 0):
     q, l = len(labels), list_size
     self.qids = [r["qid"] for r in labels]
     self.buckets = [b for b in sorted(buckets) if b < max_length] + [max_length]
@@ -75,7 +75,9 @@ class ListwiseExamples:
     self.prefix = np.zeros((q,), np.int32)
     firsts, seconds, where = [], [], []
     for i, record in enumerate(labels):
-      docids, ranking, self.prefix[i] = data_lib.truncate_label(record, l, use_prefix=use_prefix)
+      docids, ranking, prefix = data_lib.truncate_label(record, l, use_prefix=use_prefix)
+      # Top-k ListMLE: only the first k positions are scored (all items stay in the denominators).
+      self.prefix[i] = min(prefix, top_k) if top_k > 0 else prefix
       query = dataset.queries[record["qid"]].text
       for j, d in enumerate(docids):
         firsts.append(query)
@@ -158,7 +160,8 @@ def run(config, workdir: str) -> None:
   tokenizer = tokenization.Tokenizer(ckpt.dir)
   make = functools.partial(ListwiseExamples, dataset=dataset, tokenizer=tokenizer,
                            list_size=section.list_size, max_length=section.max_length,
-                           buckets=config.encode.buckets, use_prefix=section.prefix_only)
+                           buckets=config.encode.buckets, use_prefix=section.prefix_only,
+                           top_k=section.top_k)
   train_ex = make([by_qid[q] for q in train_qids])
   dev_ex = make([by_qid[q] for q in dev_qids])
   logging.info("Ranker: %d train and %d dev queries, lists of %d, %d tokens", len(train_ex),

@@ -207,3 +207,16 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   assert (tmp_path / "eval" / "training_curves.png").stat().st_size > 1000
   report = (tmp_path / "eval" / "report.md").read_text()
   assert "| distilled |" in report and "95% CI" in report
+
+
+def test_top_k_listmle_scores_only_the_first_k_positions(tiny, tmp_path):
+  bert, data_dir = tiny
+  config = _config(bert, data_dir)
+  labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
+  make = lambda k: ranker.ListwiseExamples(  # noqa: E731
+      labels, data_lib.load_beir(data_dir), tokenization.Tokenizer(config.model.init), list_size=6,
+      max_length=32, buckets=(32,), use_prefix=True, top_k=k)
+  full, top2 = make(0), make(2)
+  assert full.prefix.tolist() == [2 if r["qid"] == "q1" else 6 for r in labels]
+  assert top2.prefix.tolist() == [2] * len(labels)
+  np.testing.assert_array_equal(full.ranking, top2.ranking)
