@@ -59,7 +59,14 @@ def model_dir(init: str) -> str:
 
 
 def ensure_dataset(data_config) -> str:
-  """The data directory, downloading `data.download_url` into the cache if it is missing."""
+  """The data directory, downloading `data.download_url` into the cache if it is missing.
+
+  With `data.qa.format` set, the directory of a question set (NQ-open, TriviaQA) over a passage
+  TSV, written by `qa_data.materialize` the first time.
+  """
+  if data_config.get("qa") is not None and data_config.qa.format:
+    from interdistill_jax import qa_data
+    return qa_data.materialize(data_config)
   directory = os.path.expanduser(data_config.dir)
   if directory and os.path.exists(os.path.join(directory, "queries.jsonl")):
     return directory

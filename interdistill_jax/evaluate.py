@@ -8,7 +8,8 @@ Systems (each only when its stage has finished in the workdir):
 
 Writes `eval/{system}.json`, `eval/{system}.trec`, `eval/per_query/{system}.json`,
 `eval/compare.json` (paired bootstrap of each system against the baseline) and
-`eval/report.md` with PNG plots.
+`eval/report.md` with PNG plots. With `reader.enabled`, a reader LLM answers the questions from each
+system's top-k passages (`reader.py`): `rag.em@{k}` and `rag.f1@{k}`, and `eval/rag/{system}.jsonl`.
 """
 
 from __future__ import annotations
@@ -20,18 +21,25 @@ import jax
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import metrics, report, retrieval, tokenization
+from interdistill_jax import metrics, reader, report, retrieval, tokenization
 
 COMPARED = ("ndcg@10", "recall@100", "mrr@10", "top1_acc", "top5_acc", "top20_acc", "top100_acc")
 
 
 def system_result(dataset: data_lib.Dataset, dataset_name: str, split: str, system: str,
                   run: data_lib.Run, eval_config) -> tuple[dict, dict]:
-  """(eval/{system}.json content, per-query values) for one system's run."""
-  qrels = dataset.qrels(split)
-  aggregate, per_query = metrics.evaluate_run(qrels, run, eval_config.k_values)
+  """(eval/{system}.json content, per-query values) for one system's run.
+
+  A split with qrels gets the IR metrics; one with answers gets `top{k}_acc` (a question set with
+  answers and no qrels, such as NQ-open, gets only those).
+  """
   queries = dataset.split_queries(split)
+  aggregate, per_query = {}, {}
+  if dataset.has_qrels(split):
+    aggregate, per_query = metrics.evaluate_run(dataset.qrels(split), run, eval_config.k_values)
   answers = {qid: q.answers for qid, q in queries.items() if q.answers}
+  if not answers and not dataset.has_qrels(split):
+    raise ValueError(f"split {split!r} of {dataset.root} has neither qrels nor answers to score")
   if answers:
     texts = {docid: doc.full_text() for docid, doc in dataset.corpus.items()}
     acc, acc_per_query = metrics.answer_accuracy(run, texts, answers, eval_config.answer_ks)
@@ -59,8 +67,9 @@ def compare(per_query: dict[str, dict], baseline: str = "baseline", seed: int = 
   for system, values in per_query.items():
     if system == baseline:
       continue
+    names = [*COMPARED, *sorted(m for m in values if m.startswith("rag."))]
     out[system] = {m: metrics.paired_bootstrap(per_query[baseline][m], values[m], seed=seed)
-                   for m in COMPARED if m in values and m in per_query[baseline]}
+                   for m in names if m in values and m in per_query[baseline]}
   return out
 
 
@@ -119,6 +128,10 @@ def run(config, workdir: str) -> None:
   results, per_query = [], {}
   for system, run_ in runs.items():
     result, per_query[system] = system_result(dataset, name, split, system, run_, config.eval)
+    if config.reader.enabled and jax.process_index() == 0:
+      rag, rag_per_query = reader.rag_metrics(config, workdir, dataset, queries, run_, system)
+      result["metrics"].update(rag)
+      per_query[system].update(rag_per_query)
     results.append(result)
     if jax.process_index() == 0:
       write_system(workdir, result, per_query[system], run_)

@@ -31,7 +31,7 @@ import ml_collections
 from absl import logging
 from tqdm import tqdm
 
-from interdistill_jax import assets, data
+from interdistill_jax import assets, data, metrics
 from interdistill_jax import teachers
 from interdistill_jax.teachers import pricing
 from interdistill_jax.teachers.cache import Cache
@@ -84,11 +84,21 @@ def _check_resumable(path: str, existing: list[dict], candidates: Mapping[str, l
                              "move labels/ away or use another workdir")
 
 
-def _relevance(dataset: data.Dataset, split: str, qids) -> dict[str, dict[str, int]]:
-  """Query text -> docid -> grade, what the simulated teacher ranks by."""
-  qrels = dataset.qrels(split)
+def _relevance(dataset: data.Dataset, split: str,
+               candidates: Mapping[str, list[str]]) -> dict[str, dict[str, int]]:
+  """Query text -> docid -> grade, what the simulated teacher ranks by.
+
+  From the split's qrels; for a question set without them, DPR's rule: a candidate that contains
+  an answer string is relevant (grade 1).
+  """
+  if dataset.has_qrels(split):
+    qrels = dataset.qrels(split)
+  else:
+    qrels = {qid: {d: 1 for d in docids
+                   if metrics.has_answer(dataset.queries[qid].answers, dataset.corpus[d].full_text())}
+             for qid, docids in candidates.items()}
   relevance: dict[str, dict[str, int]] = {}
-  for qid in qids:
+  for qid in candidates:
     relevance.setdefault(dataset.queries[qid].text, {}).update(qrels.get(qid, {}))
   return relevance
 

@@ -14,6 +14,8 @@ _KEYS = ("ndcg@10", "recall@100", "mrr@10", "map@10", "top1_acc", "top5_acc", "t
 def table(results: list[dict]) -> str:
   """A markdown table: one row per system, the metrics users quote."""
   keys = [k for k in _KEYS if any(k in r["metrics"] for r in results)]
+  keys += sorted({k for r in results for k in r["metrics"] if k.startswith("rag.") and "@" in k},
+                 key=lambda k: (int(k.split("@")[1]), k))
   lines = ["| system | queries | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
   for r in results:
     cells = [f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "" for k in keys]

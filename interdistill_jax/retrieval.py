@@ -208,12 +208,13 @@ def retrieve(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset, 
 
 
 def run(config, workdir: str) -> None:
-  """Task `retrieve`: writes `candidates/{split}.trec` for each split that has qrels."""
+  """Task `retrieve`: writes `candidates/{split}.trec` for each split present (qrels or id list)."""
   dataset = load_dataset(config)
   encoder = Encoder.from_config(config)
   for split in config.retrieve.splits:
     if not dataset.has_split(split):
-      logging.warning("No qrels/%s.tsv in %s: skipping split %s", split, dataset.root, split)
+      logging.warning("No qrels/%s.tsv or splits/%s.txt in %s: skipping split %s", split, split,
+                      dataset.root, split)
       continue
     out = os.path.join(workdir, "candidates", f"{split}.trec")
     result = retrieve(config, workdir, encoder, dataset, split, config.retrieve.k)

@@ -2,6 +2,8 @@
 
 A backend answers one `Request` (a query and a window of passages) with an `Answer`: the raw text
 of a listwise ranking (`[2] > [1] > [3]`), or, for a pointwise backend, one score per passage.
+A request that carries its own chat turns (`Request.chat`, e.g. a reader's question-answering
+prompt) is answered with free text by the generating backends (`openai`, `gemini`, `llamacpp`).
 Everything above a backend (retries, rate limits, caching, windows, parsing) is shared, so a new
 backend is one class.
 """
@@ -38,21 +40,40 @@ class Request:
 
   `corrections` holds earlier malformed answers to the same window (the `retry` policy), so a
   re-ask is a different prompt with its own cache entry.
+
+  `chat`, when set, is the whole prompt as (role, content) turns, sent instead of the listwise
+  ranking prompt: a free-text generation. `stop` lists strings that end such an answer; a local
+  backend stops generating there, remote ones return the full text, so callers cut at them too.
   """
   query: str
   passages: tuple[Passage, ...]
   corrections: tuple[Correction, ...] = ()
+  chat: tuple[tuple[str, str], ...] = ()
+  stop: tuple[str, ...] = ()
 
   def key_fields(self) -> dict[str, Any]:
     """What identifies this request (hashed into the cache key with the backend's identity).
 
-    Docids are included because a simulated teacher's answer depends on them.
+    Docids are included because a simulated teacher's answer depends on them. `chat` and `stop`
+    enter only when set, so the keys of ranking requests are the same as before they existed.
     """
-    return {
+    fields: dict[str, Any] = {
         "query": self.query,
         "passages": [[p.docid, p.text] for p in self.passages],
         "corrections": [[c.answer, c.problem] for c in self.corrections],
     }
+    if self.chat:
+      fields["chat"] = [list(turn) for turn in self.chat]
+    if self.stop:
+      fields["stop"] = list(self.stop)
+    return fields
+
+  def messages(self) -> list[dict[str, str]]:
+    """The chat messages (`role`, `content`) to send: `chat`, or the listwise ranking prompt."""
+    if self.chat:
+      return [{"role": role, "content": content} for role, content in self.chat]
+    from interdistill_jax.teachers import prompt  # prompt imports this module
+    return prompt.build_messages(self.query, self.passages, self.corrections)
 
 
 @dataclasses.dataclass(frozen=True)

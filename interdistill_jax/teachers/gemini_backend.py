@@ -39,7 +39,7 @@ class GeminiBackend(Backend):
   async def answer(self, request: Request) -> Answer:
     import aiohttp
     types = self._types
-    messages = prompt.build_messages(request.query, request.passages, request.corrections)
+    messages = request.messages()
     system = "\n".join(m["content"] for m in messages if m["role"] == "system")
     contents = [types.Content(role="model" if m["role"] == "assistant" else "user",
                               parts=[types.Part(text=m["content"])])

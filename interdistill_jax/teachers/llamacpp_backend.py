@@ -5,6 +5,8 @@ Two modes:
     permutations;
   - "query_likelihood": each passage scored by the mean log P(query tokens | passage prompt), for
     small models such as the packaged SmolLM2-135M-Instruct, which cannot write permutations.
+A request with its own chat turns (`Request.chat`) is a free-text generation in either mode:
+greedy at temperature 0, through the model's chat template, ending at `Request.stop`.
 The model runs in a worker thread, one call at a time; it is local, so it has no price.
 """
 
@@ -91,16 +93,19 @@ class LlamaCppBackend(Backend):
     return self._tokens
 
   async def answer(self, request: Request) -> Answer:
-    fn = self._query_likelihood if self.mode == POINTWISE else self._listwise
+    fn = self._query_likelihood if self.mode == POINTWISE and not request.chat else self._chat
     return await asyncio.to_thread(fn, request)
 
-  def _listwise(self, request: Request) -> Answer:
-    messages = prompt.build_messages(request.query, request.passages, request.corrections)
-    max_tokens = self.max_output_tokens or 8 * len(request.passages) + 16
+  def _chat(self, request: Request) -> Answer:
+    if request.chat:
+      max_tokens = self.max_output_tokens or 64
+    else:  # A listwise ranking: room for one permutation.
+      max_tokens = self.max_output_tokens or 8 * len(request.passages) + 16
     with self._lock:
       self._llm.reset()
-      out = self._llm.create_chat_completion(messages=messages, temperature=self.temperature,
-                                             max_tokens=max_tokens, seed=self.seed)
+      out = self._llm.create_chat_completion(messages=request.messages(), temperature=self.temperature,
+                                             max_tokens=max_tokens, stop=list(request.stop) or None,
+                                             seed=self.seed)
     usage = out.get("usage") or {}
     return Answer(text=out["choices"][0]["message"]["content"] or "",
                   prompt_tokens=usage.get("prompt_tokens", 0),

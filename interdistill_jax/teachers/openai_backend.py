@@ -34,7 +34,7 @@ class OpenAIBackend(Backend):
   async def answer(self, request: Request) -> Answer:
     openai = self._openai
     kwargs = dict(model=self.model, temperature=self.temperature,
-                  messages=prompt.build_messages(request.query, request.passages, request.corrections))
+                  messages=request.messages())
     if self.max_output_tokens > 0:
       kwargs["max_tokens"] = self.max_output_tokens
     try:

@@ -4,7 +4,8 @@
   - OpenAI chat completions: `POST /v1/chat/completions`
   - Gemini generateContent:   `POST /{version}/models/{model}:generateContent`
 It answers listwise prompts as a consistent teacher (passages ranked by word overlap with the
-query, ties by position), and replays scripted faults: 429 with Retry-After, 5xx, answers slower
+query, ties by position), or whatever `answer_fn(query, passages)` returns (a reader's scripted
+answers), and replays scripted faults: 429 with Retry-After, 5xx, answers slower
 than the client's timeout, and malformed permutations. It counts every prompt it answered, keyed by
 a hash of the prompt, so tests can prove that no answered prompt was sent twice.
 
@@ -29,6 +30,7 @@ from aiohttp import web
 
 _PASSAGE_RE = re.compile(r"^\[(\d+)\] (.*)$", re.M)
 _QUERY_RE = re.compile(r"Search Query: (.*?)\.\s*\nRank the", re.S)
+_QUESTION_RE = re.compile(r"^Question: (.*)$", re.M)  # a reader's question-answering prompt
 _WORD_RE = re.compile(r"\w+")
 
 
@@ -60,13 +62,13 @@ def consistent_answer(query: str, passages: Sequence[str]) -> str:
 
 
 def parse_listwise_prompt(texts: Sequence[str]) -> tuple[str, list[str]]:
-  """Query and passage texts recovered from the user turns of a RankGPT-style prompt."""
+  """Query and passage texts recovered from the user turns of a RankGPT-style or reader prompt."""
   passages: dict[int, str] = {}
   query = ""
   for text in texts:
     for m in _PASSAGE_RE.finditer(text):
       passages.setdefault(int(m.group(1)), m.group(2))
-    q = _QUERY_RE.search(text)
+    q = _QUERY_RE.search(text) or _QUESTION_RE.search(text)
     if q and not query:
       query = q.group(1)
   return query, [passages[i] for i in sorted(passages)]
