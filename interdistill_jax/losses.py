@@ -61,7 +61,7 @@ def listmle(
   It equals the full PL probability summed over all orders of the tail.
 
   The same function trains the retriever directly from the teacher ranking
-  in the no-intermediate-ranker ablation (`retriever_listmle`).
+  in the no-intermediate-ranker ablation (`distill.teacher="llm"`).
 
   Args:
     scores: [B, L] float32 model scores, in candidate order.
@@ -92,12 +92,6 @@ def listmle(
   # Both operands are -inf outside the list: select before subtracting.
   log_probs = jnp.where(trusted, ranked - jnp.where(trusted, tail_lse, 0.0), 0.0)
   return -jnp.sum(log_probs, axis=-1)
-
-
-# The ablation without an intermediate ranker fits the retriever's scores to
-# the teacher ranking with the very same likelihood; the alias only names that
-# use at call sites.
-retriever_listmle = listmle
 
 
 def kl_distillation(

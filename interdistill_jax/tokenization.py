@@ -8,7 +8,6 @@ truncation reset so that we, not the file, decide lengths: a shipped file may fi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterator, Sequence
 
@@ -49,7 +48,6 @@ class Tokenizer:
     self.pad_id = self._token_id("[PAD]", default=0)
     self.cls_id = self._token_id("[CLS]")
     self.sep_id = self._token_id("[SEP]")
-    self.lowercase = _lowercase_setting(self.dir)
 
   def _token_id(self, token: str, default: int | None = None) -> int:
     idx = self._tok.token_to_id(token)
@@ -77,14 +75,6 @@ class Tokenizer:
     finally:
       self._tok.no_truncation()
     return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32)) for e in encs]
-
-
-def _lowercase_setting(directory: str) -> bool | None:
-  cfg = os.path.join(directory, "tokenizer_config.json")
-  if os.path.exists(cfg):
-    with open(cfg) as f:
-      return json.load(f).get("do_lower_case")
-  return None
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:

@@ -149,10 +149,6 @@ def test_listmle_of_row_without_valid_items_is_zero_with_zero_gradient():
   np.testing.assert_array_equal(grad, 0.0)
 
 
-def test_retriever_listmle_is_listmle():
-  assert losses.retriever_listmle is losses.listmle
-
-
 def _np_kl(student, teacher, mask, ts=1.0, tt=1.0):
   """Reference KL(P_teacher || P_student) in float64 over each row's valid entries."""
   out = []
