@@ -175,9 +175,7 @@ def run(config, workdir: str) -> None:
   doc_emb = doc_tokens = None
   if section.towers == "query":
     encoder = retrieval.Encoder.from_config(config)
-    cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
-    _, doc_emb = encoder.encode_corpus(dataset.corpus, cache,
-                                       retrieval.corpus_id(retrieval.corpus_path(config, dataset)))
+    _, doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
     del encoder
   else:
     seqs = tokenizer.encode([dataset.corpus[d].full_text() for d in docids], config.model.max_doc_length)

@@ -99,9 +99,7 @@ def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, bas
                               model_id=f"{os.path.abspath(out_dir)}|step{info['selected_step']}")
   index = base_index
   if info["towers"] != "query":  # the passage tower changed: the corpus must be re-encoded
-    cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
-    _, emb = encoder.encode_corpus(dataset.corpus, cache,
-                                   retrieval.corpus_id(retrieval.corpus_path(config, dataset)))
+    _, emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
     index = retrieval.ExactIndex(emb, mesh=encoder.mesh, block_size=config.retrieve.block_size)
   q = encoder.encode([x.text for x in queries.values()], tower="query")
   return retrieval.search_run(index, list(dataset.corpus), list(queries), q, config.eval.depth)
@@ -113,9 +111,7 @@ def run(config, workdir: str) -> None:
   split, name = config.eval.split, dataset_name(config, dataset)
   queries = dataset.split_queries(split)
   encoder = retrieval.Encoder.from_config(config)
-  cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
-  docids, doc_emb = encoder.encode_corpus(dataset.corpus, cache,
-                                          retrieval.corpus_id(retrieval.corpus_path(config, dataset)))
+  docids, doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
   index = retrieval.ExactIndex(doc_emb, mesh=encoder.mesh, block_size=config.retrieve.block_size)
   q = encoder.encode([x.text for x in queries.values()], tower="query", desc=f"encode {split} queries")
   runs = {"baseline": retrieval.search_run(index, docids, list(queries), q, config.eval.depth)}

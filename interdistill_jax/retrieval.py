@@ -197,11 +197,17 @@ def corpus_path(config, dataset: data_lib.Dataset) -> str:
   return f if os.path.isabs(f) else os.path.join(dataset.root, f)
 
 
+def corpus_embeddings(config, workdir: str, encoder: Encoder,
+                      dataset: data_lib.Dataset) -> tuple[list[str], np.ndarray]:
+  """(docids, [N, H]) of the data set's corpus, through the workdir's embedding cache."""
+  cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
+  return encoder.encode_corpus(dataset.corpus, cache, corpus_id(corpus_path(config, dataset)))
+
+
 def retrieve(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset, split: str,
              k: int) -> data_lib.Run:
   """Top-k run of the encoder for the queries of `split` (corpus embeddings cached)."""
-  cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
-  docids, doc_emb = encoder.encode_corpus(dataset.corpus, cache, corpus_id(corpus_path(config, dataset)))
+  docids, doc_emb = corpus_embeddings(config, workdir, encoder, dataset)
   queries = dataset.split_queries(split)
   q_emb = encoder.encode([q.text for q in queries.values()], tower="query", desc=f"encode {split} queries")
   index = ExactIndex(doc_emb, mesh=encoder.mesh, block_size=config.retrieve.block_size)

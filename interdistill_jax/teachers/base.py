@@ -117,6 +117,17 @@ class PermanentError(Exception):
     self.fatal = fatal
 
 
+def error_for_status(status: int, message: str, retry_after: float | None) -> Exception:
+  """The error an HTTP status means: 429, 408 and 5xx are retried; 401/403/404 stop the run."""
+  if status == 429:
+    return TransientError("rate_limit", message, retry_after)
+  if status == 408:
+    return TransientError("timeout", message, retry_after)
+  if status >= 500:
+    return TransientError("server_error", message, retry_after)
+  return PermanentError(message, fatal=status in (401, 403, 404))
+
+
 class Backend(abc.ABC):
   """One way of asking an LLM.
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 from interdistill_jax.teachers import prompt
-from interdistill_jax.teachers.base import (Answer, Backend, PermanentError, Request, TransientError,
-                                            parse_retry_after)
+from interdistill_jax.teachers.base import (Answer, Backend, Request, TransientError,
+                                            error_for_status, parse_retry_after)
 
 _DURATION = re.compile(r"^\s*([0-9.]+)s\s*$")
 
@@ -82,13 +82,7 @@ def _classify(e) -> Exception:
   retry_after = parse_retry_after(getattr(e.response, "headers", None))
   if retry_after is None:
     retry_after = _retry_info(e.details)
-  if code == 429:
-    return TransientError("rate_limit", message, retry_after)
-  if code == 408:
-    return TransientError("timeout", message, retry_after)
-  if code >= 500:
-    return TransientError("server_error", message, retry_after)
-  return PermanentError(message, fatal=code in (401, 403, 404))
+  return error_for_status(code, message, retry_after)
 
 
 def _retry_info(details) -> float | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from interdistill_jax.teachers import prompt
 from interdistill_jax.teachers.base import (Answer, Backend, PermanentError, Request, TransientError,
-                                            parse_retry_after)
+                                            error_for_status, parse_retry_after)
 
 
 class OpenAIBackend(Backend):
@@ -62,10 +62,4 @@ def _classify(status: int, message: str, headers, body) -> Exception:
   if status == 429 and code == "insufficient_quota":
     # OpenAI reports an exhausted balance as 429 too; waiting will not fix it.
     return PermanentError(message, fatal=True)
-  if status == 429:
-    return TransientError("rate_limit", message, retry_after)
-  if status == 408:
-    return TransientError("timeout", message, retry_after)
-  if status >= 500:
-    return TransientError("server_error", message, retry_after)
-  return PermanentError(message, fatal=status in (401, 403, 404))
+  return error_for_status(status, message, retry_after)
