@@ -44,6 +44,8 @@ def main(argv):
   if _MULTIHOST.value:
     import jax
     jax.distributed.initialize(**distributed_kwargs())
+    logging.info("process %d/%d: %d local of %d devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   logging.info("task=%s workdir=%s", config.task, workdir)

@@ -99,13 +99,16 @@ class Checkpoints:
 
   def __init__(self, directory: str, *, keep: int, interval: int):
     directory = os.path.abspath(directory)
+    # Two managers save at the same step: on several hosts each needs its own barrier names.
+    sync = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)  # noqa: E731
     self.latest = ocp.CheckpointManager(
         os.path.join(directory, "latest"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval,
+                                             multiprocessing_options=sync("latest")))
     self.best = ocp.CheckpointManager(
         os.path.join(directory, "best"),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["dev_loss"],
-                                             best_mode="min"))
+                                             best_mode="min", multiprocessing_options=sync("best")))
 
   def save(self, state: TrainState, *, force=False, dev_loss: float | None = None):
     tree = {"params": state.params, "opt_state": state.opt_state}
@@ -267,7 +270,8 @@ def restore_params(model: nnx.Module, out_dir: str, *, trainable: Any = nnx.Para
   """Loads a finished stage's selected parameters into `model`; returns their step."""
   info = read_done(out_dir)
   _, params, _ = nnx.split(model, trainable, ...)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  # Placed on this run's devices, whatever topology saved them (a pod's checkpoint loads on a laptop).
+  abstract = _abstract(params, sharding.make_mesh())
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(out_dir), "checkpoints", "best"),
                                options=ocp.CheckpointManagerOptions(read_only=True))
   tree = mngr.restore(info["selected_step"], args=ocp.args.StandardRestore({"params": abstract}))
