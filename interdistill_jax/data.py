@@ -83,30 +83,40 @@ def _check_unique(seen: set, key: str, path, lineno: int, what: str):
 
 
 def load_corpus(path: str | os.PathLike) -> dict[str, Document]:
-  """BEIR `corpus.jsonl` (`_id`, `title`, `text`) or a DPR TSV (`id text title`)."""
-  if str(path).endswith((".tsv", ".tsv.gz")):
-    return load_dpr_tsv(path)
+  """BEIR `corpus.jsonl` (`_id`, `title`, `text`) or a DPR TSV (`id text title`), in memory."""
   corpus: dict[str, Document] = {}
+  for lineno, doc in _iter_corpus_lines(path):
+    if doc.docid in corpus:
+      raise DataError(path, lineno, f"duplicate document id {doc.docid!r}")
+    corpus[doc.docid] = doc
+  if not corpus:
+    raise DataError(path, None, "no documents")
+  return corpus
+
+
+def iter_corpus(path: str | os.PathLike) -> Iterator[Document]:
+  """The corpus file's documents in file order, streamed (no duplicate-id check: that needs
+  every id in memory)."""
+  return (doc for _, doc in _iter_corpus_lines(path))
+
+
+def _iter_corpus_lines(path: str | os.PathLike) -> Iterator[tuple[int, Document]]:
+  if str(path).endswith((".tsv", ".tsv.gz")):
+    yield from _iter_dpr_tsv(path)
+    return
   for lineno, obj in _iter_jsonl(path):
     docid = _require_str(obj, "_id", path, lineno)
     text = _require_str(obj, "text", path, lineno, allow_empty=True)
     title = obj.get("title", "") or ""
     if not isinstance(title, str):
       raise DataError(path, lineno, "field 'title' must be a string")
-    if docid in corpus:
-      raise DataError(path, lineno, f"duplicate document id {docid!r}")
-    corpus[docid] = Document(docid, title, text)
-  if not corpus:
-    raise DataError(path, None, "no documents")
-  return corpus
+    yield lineno, Document(docid, title, text)
 
 
-def load_dpr_tsv(path: str | os.PathLike) -> dict[str, Document]:
-  """DPR passage TSV: header `id<TAB>text<TAB>title`, one passage per line."""
+def _iter_dpr_tsv(path: str | os.PathLike) -> Iterator[tuple[int, Document]]:
   import gzip
 
   opener = gzip.open if str(path).endswith(".gz") else open
-  corpus: dict[str, Document] = {}
   with opener(path, "rt", encoding="utf-8", newline="") as f:
     reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
     header = next(reader, None)
@@ -121,10 +131,7 @@ def load_dpr_tsv(path: str | os.PathLike) -> dict[str, Document]:
       docid, text, title = row
       if not docid.strip():
         raise DataError(path, lineno, "empty passage id")
-      if docid in corpus:
-        raise DataError(path, lineno, f"duplicate document id {docid!r}")
-      corpus[docid] = Document(docid, title, text)
-  return corpus
+      yield lineno, Document(docid, title, text)
 
 
 def load_queries(path: str | os.PathLike) -> dict[str, Query]:

@@ -56,6 +56,10 @@ def encode_config() -> ml_collections.ConfigDict:
       # Lengths each batch is padded up to (each compiles once): fine steps waste little compute.
       buckets=(16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512),
       cache=True,              # Store corpus embeddings under workdir/embeddings/ and reuse.
+      # > 0: encode the corpus into on-disk shards of this many passages (bounded memory,
+      # resumable per shard, each process its own shards); 0: in memory (small corpora).
+      shard_size=0,
+      shard_dtype="float16",   # Storage dtype of the shards: "float16" (half the disk) or "float32".
   ))
 
 
@@ -64,6 +68,13 @@ def retrieve_config() -> ml_collections.ConfigDict:
       k=100,                   # Candidates written per query.
       splits=("train", "test"),
       block_size=4096,         # Corpus rows scored per matmul block in exact search.
+      index="exact",           # "exact", or FAISS "ivfpq" / "hnsw" (needs encode.shard_size > 0).
+      nlist=0,                 # ivfpq: inverted lists; 0 = 4 sqrt(corpus size).
+      pq_m=48,                 # ivfpq: PQ sub-quantizers (bytes per vector); must divide the dim.
+      nprobe=64,               # ivfpq: lists visited per query.
+      hnsw_m=32,               # hnsw: links per node.
+      ef_search=256,           # hnsw: search beam width.
+      refine=4,                # ivfpq/hnsw: re-score refine x k proposals with the stored embeddings.
   ))
 
 

@@ -97,12 +97,11 @@ def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, bas
   encoder = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                               model_config=config.model, mesh=base_encoder.mesh,
                               model_id=f"{os.path.abspath(out_dir)}|step{info['selected_step']}")
-  index = base_index
+  docids, index = base_index
   if info["towers"] != "query":  # the passage tower changed: the corpus must be re-encoded
-    _, emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
-    index = retrieval.ExactIndex(emb, mesh=encoder.mesh, block_size=config.retrieve.block_size)
+    docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
   q = encoder.encode([x.text for x in queries.values()], tower="query")
-  return retrieval.search_run(index, list(dataset.corpus), list(queries), q, config.eval.depth)
+  return retrieval.search_run(index, docids, list(queries), q, config.eval.depth)
 
 
 def run(config, workdir: str) -> None:
@@ -111,8 +110,7 @@ def run(config, workdir: str) -> None:
   split, name = config.eval.split, dataset_name(config, dataset)
   queries = dataset.split_queries(split)
   encoder = retrieval.Encoder.from_config(config)
-  docids, doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
-  index = retrieval.ExactIndex(doc_emb, mesh=encoder.mesh, block_size=config.retrieve.block_size)
+  docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
   q = encoder.encode([x.text for x in queries.values()], tower="query", desc=f"encode {split} queries")
   runs = {"baseline": retrieval.search_run(index, docids, list(queries), q, config.eval.depth)}
   if os.path.exists(os.path.join(workdir, "ranker", "done.json")):
@@ -120,7 +118,7 @@ def run(config, workdir: str) -> None:
   for system, sub in (("distilled", "retriever"), ("direct", "retriever_direct")):
     if os.path.exists(os.path.join(workdir, sub, "done.json")):
       runs[system] = _distilled_run(config, workdir, os.path.join(workdir, sub), dataset, queries,
-                                    encoder, index)
+                                    encoder, (docids, index))
   results, per_query = [], {}
   for system, run_ in runs.items():
     result, per_query[system] = system_result(dataset, name, split, system, run_, config.eval)

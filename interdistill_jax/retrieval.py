@@ -32,8 +32,10 @@ class Encoder:
     self.max_query_length = model_config.max_query_length
     self.max_doc_length = model_config.max_doc_length
     self.model_id = model_id
-    graphdef, state = nnx.split(model)
-    self._state = sharding.put_replicated(state, self.mesh)
+    self._encode_config, self._model_config = encode_config, model_config
+    self._graphdef, self._host_state = nnx.split(model)
+    self._state = sharding.put_replicated(self._host_state, self.mesh)
+    graphdef = self._graphdef
     out = sharding.batch_sharding(self.mesh)
 
     @functools.partial(jax.jit, static_argnames="tower", out_shardings=out)
@@ -41,6 +43,15 @@ class Encoder:
       return nnx.merge(graphdef, state).encode(ids, types, mask, tower=tower)
 
     self._encode = encode
+
+  def on_local_devices(self) -> "Encoder":
+    """The same encoder on this process's devices only: processes can then encode different
+    texts at the same time (corpus shards), without waiting for one another."""
+    if sharding.is_process_local(self.mesh):
+      return self
+    return Encoder(nnx.merge(self._graphdef, self._host_state), self.tokenizer,
+                   encode_config=self._encode_config, model_config=self._model_config,
+                   mesh=sharding.make_mesh(jax.local_devices()), model_id=self.model_id)
 
   @classmethod
   def from_config(cls, config, *, mesh=None) -> "Encoder":
@@ -179,7 +190,7 @@ class ExactIndex:
     return np.concatenate(scores), np.concatenate(indices)
 
 
-def search_run(index: ExactIndex, docids: Sequence[str], qids: Sequence[str],
+def search_run(index, docids: Sequence[str], qids: Sequence[str],
                query_emb: np.ndarray, k: int) -> data_lib.Run:
   scores, indices = index.search(query_emb, k)
   return {qid: {docids[j]: float(s) for s, j in zip(scores[r], indices[r])}
@@ -204,13 +215,48 @@ def corpus_embeddings(config, workdir: str, encoder: Encoder,
   return encoder.encode_corpus(dataset.corpus, cache, corpus_id(corpus_path(config, dataset)))
 
 
+def corpus_shards(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
+  """The corpus encoded into on-disk shards under workdir/embeddings/ (resumed, then reused)."""
+  from interdistill_jax import shards
+  key = hashlib.sha256(f"{encoder.model_id}|{corpus_id(corpus_path(config, dataset))}|"
+                       f"{encoder.max_doc_length}|{config.encode.shard_dtype}".encode())
+  directory = os.path.join(workdir, "embeddings", f"shards-{key.hexdigest()[:16]}")
+  return shards.encode_to_shards(
+      encoder.on_local_devices(), corpus_path(config, dataset), directory,
+      shard_size=config.encode.shard_size, dtype=config.encode.shard_dtype,
+      meta={"model": encoder.model_id, "corpus": corpus_id(corpus_path(config, dataset))})
+
+
+def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
+  """(docids, index) of the corpus under `encoder`.
+
+  `encode.shard_size` 0: embeddings in memory, exact search sharded over the mesh. Otherwise
+  on-disk shards (bounded memory), searched exactly shard by shard or, with `retrieve.index`
+  "ivfpq" or "hnsw", through a FAISS index built from the shards and stored beside them.
+  """
+  from interdistill_jax import shards
+  section = config.retrieve
+  if config.encode.shard_size <= 0:
+    if section.index != "exact":
+      raise ValueError(f"retrieve.index={section.index!r} needs on-disk shards: set "
+                       "encode.shard_size > 0")
+    docids, emb = corpus_embeddings(config, workdir, encoder, dataset)
+    return docids, ExactIndex(emb, mesh=encoder.mesh, block_size=section.block_size)
+  store = corpus_shards(config, workdir, encoder, dataset)
+  if section.index == "exact":
+    return store.docids(), shards.ShardedExactIndex(store, block_size=section.block_size)
+  return store.docids(), shards.FaissIndex(
+      shards.load_or_build_faiss(store, section.index, nlist=section.nlist, pq_m=section.pq_m,
+                                 hnsw_m=section.hnsw_m, seed=config.seed),
+      nprobe=section.nprobe, ef_search=section.ef_search, store=store, refine=section.refine)
+
+
 def retrieve(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset, split: str,
              k: int) -> data_lib.Run:
   """Top-k run of the encoder for the queries of `split` (corpus embeddings cached)."""
-  docids, doc_emb = corpus_embeddings(config, workdir, encoder, dataset)
+  docids, index = corpus_index(config, workdir, encoder, dataset)
   queries = dataset.split_queries(split)
   q_emb = encoder.encode([q.text for q in queries.values()], tower="query", desc=f"encode {split} queries")
-  index = ExactIndex(doc_emb, mesh=encoder.mesh, block_size=config.retrieve.block_size)
   return search_run(index, docids, list(queries), q_emb, k)
 
 

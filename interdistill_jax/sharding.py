@@ -45,7 +45,7 @@ def put_batch(tree, mesh: Mesh):
   [i * B / n, (i + 1) * B / n), the rows its devices hold in the mesh.
   """
   sharding = batch_sharding(mesh)
-  if jax.process_count() == 1:
+  if jax.process_count() == 1 or is_process_local(mesh):
     return jax.device_put(tree, sharding)
   n, i = jax.process_count(), jax.process_index()
 
@@ -56,13 +56,18 @@ def put_batch(tree, mesh: Mesh):
   return jax.tree.map(put, tree)
 
 
+def is_process_local(mesh: Mesh) -> bool:
+  """Whether every device of the mesh belongs to this process (a per-host mesh)."""
+  return all(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
 def put_replicated(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
 def to_host(tree):
-  """Fully-addressable or replicated arrays -> numpy on this host."""
-  if jax.process_count() > 1:
+  """Arrays of this process's devices, or sharded over every host, -> numpy on this host."""
+  if jax.process_count() > 1 and not all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
     from jax.experimental import multihost_utils
     tree = multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)

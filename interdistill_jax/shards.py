@@ -1,0 +1,281 @@
+"""Corpus embeddings too large for memory: on-disk shards, streamed exact search, FAISS indexes.
+
+A shard store is one directory per (model, corpus, passage length, storage dtype):
+
+  manifest.json        what was encoded (model, corpus, dim, dtype, shard_size); `num_docs` and
+                       `num_shards` once every shard exists
+  shard-00000.npy      [<= shard_size, dim] float16 or float32 embeddings
+  shard-00000.ids      the shard's docids, one per line
+
+A shard is written to a temporary name and renamed, ids first, so one that exists is complete and
+a killed run re-encodes at most the shards it was writing. Process p of n encodes shards p, p+n, ...
+on its own devices: memory holds one shard's texts and embeddings at a time, whatever the corpus.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from interdistill_jax import data as data_lib
+from interdistill_jax import sharding
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def _shard_name(i: int) -> str:
+  return f"shard-{i:05d}"
+
+
+def iter_chunks(corpus_path: str, size: int) -> Iterator[tuple[int, list[data_lib.Document]]]:
+  """(shard index, documents) of the corpus file, streamed `size` documents at a time."""
+  docs = data_lib.iter_corpus(corpus_path)
+  for i in itertools.count():
+    chunk = list(itertools.islice(docs, size))
+    if not chunk:
+      return
+    yield i, chunk
+
+
+class ShardStore:
+  """A directory of embedding shards (see the module docstring)."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    with open(os.path.join(directory, "manifest.json")) as f:
+      self.manifest = json.load(f)
+    if not self.manifest.get("complete"):
+      raise ValueError(f"{directory}: shard store is incomplete; rerun the encoding to finish it")
+    self.num_shards = self.manifest["num_shards"]
+    self.num_docs = self.manifest["num_docs"]
+    self.dim = self.manifest["dim"]
+    self.offsets = np.asarray(self.manifest["offsets"], np.int64)  # first row of each shard
+
+  def embeddings(self, i: int) -> np.ndarray:
+    """Shard i, memory-mapped (read on use, not held)."""
+    return np.load(os.path.join(self.directory, _shard_name(i) + ".npy"), mmap_mode="r")
+
+  def ids(self, i: int) -> list[str]:
+    with open(os.path.join(self.directory, _shard_name(i) + ".ids"), encoding="utf-8") as f:
+      return f.read().split("\n")[:-1]
+
+  def docids(self) -> list[str]:
+    return [d for i in range(self.num_shards) for d in self.ids(i)]
+
+  def rows(self, indices: np.ndarray) -> np.ndarray:
+    """Embeddings [len(indices), dim] float32 of the given global rows."""
+    indices = np.asarray(indices, np.int64)
+    shard = np.searchsorted(self.offsets, indices, side="right") - 1
+    out = np.zeros((len(indices), self.dim), np.float32)
+    for s in np.unique(shard):
+      where = shard == s
+      out[where] = self.embeddings(int(s))[indices[where] - self.offsets[s]]
+    return out
+
+
+def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: int,
+                     dtype: str = "float16", meta: dict | None = None) -> ShardStore:
+  """Encodes the corpus file into `directory` (resuming), and returns the finished store.
+
+  `encoder` must live on this process's devices only (`Encoder(..., mesh=local mesh)`): the
+  processes encode different shards at the same time and never wait for one another until the end.
+  """
+  if dtype not in DTYPES:
+    raise ValueError(f"encode.shard_dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  os.makedirs(directory, exist_ok=True)
+  manifest_path = os.path.join(directory, "manifest.json")
+  want = {"format": 1, "dtype": dtype, "shard_size": shard_size, **(meta or {})}
+  if os.path.exists(manifest_path):
+    with open(manifest_path) as f:
+      have = json.load(f)
+    diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+    if diff:
+      raise ValueError(f"{manifest_path} was written for other settings {diff}; remove {directory} "
+                       "or choose another workdir")
+    if have.get("complete"):
+      return ShardStore(directory)
+  elif jax.process_index() == 0:
+    data_lib.write_json(manifest_path, want)
+  n, p = jax.process_count(), jax.process_index()
+  counts = []
+  for i, docs in iter_chunks(corpus_path, shard_size):
+    counts.append(len(docs))
+    base = os.path.join(directory, _shard_name(i))
+    if i % n != p or os.path.exists(base + ".npy"):
+      continue
+    emb = encoder.encode([d.full_text() for d in docs], tower="doc", desc=f"encode shard {i}")
+    data_lib.atomic_write_text(base + ".ids", "".join(d.docid + "\n" for d in docs))
+    tmp = base + ".tmp.npy"
+    np.save(tmp, emb.astype(DTYPES[dtype]))
+    os.replace(tmp, base + ".npy")
+    logging.info("Wrote %s.npy (%d passages)", base, len(docs))
+  if not counts:
+    raise data_lib.DataError(corpus_path, None, "no documents")
+  if n > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("shards:" + directory)
+  if p == 0:
+    missing = [i for i in range(len(counts))
+               if not os.path.exists(os.path.join(directory, _shard_name(i) + ".npy"))]
+    if missing:
+      raise RuntimeError(f"{directory}: shards {missing[:5]} are missing after encoding")
+    dim = int(np.load(os.path.join(directory, _shard_name(0) + ".npy"), mmap_mode="r").shape[1])
+    data_lib.write_json(manifest_path, dict(
+        want, complete=True, dim=dim, num_docs=sum(counts), num_shards=len(counts),
+        offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()))
+  if n > 1:
+    multihost_utils.sync_global_devices("shards-done:" + directory)
+  return ShardStore(directory)
+
+
+# --- search ---------------------------------------------------------------------------------
+
+def merge_top_k(scores: Sequence[np.ndarray], indices: Sequence[np.ndarray], k: int):
+  """Per-query top-k of several candidate lists ([Q, k_i] each); ties go to the lower index."""
+  s, i = np.concatenate(scores, 1), np.concatenate(indices, 1)
+  order = np.lexsort((i, -s), axis=1)[:, :k]
+  return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+
+
+class ShardedExactIndex:
+  """Exact inner-product search streamed over a shard store, one shard on the devices at a time.
+
+  With several processes each searches its own shards on its own devices; the per-process top-k
+  lists are then gathered and merged, so every process returns the same global result.
+  """
+
+  def __init__(self, store: ShardStore, *, mesh=None, block_size: int = 4096):
+    self.store = store
+    self.mesh = mesh or sharding.make_mesh(jax.local_devices())
+    self.block_size = block_size
+    self.num_docs = store.num_docs
+
+  def search(self, query_emb: np.ndarray, k: int):
+    from interdistill_jax import retrieval
+    k = min(k, self.num_docs)
+    n, p = jax.process_count(), jax.process_index()
+    best_s = np.full((len(query_emb), k), -np.inf, np.float32)
+    best_i = np.full((len(query_emb), k), np.iinfo(np.int64).max, np.int64)
+    for s in range(p, self.store.num_shards, n):
+      emb = np.asarray(self.store.embeddings(s), np.float32)
+      index = retrieval.ExactIndex(emb, mesh=self.mesh, block_size=self.block_size)
+      scores, idx = index.search(query_emb, min(k, len(emb)))
+      best_s, best_i = merge_top_k([best_s, scores], [best_i, idx + self.store.offsets[s]], k)
+      del index, emb
+    if n > 1:
+      from jax.experimental import multihost_utils
+      all_s = multihost_utils.process_allgather(best_s)  # [n, Q, k]
+      all_i = multihost_utils.process_allgather(best_i)
+      best_s, best_i = merge_top_k(list(all_s), list(all_i), k)
+    return best_s, best_i
+
+
+# --- FAISS ----------------------------------------------------------------------------------
+
+def _faiss():
+  try:
+    import faiss
+  except ImportError as e:
+    raise ImportError("retrieve.index 'ivfpq'/'hnsw' needs faiss: pip install faiss-cpu") from e
+  return faiss
+
+
+def _sample(store: ShardStore, n: int, seed: int) -> np.ndarray:
+  rows = np.sort(np.random.default_rng(seed).choice(store.num_docs, min(n, store.num_docs),
+                                                    replace=False))
+  return store.rows(rows)
+
+
+def build_faiss(store: ShardStore, kind: str, *, nlist: int = 0, pq_m: int = 48, pq_bits: int = 8,
+                hnsw_m: int = 32, ef_construction: int = 80, train_size: int = 0, seed: int = 0):
+  """A FAISS inner-product index over the store, added shard by shard (bounded memory).
+
+  kind "ivfpq": IVF with `nlist` lists (0 = 4 sqrt(N)) and PQ codes of `pq_m` x `pq_bits` bits,
+  trained on `train_size` sampled rows (0 = enough for both k-means). kind "hnsw": an HNSW graph over float16
+  vectors (half the memory of float32 ones) with `hnsw_m` links per node.
+  """
+  faiss = _faiss()
+  d = store.dim
+  if kind == "ivfpq":
+    nlist = nlist or max(16, int(4 * np.sqrt(store.num_docs)))
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, pq_m, pq_bits, faiss.METRIC_INNER_PRODUCT)
+    # k-means wants ~40 points per centroid: the IVF lists and the 2^bits PQ codes.
+    index.train(_sample(store, train_size or max(64 * nlist, 40 * 2 ** pq_bits), seed))
+  elif kind == "hnsw":
+    index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+  else:
+    raise ValueError(f"retrieve.index must be 'exact', 'ivfpq' or 'hnsw', got {kind!r}")
+  for s in range(store.num_shards):
+    index.add(np.ascontiguousarray(store.embeddings(s), dtype=np.float32))
+  return index
+
+
+def load_or_build_faiss(store: ShardStore, kind: str, *, nlist: int = 0, pq_m: int = 48,
+                        hnsw_m: int = 32, seed: int = 0):
+  """The store's FAISS index of this kind, built once (by process 0) and kept beside the shards."""
+  faiss = _faiss()
+  path = os.path.join(store.directory, f"faiss-{kind}-nlist{nlist}-m{pq_m}-hnsw{hnsw_m}-s{seed}.index")
+  if not os.path.exists(path) and jax.process_index() == 0:
+    t = time.perf_counter()
+    index = build_faiss(store, kind, nlist=nlist, pq_m=pq_m, hnsw_m=hnsw_m, seed=seed)
+    faiss.write_index(index, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    logging.info("Built %s in %.1f s", path, time.perf_counter() - t)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("faiss:" + path)
+  return faiss.read_index(path)
+
+
+class FaissIndex:
+  """A FAISS index with ExactIndex's `search` signature.
+
+  With `store` and `refine` > 1, the index proposes `refine` x k candidates per query and their
+  exact scores, read from the memory-mapped shards, pick the k returned: PQ's coarse codes find
+  the neighbourhood, the stored embeddings order it.
+  """
+
+  def __init__(self, index, *, nprobe: int = 32, ef_search: int = 128,
+               store: ShardStore | None = None, refine: int = 0, query_block: int = 64):
+    self.index = index
+    self.num_docs = index.ntotal
+    self.store, self.refine, self.query_block = store, refine, query_block
+    faiss = _faiss()
+    if hasattr(index, "nprobe"):
+      index.nprobe = nprobe
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+      hnsw.efSearch = max(ef_search, 1)
+
+  def search(self, query_emb: np.ndarray, k: int):
+    query_emb = np.ascontiguousarray(query_emb, dtype=np.float32)
+    k = min(k, self.num_docs)
+    if self.store is None or self.refine <= 1:
+      scores, idx = self.index.search(query_emb, k)
+      return scores, idx.astype(np.int64)
+    wide = min(k * self.refine, self.num_docs)
+    _, cand = self.index.search(query_emb, wide)
+    out_s = np.zeros((len(query_emb), k), np.float32)
+    out_i = np.zeros((len(query_emb), k), np.int64)
+    for start in range(0, len(query_emb), self.query_block):
+      c = cand[start:start + self.query_block].astype(np.int64)
+      q = query_emb[start:start + self.query_block]
+      found = c >= 0  # FAISS pads with -1 when it finds fewer than asked
+      emb = self.store.rows(np.where(found, c, 0).ravel()).reshape(*c.shape, -1)
+      exact = np.where(found, np.einsum("qh,qch->qc", q, emb), -np.inf)
+      s, i = merge_top_k([exact], [np.where(found, c, np.iinfo(np.int64).max)], k)
+      out_s[start:start + len(q)], out_i[start:start + len(q)] = s, i
+    return out_s, out_i
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray, k: int) -> float:
+  """Mean fraction of the exact top-k found in the approximate top-k."""
+  return float(np.mean([len(set(a[:k]) & set(e[:k])) / k for a, e in zip(approx, exact)]))

@@ -1,0 +1,125 @@
+"""On-disk embedding shards: same embeddings as in memory, per-shard resume, streamed exact search
+equal to in-memory search, FAISS indexes built from the shards."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from interdistill_jax import data as data_lib
+from interdistill_jax import defaults, retrieval, shards
+from tests import fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("shards")
+  bert = fixtures.tiny_bert(root / "bert", layers=1, hidden=16, heads=2)
+  data_dir = fixtures.tiny_beir(root / "data", num_docs=50)
+  config = defaults.base_config()
+  config.data.dir = str(data_dir)
+  config.model.init = str(bert)
+  config.model.max_doc_length = 32
+  config.encode.buckets = (16, 32)
+  config.encode.batch_size = 8
+  return config
+
+
+def _store(config, workdir, shard_size=12, dtype="float32"):
+  config = config.copy_and_resolve_references()
+  config.encode.shard_size, config.encode.shard_dtype = shard_size, dtype
+  encoder = retrieval.Encoder.from_config(config)
+  dataset = retrieval.load_dataset(config)
+  return retrieval.corpus_shards(config, str(workdir), encoder, dataset), encoder, dataset
+
+
+def test_shards_hold_the_in_memory_embeddings(tiny, tmp_path):
+  store, encoder, dataset = _store(tiny, tmp_path)
+  docids, emb = retrieval.corpus_embeddings(tiny, str(tmp_path / "mem"), encoder, dataset)
+  assert store.num_shards == 5 and store.num_docs == 50  # 4 x 12 + 2
+  assert store.docids() == docids
+  full = np.concatenate([np.asarray(store.embeddings(i)) for i in range(store.num_shards)])
+  np.testing.assert_allclose(full, emb, atol=1e-6)
+  np.testing.assert_allclose(store.rows(np.array([49, 0, 13, 12])), emb[[49, 0, 13, 12]], atol=1e-6)
+
+
+def test_float16_shards_rank_like_float32(tiny, tmp_path):
+  store16, encoder, _ = _store(tiny, tmp_path / "a", dtype="float16")
+  store32, _, _ = _store(tiny, tmp_path / "b", dtype="float32")
+  assert store16.embeddings(0).dtype == np.float16
+  q = encoder.encode(["protein gene cell", "virus brain"], tower="query")
+  _, i16 = shards.ShardedExactIndex(store16).search(q, 5)
+  _, i32 = shards.ShardedExactIndex(store32).search(q, 5)
+  assert (i16[:, 0] == i32[:, 0]).all()
+
+
+def test_a_killed_encoding_resumes_with_the_missing_shards_only(tiny, tmp_path):
+  store, _, _ = _store(tiny, tmp_path)
+  manifest = json.loads(open(os.path.join(store.directory, "manifest.json")).read())
+  # Simulate a run killed while writing shard 3: the manifest is not complete, shard 3 is absent
+  # (a half-written one only ever exists under a temporary name).
+  del manifest["complete"]
+  data_lib.write_json(os.path.join(store.directory, "manifest.json"), manifest)
+  os.remove(os.path.join(store.directory, "shard-00003.npy"))
+  open(os.path.join(store.directory, "shard-00003.tmp.npy"), "wb").write(b"partial")
+  mtimes = {i: os.stat(os.path.join(store.directory, f"shard-{i:05d}.npy")).st_mtime_ns
+            for i in (0, 1, 2, 4)}
+  again, _, _ = _store(tiny, tmp_path)
+  assert again.num_docs == 50 and os.path.exists(os.path.join(store.directory, "shard-00003.npy"))
+  for i, t in mtimes.items():  # the finished shards were not encoded again
+    assert os.stat(os.path.join(store.directory, f"shard-{i:05d}.npy")).st_mtime_ns == t
+  np.testing.assert_array_equal(np.asarray(again.embeddings(3)), np.asarray(store.embeddings(3)))
+
+
+def test_settings_mismatch_is_an_error(tiny, tmp_path):
+  store, encoder, _ = _store(tiny, tmp_path)
+  meta = {k: store.manifest[k] for k in ("model", "corpus")}
+  with pytest.raises(ValueError, match="other settings.*shard_size"):
+    shards.encode_to_shards(encoder, os.path.join(tiny.data.dir, "corpus.jsonl"), store.directory,
+                            shard_size=7, dtype="float32", meta=meta)
+
+
+@pytest.mark.parametrize("k", [1, 10, 50])
+def test_streamed_exact_search_equals_in_memory_search(tiny, tmp_path, k):
+  store, encoder, dataset = _store(tiny, tmp_path, shard_size=7)
+  _, emb = retrieval.corpus_embeddings(tiny, str(tmp_path / "mem"), encoder, dataset)
+  q = encoder.encode([x.text for x in dataset.queries.values()], tower="query")
+  s_mem, i_mem = retrieval.ExactIndex(emb).search(q, k)
+  s_sh, i_sh = shards.ShardedExactIndex(store).search(q, k)
+  np.testing.assert_array_equal(i_sh, i_mem)
+  np.testing.assert_allclose(s_sh, s_mem, atol=1e-6)
+
+
+def test_merge_top_k_breaks_ties_by_lower_index():
+  s, i = shards.merge_top_k([np.array([[1.0, 0.5]]), np.array([[1.0, 0.7]])],
+                            [np.array([[7, 1]]), np.array([[3, 2]])], 3)
+  assert i.tolist() == [[3, 7, 2]] and s.tolist() == [[1.0, 1.0, 0.7]]
+
+
+def test_faiss_indexes_from_shards_find_the_exact_neighbours(tmp_path):
+  rng = np.random.default_rng(0)
+  # A clustered corpus, as real embeddings are: IVF needs structure to prune.
+  centers = rng.standard_normal((20, 32)).astype(np.float32)
+  x = centers[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, 32)).astype(np.float32)
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  directory = tmp_path / "store"
+  directory.mkdir()
+  offsets = list(range(0, 3000, 1000))
+  for s, o in enumerate(offsets):
+    np.save(directory / f"shard-{s:05d}.npy", x[o:o + 1000].astype(np.float16))
+    (directory / f"shard-{s:05d}.ids").write_text("".join(f"d{j}\n" for j in range(o, o + 1000)))
+  data_lib.write_json(directory / "manifest.json", {"complete": True, "num_shards": 3, "num_docs": 3000,
+                                                    "dim": 32, "offsets": offsets})
+  store = shards.ShardStore(str(directory))
+  q = x[:50] + 0.05 * rng.standard_normal((50, 32)).astype(np.float32)
+  _, exact = shards.ShardedExactIndex(store).search(q, 10)
+  for kind, kwargs in (("ivfpq", dict(nlist=16, pq_m=8)), ("hnsw", dict(hnsw_m=16))):
+    built = shards.load_or_build_faiss(store, kind, **kwargs)
+    coarse = shards.FaissIndex(built, nprobe=4)
+    refined = shards.FaissIndex(built, nprobe=4, store=store, refine=10)
+    assert coarse.num_docs == 3000
+    recall = {name: shards.recall_at_k(index.search(q, 10)[1], exact, 10)
+              for name, index in (("coarse", coarse), ("refined", refined))}
+    assert recall["refined"] > 0.9 and recall["refined"] >= recall["coarse"], (kind, recall)
+  assert len(list(directory.glob("faiss-*.index"))) == 2  # built once, kept beside the shards
