@@ -6,6 +6,7 @@ which joins the processes with `jax.distributed` over 127.0.0.1 (gloo collective
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,20 +27,20 @@ from tests.train_test import _config, _write_config_file
 PARAM_ATOL = 1e-5
 
 
-def _run_single(config_file, workdir, task, timeout=600):
+def _run_single(config_file, workdir, task, timeout=600, extra=()):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-m", "interdistill_jax.main", f"--config={config_file}",
-                         f"--config.task={task}", f"--workdir={workdir}"],
+                         f"--config.task={task}", f"--workdir={workdir}", *extra],
                         capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def _run_two_processes(config_file, workdir, task, log_dir, timeout=600):
+def _run_two_processes(config_file, workdir, task, log_dir, timeout=600, extra=()):
   env = dict(os.environ, PYTHON=sys.executable, LOG_DIR=str(log_dir), JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run([str(REPO / "launch" / "local.sh"), "--num_processes", "2",
                          "--devices_per_process", "2", "--", f"--config={config_file}",
-                         f"--config.task={task}", f"--workdir={workdir}"],
+                         f"--config.task={task}", f"--workdir={workdir}", *extra],
                         capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
   # Both processes took part: each reports 4 global devices, 2 of them its own.
@@ -72,6 +73,14 @@ def runs(tmp_path_factory):
   for task in ("retrieve", "train_ranker"):
     _run_single(config_file, single, task)
     _run_two_processes(config_file, multi, task, root / f"logs_{task}")
+  # Labelling with the simulated teacher, from the candidates just retrieved.
+  for wd in (single, multi):
+    (wd / "label_run" / "candidates").mkdir(parents=True)
+    shutil.copy(wd / "candidates" / "train.trec", wd / "label_run" / "candidates" / "train.trec")
+  labelling = ["--config.teacher.backend=simulated", "--config.teacher.sim_noise=0.5",
+               "--config.label.num_candidates=8"]
+  _run_single(config_file, single / "label_run", "label", extra=labelling)
+  _run_two_processes(config_file, multi / "label_run", "label", root / "logs_label", extra=labelling)
   return single, multi, bert
 
 
@@ -101,3 +110,20 @@ def test_train_ranker_reaches_the_same_parameters(runs):
                              [m["train/loss"] for m in metrics[1]], rtol=1e-5)
   done = [json.loads((wd / "ranker" / "done.json").read_text()) for wd in (single, multi)]
   assert done[0] == done[1]
+
+
+def test_only_process_zero_calls_the_teacher(runs):
+  single, multi, _ = runs
+  def labels(wd):
+    records = [json.loads(line) for line in open(wd / "label_run" / "labels" / "labels.jsonl")]
+    for r in records:
+      del r["teacher"]["time"]
+    return records
+  a, b = labels(single), labels(multi)
+  # Process 1 wrote its copy last (from process 0's broadcast), over process 0's file.
+  assert len(a) == 12 and a == b
+  stats = [json.loads((wd / "label_run" / "labels" / "stats.json").read_text()) for wd in (single, multi)]
+  # The same number of prompts answered as by one process: none was sent twice.
+  assert stats[1]["calls"]["answered"] == stats[0]["calls"]["answered"] == 12
+  log1 = (multi.parent / "logs_label" / "interdistill_proc1.log").read_text()
+  assert "leaves the teacher to process 0" in log1
