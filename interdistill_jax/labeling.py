@@ -201,6 +201,24 @@ async def _label_queries(teacher: teachers.Teacher, pending: list[str], dataset:
     tally.seconds = time.monotonic() - start
 
 
+def _quality(dataset: data.Dataset, split: str, labels_path: str) -> dict[str, Any] | None:
+  """nDCG@10 of the candidates in their initial order and in the teacher's, over the labelled
+  queries with qrels: how much the teacher knows beyond the initial retriever."""
+  if not dataset.has_qrels(split) or not os.path.exists(labels_path):
+    return None
+  qrels = dataset.qrels(split)
+  records = [r for r in data.read_jsonl(labels_path) if r["qid"] in qrels]
+  if not records:
+    return None
+  as_run = lambda key: {r["qid"]: {d: -float(i) for i, d in enumerate(r[key])} for r in records}  # noqa: E731
+  subset = {r["qid"]: qrels[r["qid"]] for r in records}
+  out = {"queries": len(records)}
+  for name, key in (("initial", "docids"), ("teacher", "ranking")):
+    agg, _ = metrics.evaluate_run(subset, as_run(key), k_values=(10,))
+    out[f"{name}_ndcg@10"] = round(agg["ndcg@10"], 4)
+  return out
+
+
 def _summary(config: ml_collections.ConfigDict, teacher: teachers.Teacher, cache: Cache,
              labels_path: str, num_selected: int, num_pending: int, tally: _Tally) -> dict[str, Any]:
   """stats.json: this run's counts, and totals over every line of labels.jsonl."""
@@ -260,7 +278,9 @@ async def _label(config: ml_collections.ConfigDict, paths: Mapping[str, str], da
     tally = _Tally()
     await _label_queries(teacher, pending, dataset, candidates, paths["labels"],
                          config.teacher.concurrency, tally)
-    return _summary(config, teacher, cache, paths["labels"], len(candidates), len(pending), tally), tally
+    stats = _summary(config, teacher, cache, paths["labels"], len(candidates), len(pending), tally)
+    stats["quality"] = _quality(dataset, config.label.split, paths["labels"])
+    return stats, tally
   finally:
     await teacher.aclose()
     cache.close()

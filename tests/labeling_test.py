@@ -108,6 +108,10 @@ def test_noiseless_simulated_teacher_puts_the_relevant_document_first(dataset):
   labeling.run(_config(root), str(workdir))
   for r in _labels(workdir):
     assert r["ranking"][0] == f"d{(5 * int(r['qid'][1:])) % NUM_DOCS}"
+  # One relevant document per query, always ranked first: the teacher's nDCG@10 is 1.
+  quality = _stats(workdir)["quality"]
+  assert quality["queries"] == NUM_QUERIES and quality["teacher_ndcg@10"] == 1.0
+  assert quality["initial_ndcg@10"] < 1.0
 
 
 def test_a_rerun_on_a_warm_cache_makes_no_calls_and_gives_the_same_labels(dataset):
