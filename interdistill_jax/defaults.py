@@ -190,7 +190,8 @@ def distill_config() -> ml_collections.ConfigDict:
       list_size=20,
       towers="query",          # "query": train the query tower only (corpus embeddings reused);
                                # "both": train the shared tower (corpus re-encoded for eval).
-      teacher_temperature=1.0,
+      teacher_temperature=1.0, # <= 0: "auto", the temperature at which the ranker's softmaxes
+                               # have the initial retriever's mean entropy on the training lists.
       student_temperature=0.05,
       in_batch_weight=0.0,     # Weight of an in-batch contrastive term (teacher top-1 positive).
       batch_size=32,           # Queries per step.

@@ -105,8 +105,12 @@ class CandidateLists:
     return out
 
 
-def distill_loss(model: models.DualEncoder, batch: dict, rng, *, section) -> jax.Array:
-  """[B] per-query loss of the retriever against the teacher over its candidate list."""
+def distill_loss(model: models.DualEncoder, batch: dict, rng, *, section,
+                 teacher_temperature: float | None = None) -> jax.Array:
+  """[B] per-query loss of the retriever against the teacher over its candidate list.
+
+  `teacher_temperature` overrides `section.teacher_temperature` (the value `auto` resolved to).
+  """
   r_q, r_d = (None, None) if rng is None else tuple(jax.random.split(rng))
   q = model.encode(batch["query_ids"], jnp.zeros_like(batch["query_ids"]), batch["query_mask"],
                    tower="query", dropout_rng=r_q)
@@ -124,7 +128,7 @@ def distill_loss(model: models.DualEncoder, batch: dict, rng, *, section) -> jax
   else:
     loss = losses.kl_distillation(scores, batch["teacher"], batch["mask"],
                                   student_temperature=section.student_temperature,
-                                  teacher_temperature=section.teacher_temperature)
+                                  teacher_temperature=teacher_temperature or section.teacher_temperature)
   if section.in_batch_weight:
     b, l = batch["mask"].shape
     # Positive: the teacher's best candidate; negatives: every other candidate in the batch.
@@ -136,6 +140,32 @@ def distill_loss(model: models.DualEncoder, batch: dict, rng, *, section) -> jax
         q, cand.reshape(b * l, -1), jnp.arange(b) * l + best, section.student_temperature,
         doc_mask=batch["mask"].reshape(b * l))
   return loss
+
+
+def _entropy(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """[Q] entropy (nats) of each row's softmax over its valid entries."""
+  z = np.where(mask, logits, -np.inf)
+  z = z - z.max(axis=1, keepdims=True)
+  log_p = np.where(mask, z - np.log(np.exp(z).sum(axis=1, keepdims=True)), 0.0)
+  return -(np.exp(log_p) * log_p * mask).sum(1)
+
+
+def matched_temperature(teacher: np.ndarray, student_logits: np.ndarray, mask: np.ndarray) -> float:
+  """The teacher temperature whose softmaxes have, on average, the entropy of the student's.
+
+  KL to a teacher much flatter (or sharper) than the student mostly teaches the student to
+  flatten (sharpen) its scores; at matched entropy what is left to learn is the order. The mean
+  entropy grows with the temperature, so a bisection in log space finds it.
+  """
+  target = _entropy(student_logits, mask).mean()
+  lo, hi = np.log(1e-4), np.log(1e4)
+  for _ in range(60):
+    mid = (lo + hi) / 2
+    if _entropy(teacher / np.exp(mid), mask).mean() < target:
+      lo = mid
+    else:
+      hi = mid
+  return float(np.exp((lo + hi) / 2))
 
 
 def teacher_scores(config, workdir: str, dataset, labels) -> dict[tuple[str, str], float]:
@@ -173,10 +203,12 @@ def run(config, workdir: str) -> None:
   docids = list(dataset.corpus)
   doc_index = {d: i for i, d in enumerate(docids)}
   doc_emb = doc_tokens = None
-  if section.towers == "query":
+  auto_temperature = section.teacher == "ranker" and section.teacher_temperature <= 0
+  if section.towers == "query" or auto_temperature:
     encoder = retrieval.Encoder.from_config(config)
-    _, doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
-    del encoder
+    _, initial_doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
+  if section.towers == "query":
+    doc_emb = initial_doc_emb
   else:
     seqs = tokenizer.encode([dataset.corpus[d].full_text() for d in docids], config.model.max_doc_length)
     ids = np.zeros((len(seqs), config.model.max_doc_length), np.int32)
@@ -190,13 +222,26 @@ def run(config, workdir: str) -> None:
                            doc_index=doc_index, doc_emb=doc_emb, teacher_scores=scores,
                            doc_tokens=doc_tokens)
   train_ex, dev_ex = make([by_qid[q] for q in train_qids]), make([by_qid[q] for q in dev_qids])
+  temperature = section.teacher_temperature
+  if auto_temperature:
+    # The initial retriever's own softmaxes over the training lists set the teacher's sharpness.
+    q_emb = encoder.encode([dataset.queries[q].text for q in train_ex.qids], tower="query")
+    student = np.einsum("qh,qlh->ql", q_emb, initial_doc_emb[train_ex.cand]) / section.student_temperature
+    temperature = matched_temperature(train_ex.teacher, student, train_ex.mask)
+    logging.info("distill.teacher_temperature auto: %.4f (the initial retriever's mean entropy, "
+                 "%.3f nats, over %d training lists)", temperature,
+                 _entropy(student, train_ex.mask).mean(), len(train_ex))
+  if section.towers == "query" or auto_temperature:
+    del encoder, initial_doc_emb
   mesh = sharding.make_mesh()
   out_dir = output_dir(config, workdir)
   _, summary = train.train_loop(
-      model=model, loss_fn=functools.partial(distill_loss, section=section),
+      model=model, loss_fn=functools.partial(distill_loss, section=section,
+                                             teacher_temperature=temperature),
       make_batch=train_ex.batch, num_examples=len(train_ex),
       dev_batches=ranker_lib.dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=ranker_lib.loop_config(section, config.seed), optim_config=section.optim,
       out_dir=out_dir, mesh=mesh, trainable=trainable)
   train.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
+                                      "teacher_temperature": temperature,
                                       "train_queries": len(train_ex), "dev_queries": len(dev_ex)})

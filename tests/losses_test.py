@@ -290,3 +290,15 @@ def test_losses_trace_once_per_shape():
     # Only the shapes matter here; new values of prefix, mask and temperature must not retrace.
     step(scores, scores[:, ::-1], ranking, mask, prefix, float(rng.uniform(0.5, 2.0)))
   assert traces == [(2, 4), (2, 6)]
+
+
+def test_matched_temperature_recovers_the_scale_between_teacher_and_student():
+  from interdistill_jax import distill
+  rng = np.random.default_rng(0)
+  student = rng.standard_normal((50, 20)) * 4
+  mask = np.ones((50, 20), bool)
+  mask[:10, 15:] = False  # shorter lists count only their valid candidates
+  teacher = np.where(mask, 3.0 * student, 1e6)  # padding values must not matter
+  assert distill.matched_temperature(teacher, student, mask) == pytest.approx(3.0, rel=1e-6)
+  # A flatter teacher needs a lower temperature to be as sharp as the student.
+  assert distill.matched_temperature(0.5 * teacher, student, mask) == pytest.approx(1.5, rel=1e-6)

@@ -194,7 +194,9 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
   from interdistill_jax import distill, evaluate
   ranker.run(config, str(tmp_path))
+  config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy
   distill.run(config, str(tmp_path))
+  assert train.read_done(str(tmp_path / "retriever"))["teacher_temperature"] > 0
   config.distill.teacher = "llm"
   distill.run(config, str(tmp_path))
   evaluate.run(config, str(tmp_path))
