@@ -56,8 +56,10 @@ class CandidateLists:
 
   def __init__(self, labels, dataset, tokenizer, *, list_size: int, max_query_length: int,
                doc_index: dict[str, int], doc_emb: np.ndarray | None, teacher_scores: dict | None,
-               doc_tokens: tuple | None):
+               doc_tokens: tuple | None, buckets: tuple[int, ...] = ()):
     q, l = len(labels), list_size
+    # Batches are cut to a bucketed length: one compiled step per bucket, not per length.
+    self.buckets = tuple(sorted(buckets))
     self.qids = [r["qid"] for r in labels]
     self.query_ids = np.zeros((q, max_query_length), np.int32)
     self.query_len = np.zeros((q,), np.int32)
@@ -83,10 +85,13 @@ class CandidateLists:
   def __len__(self):
     return len(self.qids)
 
+  def _bucket(self, length: int, max_length: int) -> int:
+    return tokenization.bucket_length(length, [b for b in self.buckets if b < max_length] + [max_length])
+
   def batch(self, idx: np.ndarray) -> dict:
     rows = np.maximum(idx, 0)
     valid = idx >= 0
-    t = int(self.query_len[rows].max(initial=1))
+    t = self._bucket(int(self.query_len[rows].max(initial=1)), self.query_ids.shape[1])
     out = {
         "query_ids": self.query_ids[rows, :t],
         "query_mask": (np.arange(t)[None] < self.query_len[rows][:, None]).astype(np.int32),
@@ -99,7 +104,7 @@ class CandidateLists:
       out["cand_emb"] = self.doc_emb[cand]
     else:
       ids, lengths = self.doc_tokens
-      td = int(lengths[cand].max(initial=1))
+      td = self._bucket(int(lengths[cand].max(initial=1)), ids.shape[1])
       out["cand_ids"] = ids[cand, :td]
       out["cand_mask"] = (np.arange(td)[None, None] < lengths[cand][..., None]).astype(np.int32)
     return out
@@ -220,7 +225,7 @@ def run(config, workdir: str) -> None:
   make = functools.partial(CandidateLists, dataset=dataset, tokenizer=tokenizer,
                            list_size=section.list_size, max_query_length=config.model.max_query_length,
                            doc_index=doc_index, doc_emb=doc_emb, teacher_scores=scores,
-                           doc_tokens=doc_tokens)
+                           doc_tokens=doc_tokens, buckets=config.encode.buckets)
   train_ex, dev_ex = make([by_qid[q] for q in train_qids]), make([by_qid[q] for q in dev_qids])
   temperature = section.teacher_temperature
   if auto_temperature:

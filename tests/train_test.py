@@ -222,3 +222,27 @@ def test_top_k_listmle_scores_only_the_first_k_positions(tiny, tmp_path):
   assert full.prefix.tolist() == [2 if r["qid"] == "q1" else 6 for r in labels]
   assert top2.prefix.tolist() == [2] * len(labels)
   np.testing.assert_array_equal(full.ranking, top2.ranking)
+
+
+def test_distill_batches_come_in_bucketed_lengths(tiny, tmp_path):
+  """Query (and passage) lengths are cut to buckets, so the distill step compiles once per bucket."""
+  from interdistill_jax import distill
+  bert, data_dir = tiny
+  labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
+  dataset = data_lib.load_beir(data_dir)
+  docids = list(dataset.corpus)
+  tok = tokenization.Tokenizer(str(bert))
+  seqs = tok.encode([dataset.corpus[d].full_text() for d in docids], 40)
+  ids = np.zeros((len(seqs), 40), np.int32)
+  for i, s in enumerate(seqs):
+    ids[i, :len(s)] = s
+  lists = distill.CandidateLists(
+      labels, dataset, tok, list_size=6, max_query_length=24, doc_index={d: i for i, d in enumerate(docids)},
+      doc_emb=None, teacher_scores=None, doc_tokens=(ids, np.array([len(s) for s in seqs])),
+      buckets=(4, 8, 16, 32))
+  lengths = {lists.batch(np.array([i, -1]))["query_ids"].shape[1] for i in range(len(lists))}
+  doc_lengths = {lists.batch(np.array([i]))["cand_ids"].shape[2] for i in range(len(lists))}
+  assert lengths <= {4, 8, 16, 24} and doc_lengths <= {4, 8, 16, 32, 40}
+  for i in range(len(lists)):  # nothing is cut off
+    b = lists.batch(np.array([i]))
+    assert b["query_mask"].sum() == lists.query_len[i]
