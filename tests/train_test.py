@@ -73,15 +73,18 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
     for s in range(3):
       batch = sharding.put_batch(examples.batch(np.arange(4 * s, 4 * s + 4) % len(examples)), mesh)
       params, opt_state, m = step(params, opt_state, batch, s, jax.random.key(0))
-    results.append((jax.tree.map(np.asarray, params), float(m["loss"])))
-  (p1, l1), (p4, l4) = results
-  # Same math, different reduction order across devices. The loss agrees to float32 round-off;
-  # parameters to 1e-5 absolute, a third of one learning-rate step (3e-5): Adam divides by the
-  # root of the squared gradient, which turns round-off in near-zero gradients into up to
-  # ~10% of a step for those parameters.
-  assert abs(l1 - l4) < 1e-5
+    results.append((jax.tree.map(np.asarray, params), float(m["loss"]), float(m["grad_norm"])))
+  (p1, l1, g1), (p4, l4, g4) = results
+  # Same math, different reduction order across devices: the loss and the gradient norm agree to
+  # float32 round-off. Parameters agree to within one learning-rate step (3e-5) after 3 steps:
+  # Adam divides by the root of the squared gradient, so round-off in a gradient that is itself
+  # ~0 (the scalar classifier bias, say) can move that parameter by a sizeable part of a step.
+  assert abs(l1 - l4) < 1e-5 and abs(g1 - g4) < 1e-5 * g1
+  lr_step = config.ranker.optim.learning_rate
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(a, b, atol=lr_step, rtol=0)
+  diffs = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4))]
+  assert np.median(diffs) < 1e-6  # the typical parameter agrees far more closely
 
 
 def test_each_step_compiles_once_per_shape(tiny, tmp_path):
