@@ -20,6 +20,7 @@ Prints JSON.
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -198,6 +199,8 @@ def main(argv):
   }
   if _SCIFACT.value:
     result["scifact"] = _scifact(_SCIFACT.value)
+  if not _DIR.value:
+    shutil.rmtree(directory)  # a temporary corpus of num_docs x dim float16: don't leave it
   print(json.dumps(result, indent=1))
 
 
