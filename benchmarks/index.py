@@ -45,6 +45,12 @@ _PHASE = flags.DEFINE_string("phase", "", "Internal: run one phase in this proce
 
 
 def _peak_rss_mb() -> float:
+  """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: that survives exec, so a child
+  started by a large parent would report the parent's size."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
