@@ -10,6 +10,8 @@ A shard store is one directory per (model, corpus, passage length, storage dtype
 A shard is written to a temporary name and renamed, ids first, so one that exists is complete and
 a killed run re-encodes at most the shards it was writing. Process p of n encodes shards p, p+n, ...
 on its own devices: memory holds one shard's texts and embeddings at a time, whatever the corpus.
+On several hosts the directory must be on storage every host sees (process 0 checks that every
+shard exists before it marks the store complete; FAISS builds read them all).
 """
 
 from __future__ import annotations
