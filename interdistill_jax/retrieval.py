@@ -78,14 +78,18 @@ class Encoder:
       out[batch.index[valid]] = emb[valid]
     return out if out is not None else np.zeros((0, 0), np.float32)
 
+  def cache_key(self, corpus_id: str, *extra: str) -> str:
+    """Names this encoder's embeddings of a corpus on disk (model, corpus, passage length, extra)."""
+    fields = "|".join([self.model_id, corpus_id, str(self.max_doc_length), *extra])
+    return hashlib.sha256(fields.encode()).hexdigest()[:16]
+
   def encode_corpus(self, corpus: Mapping[str, data_lib.Document], cache_dir: str | None,
                     corpus_id: str) -> tuple[list[str], np.ndarray]:
     """(docids, [N, H] embeddings), read from the cache when this model already encoded it."""
     docids = list(corpus)
     path = None
     if cache_dir:
-      key = hashlib.sha256(f"{self.model_id}|{corpus_id}|{self.max_doc_length}".encode())
-      path = os.path.join(cache_dir, f"corpus-{key.hexdigest()[:16]}.npy")
+      path = os.path.join(cache_dir, f"corpus-{self.cache_key(corpus_id)}.npy")
       if os.path.exists(path):
         emb = np.load(path)
         if emb.shape[0] == len(docids):
@@ -218,13 +222,13 @@ def corpus_embeddings(config, workdir: str, encoder: Encoder,
 def corpus_shards(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
   """The corpus encoded into on-disk shards under workdir/embeddings/ (resumed, then reused)."""
   from interdistill_jax import shards
-  key = hashlib.sha256(f"{encoder.model_id}|{corpus_id(corpus_path(config, dataset))}|"
-                       f"{encoder.max_doc_length}|{config.encode.shard_dtype}".encode())
-  directory = os.path.join(workdir, "embeddings", f"shards-{key.hexdigest()[:16]}")
+  path = corpus_path(config, dataset)
+  cid = corpus_id(path)
+  directory = os.path.join(workdir, "embeddings",
+                           f"shards-{encoder.cache_key(cid, config.encode.shard_dtype)}")
   return shards.encode_to_shards(
-      encoder.on_local_devices(), corpus_path(config, dataset), directory,
-      shard_size=config.encode.shard_size, dtype=config.encode.shard_dtype,
-      meta={"model": encoder.model_id, "corpus": corpus_id(corpus_path(config, dataset))})
+      encoder.on_local_devices(), path, directory, shard_size=config.encode.shard_size,
+      dtype=config.encode.shard_dtype, meta={"model": encoder.model_id, "corpus": cid})
 
 
 def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
@@ -251,26 +255,23 @@ def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Datas
       nprobe=section.nprobe, ef_search=section.ef_search, store=store, refine=section.refine)
 
 
-def retrieve(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset, split: str,
-             k: int) -> data_lib.Run:
-  """Top-k run of the encoder for the queries of `split` (corpus embeddings cached)."""
-  docids, index = corpus_index(config, workdir, encoder, dataset)
-  queries = dataset.split_queries(split)
-  q_emb = encoder.encode([q.text for q in queries.values()], tower="query", desc=f"encode {split} queries")
-  return search_run(index, docids, list(queries), q_emb, k)
-
-
 def run(config, workdir: str) -> None:
   """Task `retrieve`: writes `candidates/{split}.trec` for each split present (qrels or id list)."""
   dataset = load_dataset(config)
   encoder = Encoder.from_config(config)
-  for split in config.retrieve.splits:
-    if not dataset.has_split(split):
-      logging.warning("No qrels/%s.tsv or splits/%s.txt in %s: skipping split %s", split, split,
-                      dataset.root, split)
-      continue
+  splits = [s for s in config.retrieve.splits if dataset.has_split(s)]
+  for split in sorted(set(config.retrieve.splits) - set(splits)):
+    logging.warning("No qrels/%s.tsv or splits/%s.txt in %s: skipping split %s", split, split,
+                    dataset.root, split)
+  if not splits:
+    return
+  docids, index = corpus_index(config, workdir, encoder, dataset)  # once, for every split
+  for split in splits:
     out = os.path.join(workdir, "candidates", f"{split}.trec")
-    result = retrieve(config, workdir, encoder, dataset, split, config.retrieve.k)
+    queries = dataset.split_queries(split)
+    q_emb = encoder.encode([q.text for q in queries.values()], tower="query",
+                           desc=f"encode {split} queries")
+    result = search_run(index, docids, list(queries), q_emb, config.retrieve.k)
     if jax.process_index() == 0:
       data_lib.write_trec_run(out, result, tag="initial")
       logging.info("Wrote %s (%d queries, top %d)", out, len(result), config.retrieve.k)
