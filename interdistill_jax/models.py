@@ -73,7 +73,7 @@ def _split(rng, n):
 class BertLayer(nnx.Module):
   """Post-LayerNorm transformer block, as in BERT."""
 
-  def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs, attention: str = "xla"):
     h, i = cfg.hidden_size, cfg.intermediate_size
     dense = lambda a, b: nnx.Linear(a, b, dtype=dtype, rngs=rngs)  # noqa: E731
     self.query, self.key, self.value = dense(h, h), dense(h, h), dense(h, h)
@@ -86,17 +86,27 @@ class BertLayer(nnx.Module):
     self.approximate_gelu = cfg.hidden_act != "gelu"
     self.hidden_dropout = cfg.hidden_dropout_prob
     self.attn_dropout = cfg.attention_probs_dropout_prob
+    self.attention = attention
 
-  def __call__(self, x, bias, dropout_rng=None):
-    """x: [B, T, H]; bias: [B, 1, 1, T] additive attention mask."""
+  def __call__(self, x, mask, dropout_rng=None):
+    """x: [B, T, H]; mask: [B, 1, 1, T] bool, the keys each position may attend to."""
     b, t, h = x.shape
     heads = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # noqa: E731
     q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
     r_attn, r_out, r_ffn = _split(dropout_rng, 3)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(h // self.num_heads)
-    probs = jax.nn.softmax(logits.astype(jnp.float32) + bias, axis=-1).astype(x.dtype)
-    probs = _dropout(probs, self.attn_dropout, r_attn)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, h)
+    if self.attention == "cudnn" and (r_attn is None or self.attn_dropout == 0.0):
+      # cuDNN's fused (flash) attention: no [B, H, T, T] scores in memory. Attention dropout
+      # is not available through jax.nn, so training with it takes the path below.
+      # Its padding mask takes lengths: attention masks here are right-padded prefixes.
+      lengths = mask[:, 0, 0, :].sum(-1, dtype=jnp.int32)
+      ctx = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                         implementation="cudnn").reshape(b, t, h)
+    else:
+      bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(h // self.num_heads)
+      probs = jax.nn.softmax(logits.astype(jnp.float32) + bias, axis=-1).astype(x.dtype)
+      probs = _dropout(probs, self.attn_dropout, r_attn)
+      ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, h)
     x = self.attn_norm(x + _dropout(self.attn_out(ctx), self.hidden_dropout, r_out))
     ffn = self.ffn_out(jax.nn.gelu(self.ffn_in(x), approximate=self.approximate_gelu))
     return self.ffn_norm(x + _dropout(ffn, self.hidden_dropout, r_ffn))
@@ -105,7 +115,7 @@ class BertLayer(nnx.Module):
 class Bert(nnx.Module):
   """BERT encoder: token ids -> contextual token states [B, T, H]."""
 
-  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs, attention: str = "xla"):
     self.cfg = cfg
     self.dtype = dtype
     h = cfg.hidden_size
@@ -113,7 +123,7 @@ class Bert(nnx.Module):
     self.pos_emb = nnx.Embed(cfg.max_position_embeddings, h, rngs=rngs)
     self.type_emb = nnx.Embed(cfg.type_vocab_size, h, rngs=rngs)
     self.emb_norm = nnx.LayerNorm(h, epsilon=cfg.layer_norm_eps, rngs=rngs)
-    self.layers = nnx.List([BertLayer(cfg, dtype=dtype, rngs=rngs)
+    self.layers = nnx.List([BertLayer(cfg, dtype=dtype, rngs=rngs, attention=attention)
                             for _ in range(cfg.num_hidden_layers)])
 
   def __call__(self, input_ids, token_type_ids, attention_mask, dropout_rng=None):
@@ -122,9 +132,9 @@ class Bert(nnx.Module):
     x = self.word_emb(input_ids) + self.pos_emb(jnp.arange(t)[None]) + self.type_emb(token_type_ids)
     rngs = _split(dropout_rng, len(self.layers) + 1)
     x = _dropout(self.emb_norm(x), self.cfg.hidden_dropout_prob, rngs[0]).astype(self.dtype)
-    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+    mask = attention_mask[:, None, None, :] > 0
     for layer, r in zip(self.layers, rngs[1:]):
-      x = layer(x, bias, r)
+      x = layer(x, mask, r)
     return x
 
 
@@ -147,9 +157,9 @@ class DualEncoder(nnx.Module):
   """Retriever: query and passage towers (shared by default), pooled embeddings."""
 
   def __init__(self, cfg: BertConfig, *, pooling="mean", normalize=True, shared=True,
-               dtype=jnp.float32, rngs: nnx.Rngs):
-    self.query_tower = Bert(cfg, dtype=dtype, rngs=rngs)
-    self.doc_tower = self.query_tower if shared else Bert(cfg, dtype=dtype, rngs=rngs)
+               dtype=jnp.float32, rngs: nnx.Rngs, attention: str = "xla"):
+    self.query_tower = Bert(cfg, dtype=dtype, rngs=rngs, attention=attention)
+    self.doc_tower = self.query_tower if shared else Bert(cfg, dtype=dtype, rngs=rngs, attention=attention)
     self.shared = shared
     self.pooling = pooling
     self.normalize = normalize
@@ -164,8 +174,8 @@ class DualEncoder(nnx.Module):
 class CrossEncoder(nnx.Module):
   """Ranker: `[CLS] q [SEP] p [SEP]` -> scalar, as BertForSequenceClassification (1 label)."""
 
-  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.bert = Bert(cfg, dtype=dtype, rngs=rngs)
+  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs, attention: str = "xla"):
+    self.bert = Bert(cfg, dtype=dtype, rngs=rngs, attention=attention)
     self.pooler = nnx.Linear(cfg.hidden_size, cfg.hidden_size, rngs=rngs)
     self.classifier = nnx.Linear(cfg.hidden_size, 1, rngs=rngs,
                                  kernel_init=nnx.initializers.normal(0.02),
@@ -288,13 +298,27 @@ def _dtype(name: str):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
+def attention_impl(model_config) -> str:
+  """`model.attention` resolved: "auto" is cuDNN's fused attention on a GPU in bfloat16, else XLA."""
+  choice = model_config.get("attention", "auto")
+  if choice == "auto":
+    return "cudnn" if jax.default_backend() == "gpu" and model_config.dtype == "bfloat16" else "xla"
+  if choice == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(f"model.attention='cudnn' needs a CUDA GPU; this run's backend is "
+                     f"{jax.default_backend()!r} (use 'auto' or 'xla')")
+  if choice not in ("xla", "cudnn"):
+    raise ValueError(f"model.attention must be 'auto', 'xla' or 'cudnn', got {choice!r}")
+  return choice
+
+
 def load_dual_encoder(model_config, *, shared: bool = True, seed: int = 0) -> tuple[DualEncoder, Checkpoint]:
   """Builds a DualEncoder from `config.model` and loads its weights."""
   ckpt = resolve_checkpoint(model_config.init)
   pooling = model_config.pooling or ckpt.pooling
   normalize = ckpt.normalize if model_config.normalize < 0 else bool(model_config.normalize)
   model = DualEncoder(ckpt.config, pooling=pooling, normalize=normalize, shared=shared,
-                      dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed))
+                      dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed),
+                      attention=attention_impl(model_config))
   tensors = read_safetensors(ckpt.dir)
   load_bert_weights(model.query_tower, tensors, source=ckpt.dir)
   if not shared:
@@ -307,7 +331,8 @@ def load_dual_encoder(model_config, *, shared: bool = True, seed: int = 0) -> tu
 def load_cross_encoder(model_config, *, seed: int = 0) -> tuple[CrossEncoder, Checkpoint]:
   """A CrossEncoder from an HF BERT (head from `pooler`/`classifier` when present)."""
   ckpt = resolve_checkpoint(model_config.init)
-  model = CrossEncoder(ckpt.config, dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed))
+  model = CrossEncoder(ckpt.config, dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed),
+                       attention=attention_impl(model_config))
   tensors = read_safetensors(ckpt.dir)
   load_bert_weights(model.bert, tensors, source=ckpt.dir)
   prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""

@@ -111,8 +111,10 @@ class Encoder:
 def _weights_id(directory: str, model_config) -> str:
   """Identifies a checkpoint's weights and everything that changes its embeddings."""
   st = os.stat(os.path.join(directory, "model.safetensors"))
+  attention = models.attention_impl(model_config)
   return (f"{os.path.realpath(directory)}|{st.st_size}|{int(st.st_mtime)}|"
-          f"{model_config.pooling}|{model_config.normalize}|{model_config.dtype}")
+          f"{model_config.pooling}|{model_config.normalize}|{model_config.dtype}"
+          + ("" if attention == "xla" else f"|{attention}"))
 
 
 def corpus_id(path: str) -> str:

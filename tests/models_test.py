@@ -80,3 +80,54 @@ def test_tokenizer_file_padding_and_truncation_are_reset():
   (long,) = tok.encode(["word " * 400], 256)
   assert len(short) == 3 and len(long) == 256  # not the file's fixed 128
   assert long[0] == tok.cls_id and long[-1] == tok.sep_id
+
+
+def test_fused_attention_path_matches_the_xla_path(monkeypatch):
+  """The cuDNN branch (length-based padding mask) computes the same attention as the XLA branch.
+
+  cuDNN needs a GPU, so here `jax.nn.dot_product_attention` runs its XLA implementation with the
+  same arguments: this checks what the branch passes (layout, scale, lengths from the mask).
+  """
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  cfg = models.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=32)
+  ids = jnp.asarray(np.random.default_rng(0).integers(1, 50, (3, 12)), jnp.int32)
+  lengths = np.array([12, 7, 3])
+  mask = jnp.asarray(np.arange(12)[None] < lengths[:, None], jnp.int32)
+  xla = models.Bert(cfg, rngs=nnx.Rngs(0), attention="xla")
+  fused = models.Bert(cfg, rngs=nnx.Rngs(0), attention="cudnn")
+  real = jax.nn.dot_product_attention
+  calls = []
+
+  def as_xla(*args, **kwargs):
+    calls.append(kwargs)
+    return real(*args, **dict(kwargs, implementation="xla"))
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", as_xla)
+  want, got = xla(ids, jnp.zeros_like(ids), mask), fused(ids, jnp.zeros_like(ids), mask)
+  assert len(calls) == cfg.num_hidden_layers and calls[0]["implementation"] == "cudnn"
+  np.testing.assert_array_equal(calls[0]["key_value_seq_lengths"], lengths)
+  for i, n in enumerate(lengths):  # padded positions are ignored downstream (pooling masks them)
+    np.testing.assert_allclose(got[i, :n], want[i, :n], atol=2e-5)
+  # Training with attention dropout keeps the XLA branch (dropout is not available there).
+  calls.clear()
+  fused(ids, jnp.zeros_like(ids), mask, jax.random.key(0))
+  assert not calls
+
+
+def test_attention_auto_is_xla_off_gpu_and_cudnn_is_refused_there():
+  import jax
+  config = defaults.base_config()
+  assert config.model.attention == "auto"
+  if jax.default_backend() != "gpu":
+    config.model.dtype = "bfloat16"
+    assert models.attention_impl(config.model) == "xla"
+    config.model.attention = "cudnn"
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+      models.attention_impl(config.model)
+  config.model.attention = "flash"
+  with pytest.raises(ValueError, match="must be 'auto', 'xla' or 'cudnn'"):
+    models.attention_impl(config.model)
