@@ -47,6 +47,9 @@ def model_config() -> ml_collections.ConfigDict:
       max_query_length=64,
       max_doc_length=256,
       dtype="float32",         # Compute dtype: "float32" or "bfloat16" (params stay float32).
+      # "auto": cuDNN fused attention on a GPU in bfloat16 (not while training with attention
+      # dropout), XLA otherwise; or force "xla" / "cudnn".
+      attention="auto",
   ))
 
 
@@ -172,6 +175,10 @@ def ranker_config() -> ml_collections.ConfigDict:
       list_size=20,            # Candidates per query (pads shorter lists).
       prefix_only=True,        # ListMLE over the teacher-ranked prefix only (after repairs).
       top_k=0,                 # > 0: top-k ListMLE, only the first k teacher positions scored.
+      # "fit": score = a * cross-encoder + b * initial retriever, (a, b) fitted by ListMLE on the
+      # dev slice after training (ranker/fusion.json), used wherever the ranker scores;
+      # "residual": the cross-encoder also trains on top of the initial scores; "none".
+      fuse_initial="none",
       batch_size=4,            # Queries per step (x list_size pairs).
       score_batch_size=64,     # Pairs per forward pass when scoring.
       epochs=2.0,

@@ -13,6 +13,7 @@ initial embeddings, so the corpus is never re-encoded. `"both"` trains the share
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -202,7 +203,15 @@ def run(config, workdir: str) -> None:
     raise ValueError(f"distill.teacher must be 'ranker' or 'llm', got {section.teacher!r}")
   dataset = retrieval.load_dataset(config)
   labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
-  scores = teacher_scores(config, workdir, dataset, labels) if section.teacher == "ranker" else None
+  scores = fusion = None
+  if section.teacher == "ranker":
+    scores = teacher_scores(config, workdir, dataset, labels)
+    fusion = ranker_lib.load_fusion(config, workdir)
+    if fusion is not None:  # the ranker as fitted: a * cross-encoder + b * initial retriever
+      pairs = [(r["qid"], d) for r in labels for d in r["docids"][:section.list_size]]
+      source = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
+      initial = ranker_lib.pair_initial_scores(pairs, ranker_lib.initial_scores(config, workdir), source)
+      scores = dict(zip(pairs, fusion([scores[p] for p in pairs], initial).tolist()))
   model, ckpt, trainable = build_student(config, section.towers)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
   docids = list(dataset.corpus)
@@ -249,4 +258,5 @@ def run(config, workdir: str) -> None:
       out_dir=out_dir, mesh=mesh, trainable=trainable)
   train.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                       "teacher_temperature": temperature,
+                                      "ranker_fusion": fusion and dataclasses.asdict(fusion),
                                       "train_queries": len(train_ex), "dev_queries": len(dev_ex)})

@@ -2,7 +2,8 @@
 
 Systems (each only when its stage has finished in the workdir):
 - `baseline`: the untrained initial retriever (`config.model.init`);
-- `ranker`: the trained cross-encoder re-ranking the baseline's top `eval.rerank_depth`;
+- `ranker`: the trained cross-encoder re-ranking the baseline's top `eval.rerank_depth`
+  (with `ranker.fuse_initial`, its fused score, and `ranker_ce` the cross-encoder alone);
 - `distilled`: the retriever distilled from the ranker (`retriever/`);
 - `direct`: the ablation trained on the LLM rankings without the ranker (`retriever_direct/`).
 
@@ -73,22 +74,35 @@ def compare(per_query: dict[str, dict], baseline: str = "baseline", seed: int = 
   return out
 
 
-def _rerank(config, workdir, dataset, queries, base_run) -> data_lib.Run:
+def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.Run]:
+  """System "ranker": the baseline's top `eval.rerank_depth` re-ranked by the trained ranker.
+
+  With `ranker.fuse_initial` that is the fused score (the ranker as the distillation used it),
+  and "ranker_ce" is the cross-encoder's own score beside it.
+  """
   from interdistill_jax import ranker as ranker_lib
   model, tokenizer = ranker_lib.load_trained_ranker(config, workdir)
+  fusion = ranker_lib.load_fusion(config, workdir)
   scorer = ranker_lib.make_scorer(config, model, tokenizer)
   depth = config.eval.rerank_depth
   pairs = [(qid, d) for qid in queries for d in data_lib.ranked(base_run[qid])[:depth]]
   scores = scorer.score([queries[q].text for q, _ in pairs],
                         [dataset.corpus[d].full_text() for _, d in pairs], desc="ranker re-ranking")
-  run: data_lib.Run = {qid: {} for qid in queries}
-  for (qid, d), s in zip(pairs, scores.tolist()):
-    run[qid][d] = s
-  for qid in queries:  # Below the re-ranked head, the baseline's order continues.
-    floor = min(run[qid].values(), default=0.0)
-    for i, d in enumerate(data_lib.ranked(base_run[qid])[depth:]):
-      run[qid][d] = floor - 1.0 - i
-  return run
+  systems = {"ranker": scores}
+  if fusion is not None:
+    initial = ranker_lib.pair_initial_scores(pairs, base_run, "the baseline run")
+    systems = {"ranker": fusion(scores, initial), "ranker_ce": scores}
+  runs = {}
+  for system, values in systems.items():
+    run: data_lib.Run = {qid: {} for qid in queries}
+    for (qid, d), s in zip(pairs, values.tolist()):
+      run[qid][d] = s
+    for qid in queries:  # Below the re-ranked head, the baseline's order continues.
+      floor = min(run[qid].values(), default=0.0)
+      for i, d in enumerate(data_lib.ranked(base_run[qid])[depth:]):
+        run[qid][d] = floor - 1.0 - i
+    runs[system] = run
+  return runs
 
 
 def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, base_index):
@@ -114,7 +128,7 @@ def run(config, workdir: str) -> None:
   q = encoder.encode([x.text for x in queries.values()], tower="query", desc=f"encode {split} queries")
   runs = {"baseline": retrieval.search_run(index, docids, list(queries), q, config.eval.depth)}
   if os.path.exists(os.path.join(workdir, "ranker", "done.json")):
-    runs["ranker"] = _rerank(config, workdir, dataset, queries, runs["baseline"])
+    runs.update(_rerank(config, workdir, dataset, queries, runs["baseline"]))
   for system, sub in (("distilled", "retriever"), ("direct", "retriever_direct")):
     if os.path.exists(os.path.join(workdir, sub, "done.json")):
       runs[system] = _distilled_run(config, workdir, os.path.join(workdir, sub), dataset, queries,

@@ -4,15 +4,26 @@ Each training example is one labelled query with its candidate list (`labels.jso
 The ranker scores every (query, candidate) pair; the loss is the Plackett-Luce negative
 log-likelihood of the teacher's ranking, over the ranked prefix when only a prefix was
 trusted (`ranked_prefix`).
+
+With `ranker.fuse_initial="fit"`, the ranker's score is `a * cross-encoder + b * initial
+retriever`, the two weights fitted after training by ListMLE on the dev slice
+(`ranker/fusion.json`): a cross-encoder that starts from a bi-encoder checkpoint (no
+cross-encoder weights at hand) learns from ~1,000 queries a signal that complements the first
+stage more often than it replaces it. With `"residual"` the cross-encoder also trains on top of
+the initial retriever's scores (scaled by their own best ListMLE weight on the training lists),
+so it learns the corrections only; the same fit follows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -63,7 +74,9 @@ class ListwiseExamples:
 
   def __init__(self, labels: Sequence[dict], dataset: data_lib.Dataset,
                tokenizer: tokenization.Tokenizer, *, list_size: int, max_length: int,
-               buckets: Sequence[int], use_prefix: bool, top_k: int = 0):
+               buckets: Sequence[int], use_prefix: bool, top_k: int = 0,
+               prior: Callable[[str, str], float] | None = None):
+    """`prior(qid, docid)`, when given, is added to the ranker's score of the pair in the loss."""
     q, l = len(labels), list_size
     self.qids = [r["qid"] for r in labels]
     self.buckets = [b for b in sorted(buckets) if b < max_length] + [max_length]
@@ -73,6 +86,7 @@ class ListwiseExamples:
     self.ranking = np.zeros((q, l), np.int32)
     self.mask = np.zeros((q, l), bool)
     self.prefix = np.zeros((q,), np.int32)
+    self.prior = None if prior is None else np.zeros((q, l), np.float32)
     firsts, seconds, where = [], [], []
     for i, record in enumerate(labels):
       docids, ranking, prefix = data_lib.truncate_label(record, l, use_prefix=use_prefix)
@@ -80,6 +94,8 @@ class ListwiseExamples:
       self.prefix[i] = min(prefix, top_k) if top_k > 0 else prefix
       query = dataset.queries[record["qid"]].text
       for j, d in enumerate(docids):
+        if prior is not None:
+          self.prior[i, j] = prior(record["qid"], d)
         firsts.append(query)
         seconds.append(dataset.corpus[d].full_text())
         where.append((i, j))
@@ -99,12 +115,15 @@ class ListwiseExamples:
     valid = idx >= 0
     t = tokenization.bucket_length(max(int(self.lengths[rows[valid]].max(initial=1)), 1), self.buckets)
     ids = self.ids[rows, :, :t]
-    return {
+    out = {
         "input_ids": ids, "token_type_ids": self.types[rows, :, :t],
         "attention_mask": (np.arange(t)[None, None, :] < self.lengths[rows][..., None]).astype(np.int32),
         "ranking": self.ranking[rows], "mask": self.mask[rows] & valid[:, None],
         "prefix": self.prefix[rows], "weight": valid.astype(np.float32),
     }
+    if self.prior is not None:
+      out["prior"] = self.prior[rows]
+    return out
 
 
 def listmle_loss(model: models.CrossEncoder, batch: dict, rng) -> jax.Array:
@@ -113,7 +132,160 @@ def listmle_loss(model: models.CrossEncoder, batch: dict, rng) -> jax.Array:
   flat = lambda x: x.reshape(b * l, t)  # noqa: E731
   scores = model(flat(batch["input_ids"]), flat(batch["token_type_ids"]),
                  flat(batch["attention_mask"]), rng).reshape(b, l)
+  if "prior" in batch:  # fuse_initial="residual": the cross-encoder learns on top of the prior
+    scores = scores + batch["prior"]
   return losses.listmle(scores, batch["ranking"], batch["mask"], batch["prefix"])
+
+
+FUSION_FILE = "fusion.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fusion:
+  """The ranker's score: ce_weight * cross-encoder score + initial_weight * initial retriever score."""
+
+  ce_weight: float
+  initial_weight: float
+
+  def __call__(self, ce, initial):
+    return self.ce_weight * np.asarray(ce, np.float64) + self.initial_weight * np.asarray(initial, np.float64)
+
+
+def fit_fusion(ce: np.ndarray, initial: np.ndarray, ranking: np.ndarray, mask: np.ndarray,
+               prefix: np.ndarray) -> tuple[Fusion, dict]:
+  """The weights minimising the mean ListMLE of `a * ce + b * initial` over the lists [Q, L].
+
+  ListMLE is convex in the scores and the scores are linear in (a, b), so L-BFGS finds the
+  global minimum. Returns the fusion and the dev ListMLE of the ranker alone (a=1, b=0), of the
+  initial retriever alone (its best scale) and of the fusion.
+  """
+  ce, initial = np.asarray(ce, np.float32), np.asarray(initial, np.float32)
+  # Start the initial retriever's weight at the scale where its scores spread like the ranker's.
+  scale = float(np.std(ce[mask]) / max(float(np.std(initial[mask])), 1e-6))
+  (a, b), fused = _fit_weights([ce, initial], [1.0, scale], ranking, mask, prefix)
+  _, initial_only = _fit_weights([initial], [scale], ranking, mask, prefix)
+  ranker_only = _fit_weights([ce], [1.0], ranking, mask, prefix, fixed=True)[1]
+  return Fusion(float(a), float(b)), {"ranker": ranker_only, "initial": initial_only, "fused": fused}
+
+
+def _fit_weights(features, x0, ranking, mask, prefix, *, fixed: bool = False):
+  """(w, loss): the weights minimising the mean ListMLE of sum_i w_i * features[i] (convex in w).
+
+  `fixed`: only evaluate the loss at x0.
+  """
+  from scipy import optimize
+
+  feats = jnp.stack([jnp.asarray(f, jnp.float32) for f in features])
+  ranking, mask, prefix = jnp.asarray(ranking), jnp.asarray(mask), jnp.asarray(prefix)
+  value_and_grad = jax.jit(jax.value_and_grad(
+      lambda w: losses.listmle(jnp.tensordot(w, feats, 1), ranking, mask, prefix).mean()))
+
+  def f(x):
+    v, g = value_and_grad(jnp.asarray(x, jnp.float32))
+    return float(v), np.asarray(g, np.float64)
+
+  if fixed:
+    return np.asarray(x0, np.float64), f(x0)[0]
+  res = optimize.minimize(f, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B")
+  if not np.all(np.isfinite(res.x)):
+    raise FloatingPointError(f"ranker fusion: the fit diverged ({res.message})")
+  return res.x, float(res.fun)
+
+
+def load_fusion(config, workdir: str) -> Fusion | None:
+  """The fitted fusion when `ranker.fuse_initial` is "fit" or "residual", else None."""
+  if check_fuse_initial(config.ranker.fuse_initial) == "none":
+    return None
+  path = os.path.join(workdir, "ranker", FUSION_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: ranker.fuse_initial is "
+                            f"{config.ranker.fuse_initial!r} but the ranker in {workdir}/ranker was "
+                            "trained without it; run train_ranker again")
+  with open(path, encoding="utf-8") as f:
+    info = json.load(f)
+  return Fusion(info["ce_weight"], info["initial_weight"])
+
+
+def check_fuse_initial(value: str) -> str:
+  if value not in ("none", "fit", "residual"):
+    raise ValueError(f"ranker.fuse_initial must be 'none', 'fit' or 'residual', got {value!r}")
+  return value
+
+
+def initial_scores(config, workdir: str) -> data_lib.Run:
+  """The initial retriever's scores of the labelled candidates (the run `label` read)."""
+  return data_lib.read_trec_run(os.path.join(workdir, "candidates", f"{config.label.split}.trec"))
+
+
+def pair_initial_scores(pairs, run: data_lib.Run, source: str) -> np.ndarray:
+  """The initial retriever's score of each (qid, docid) pair, from `run` (read from `source`)."""
+  out = np.zeros(len(pairs))
+  for i, (q, d) in enumerate(pairs):
+    try:
+      out[i] = run[q][d]
+    except KeyError:
+      raise KeyError(f"{source}: no initial score for query {q!r}, document {d!r}") from None
+  return out
+
+
+def _prior_weight(config, workdir: str, train_labels) -> float:
+  """The initial retriever's best ListMLE scale on the ranker's training lists (its prior)."""
+  section = config.ranker
+  lists = [data_lib.truncate_label(r, section.list_size, use_prefix=section.prefix_only)
+           for r in train_labels]
+  q, l = len(lists), section.list_size
+  source = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
+  run_ = initial_scores(config, workdir)
+  initial, ranking = np.zeros((q, l), np.float32), np.zeros((q, l), np.int32)
+  mask, prefix = np.zeros((q, l), bool), np.zeros((q,), np.int32)
+  for i, (record, (docids, order, trusted)) in enumerate(zip(train_labels, lists)):
+    initial[i, :len(docids)] = pair_initial_scores([(record["qid"], d) for d in docids], run_, source)
+    ranking[i, :len(order)] = order
+    mask[i, :len(docids)] = True
+    prefix[i] = min(trusted, section.top_k) if section.top_k > 0 else trusted
+  scale = 1.0 / max(float(np.std(initial[mask])), 1e-6)
+  (weight,), loss = _fit_weights([initial], [scale], ranking, mask, prefix)
+  logging.info("Ranker prior: %.4f * initial score (train ListMLE %.4f)", weight, loss)
+  return float(weight)
+
+
+def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labels) -> None:
+  """Fits and writes ranker/fusion.json on the dev queries' full teacher rankings.
+
+  Every candidate the teacher ranked for a dev query takes part (not only the ranker's training
+  list), with the trusted prefix: the fused score is what distillation will soften over the
+  candidate lists, so it is fitted to the teacher's whole order.
+  """
+  if not dev_labels:
+    raise ValueError("ranker.fuse_initial needs dev queries to fit on: set ranker.dev_fraction > 0")
+  lists = [data_lib.truncate_label(r, len(r["docids"]), use_prefix=config.ranker.prefix_only)
+           for r in dev_labels]
+  width = max(len(docids) for docids, _, _ in lists)
+  q = len(lists)
+  ranking, mask = np.zeros((q, width), np.int32), np.zeros((q, width), bool)
+  prefix = np.array([p for _, _, p in lists], np.int32)
+  pairs, where = [], []
+  for i, (record, (docids, order, _)) in enumerate(zip(dev_labels, lists)):
+    ranking[i, :len(order)] = order
+    mask[i, :len(docids)] = True
+    pairs += [(record["qid"], d) for d in docids]
+    where += [(i, j) for j in range(len(docids))]
+  ce = make_scorer(config, model, tokenizer).score(
+      [dataset.queries[qid].text for qid, _ in pairs], [dataset.corpus[d].full_text() for _, d in pairs],
+      desc="ranker dev scores")
+  source = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
+  initial = pair_initial_scores(pairs, initial_scores(config, workdir), source)
+  ce_arr, init_arr = np.zeros((q, width), np.float32), np.zeros((q, width), np.float32)
+  rows, cols = np.array(where).T
+  ce_arr[rows, cols], init_arr[rows, cols] = ce, initial
+  fusion, dev_loss = fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
+  logging.info("Ranker fusion on %d dev queries: %.4f * ranker + %.4f * initial (dev ListMLE: "
+               "ranker %.4f, initial %.4f, fused %.4f)", q, fusion.ce_weight,
+               fusion.initial_weight, dev_loss["ranker"], dev_loss["initial"], dev_loss["fused"])
+  if jax.process_index() == 0:
+    data_lib.write_json(os.path.join(workdir, "ranker", FUSION_FILE), {
+        "ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
+        "initial_run": source, "dev_queries": q, "dev_pairs": len(pairs), "dev_listmle": dev_loss})
 
 
 def loop_config(section, seed: int) -> train.LoopConfig:
@@ -162,6 +334,13 @@ def run(config, workdir: str) -> None:
                            list_size=section.list_size, max_length=section.max_length,
                            buckets=config.encode.buckets, use_prefix=section.prefix_only,
                            top_k=section.top_k)
+  fuse = check_fuse_initial(section.fuse_initial)
+  extra = {}
+  if fuse == "residual":
+    extra["prior_weight"] = weight = _prior_weight(config, workdir, [by_qid[q] for q in train_qids])
+    source = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
+    run_ = initial_scores(config, workdir)
+    make = functools.partial(make, prior=lambda q, d: weight * pair_initial_scores([(q, d)], run_, source)[0])
   train_ex = make([by_qid[q] for q in train_qids])
   dev_ex = make([by_qid[q] for q in dev_qids])
   logging.info("Ranker: %d train and %d dev queries, lists of %d, %d tokens", len(train_ex),
@@ -172,4 +351,7 @@ def run(config, workdir: str) -> None:
       model=model, loss_fn=listmle_loss, make_batch=train_ex.batch, num_examples=len(train_ex),
       dev_batches=dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=loop_config(section, config.seed), optim_config=section.optim, out_dir=out_dir, mesh=mesh)
-  train.write_done(out_dir, summary, {"train_queries": len(train_ex), "dev_queries": len(dev_ex)})
+  if fuse != "none":
+    _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, [by_qid[q] for q in dev_qids])
+  train.write_done(out_dir, summary, {"train_queries": len(train_ex), "dev_queries": len(dev_ex),
+                                      "fuse_initial": fuse, **extra})

@@ -249,3 +249,75 @@ def test_distill_batches_come_in_bucketed_lengths(tiny, tmp_path):
   for i in range(len(lists)):  # nothing is cut off
     b = lists.batch(np.array([i]))
     assert b["query_mask"].sum() == lists.query_len[i]
+
+
+def test_fusion_fit_recovers_plackett_luce_weights():
+  """Rankings sampled from Plackett-Luce with scores 1.0 * ce + 3.0 * initial: the fit finds both."""
+  rng = np.random.default_rng(0)
+  q, l = 3000, 10
+  ce, initial = rng.normal(size=(q, l)), rng.normal(size=(q, l))
+  # Sorting score + Gumbel noise samples a Plackett-Luce ranking of softmax(score).
+  ranking = np.argsort(-(1.0 * ce + 3.0 * initial + rng.gumbel(size=(q, l))), axis=1).astype(np.int32)
+  mask = np.ones((q, l), bool)
+  fusion, dev = ranker.fit_fusion(ce, initial, ranking, mask, np.full((q,), l, np.int32))
+  assert abs(fusion.ce_weight - 1.0) < 0.08 and abs(fusion.initial_weight - 3.0) < 0.15
+  assert dev["fused"] < dev["initial"] < dev["ranker"]
+  np.testing.assert_allclose(fusion([2.0], [0.5]), [2.0 * fusion.ce_weight + 0.5 * fusion.initial_weight])
+
+
+@pytest.mark.parametrize("mode", ["fit", "residual"])
+def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, mode):
+  """fuse_initial: train_ranker fits fusion.json on dev; distill and evaluate use the fused score."""
+  from interdistill_jax import distill, evaluate
+  bert, data_dir = tiny
+  config = _config(bert, data_dir)
+  config.ranker.fuse_initial = mode
+  labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
+  (tmp_path / "candidates").mkdir()
+  with open(tmp_path / "candidates" / "train.trec", "w") as f:  # the initial retriever's scores
+    for r in labels:
+      f.writelines(f"{r['qid']} Q0 {d} {i + 1} {1.0 - 0.1 * i:.6f} initial\n" for i, d in enumerate(r["docids"]))
+  with pytest.raises(FileNotFoundError, match="fusion.json not found"):
+    ranker.load_fusion(config, str(tmp_path))
+  ranker.run(config, str(tmp_path))
+  done = train.read_done(str(tmp_path / "ranker"))
+  assert done["fuse_initial"] == mode and (mode == "residual") == ("prior_weight" in done)
+  info = json.loads((tmp_path / "ranker" / "fusion.json").read_text())
+  assert np.isfinite([info["ce_weight"], info["initial_weight"]]).all() and info["dev_queries"] == 3
+  assert info["dev_listmle"]["fused"] <= min(info["dev_listmle"]["ranker"], info["dev_listmle"]["initial"]) + 1e-5
+  distill.run(config, str(tmp_path))
+  assert train.read_done(str(tmp_path / "retriever"))["ranker_fusion"] == {
+      "ce_weight": info["ce_weight"], "initial_weight": info["initial_weight"]}
+  evaluate.run(config, str(tmp_path))
+  fused = data_lib.read_trec_run(tmp_path / "eval" / "ranker.trec")
+  ce = data_lib.read_trec_run(tmp_path / "eval" / "ranker_ce.trec")
+  base = data_lib.read_trec_run(tmp_path / "eval" / "baseline.trec")
+  for qid in fused:
+    head = data_lib.ranked(base[qid])[:config.eval.rerank_depth]
+    want = [info["ce_weight"] * ce[qid][d] + info["initial_weight"] * base[qid][d] for d in head]
+    np.testing.assert_allclose([fused[qid][d] for d in head], want, rtol=1e-4, atol=1e-4)
+  config.ranker.fuse_initial = "none"  # the plain ranker ignores the fitted fusion
+  assert ranker.load_fusion(config, str(tmp_path)) is None
+
+
+def test_residual_ranker_adds_the_prior_to_its_scores_in_the_loss(tiny, tmp_path):
+  bert, data_dir = tiny
+  config = _config(bert, data_dir)
+  labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
+  dataset, tok = data_lib.load_beir(data_dir), tokenization.Tokenizer(config.model.init)
+  prior = {(r["qid"], d): 0.5 * j for r in labels for j, d in enumerate(r["docids"])}
+  make = lambda p: ranker.ListwiseExamples(labels, dataset, tok, list_size=6, max_length=32,  # noqa: E731
+                                           buckets=(32,), use_prefix=True, prior=p)
+  plain, with_prior = make(None), make(lambda q, d: prior[(q, d)])
+  idx = np.arange(3)
+  b0, b1 = plain.batch(idx), with_prior.batch(idx)
+  assert "prior" not in b0
+  np.testing.assert_allclose(b1["prior"], [[0.5 * j for j in range(6)]] * 3)
+  model, _ = models.load_cross_encoder(config.ranker.model)
+  b, l, t = b0["input_ids"].shape
+  scores = np.asarray(model(b0["input_ids"].reshape(b * l, t), b0["token_type_ids"].reshape(b * l, t),
+                            b0["attention_mask"].reshape(b * l, t))).reshape(b, l)
+  from interdistill_jax import losses
+  want = losses.listmle(jnp.asarray(scores + b1["prior"]), b1["ranking"], b1["mask"], b1["prefix"])
+  np.testing.assert_allclose(ranker.listmle_loss(model, b1, None), want, rtol=1e-5)
+  assert not np.allclose(ranker.listmle_loss(model, b0, None), want)
