@@ -158,10 +158,8 @@ def _train_step(lists, dtype, peak, matmul):
   config = defaults.base_config()
   config.ranker.model.init = _MODEL.value
   config.ranker.model.dtype = dtype
+  config.ranker.model.attention_dropout = _ATTN_DROPOUT.value
   model, ckpt = models.load_cross_encoder(config.ranker.model)
-  if _ATTN_DROPOUT.value >= 0:
-    for layer in model.bert.layers:
-      layer.attn_dropout = _ATTN_DROPOUT.value
   mesh = sharding.make_mesh()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, _ = train.make_optimizer(config.ranker.optim, total_steps=1000)

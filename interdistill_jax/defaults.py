@@ -50,6 +50,9 @@ def model_config() -> ml_collections.ConfigDict:
       # "auto": cuDNN fused attention on a GPU in bfloat16 (not while training with attention
       # dropout), XLA otherwise; or force "xla" / "cudnn".
       attention="auto",
+      # Training only: >= 0 overrides the checkpoint's attention dropout. 0 lets training use
+      # the fused cuDNN attention too (jax.nn has no dropout inside it); -1 keeps the checkpoint's.
+      attention_dropout=-1.0,
   ))
 
 

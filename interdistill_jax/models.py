@@ -311,12 +311,20 @@ def attention_impl(model_config) -> str:
   return choice
 
 
+def _bert_config(ckpt: Checkpoint, model_config) -> BertConfig:
+  """The checkpoint's config with `model.attention_dropout` applied (< 0 keeps the checkpoint's)."""
+  rate = model_config.get("attention_dropout", -1.0)
+  if rate < 0:
+    return ckpt.config
+  return dataclasses.replace(ckpt.config, attention_probs_dropout_prob=float(rate))
+
+
 def load_dual_encoder(model_config, *, shared: bool = True, seed: int = 0) -> tuple[DualEncoder, Checkpoint]:
   """Builds a DualEncoder from `config.model` and loads its weights."""
   ckpt = resolve_checkpoint(model_config.init)
   pooling = model_config.pooling or ckpt.pooling
   normalize = ckpt.normalize if model_config.normalize < 0 else bool(model_config.normalize)
-  model = DualEncoder(ckpt.config, pooling=pooling, normalize=normalize, shared=shared,
+  model = DualEncoder(_bert_config(ckpt, model_config), pooling=pooling, normalize=normalize, shared=shared,
                       dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed),
                       attention=attention_impl(model_config))
   tensors = read_safetensors(ckpt.dir)
@@ -331,7 +339,7 @@ def load_dual_encoder(model_config, *, shared: bool = True, seed: int = 0) -> tu
 def load_cross_encoder(model_config, *, seed: int = 0) -> tuple[CrossEncoder, Checkpoint]:
   """A CrossEncoder from an HF BERT (head from `pooler`/`classifier` when present)."""
   ckpt = resolve_checkpoint(model_config.init)
-  model = CrossEncoder(ckpt.config, dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed),
+  model = CrossEncoder(_bert_config(ckpt, model_config), dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed),
                        attention=attention_impl(model_config))
   tensors = read_safetensors(ckpt.dir)
   load_bert_weights(model.bert, tensors, source=ckpt.dir)

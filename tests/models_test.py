@@ -131,3 +131,15 @@ def test_attention_auto_is_xla_off_gpu_and_cudnn_is_refused_there():
   config.model.attention = "flash"
   with pytest.raises(ValueError, match="must be 'auto', 'xla' or 'cudnn'"):
     models.attention_impl(config.model)
+
+
+def test_attention_dropout_override_reaches_every_layer(tmp_path):
+  from tests import fixtures
+  config = defaults.base_config()
+  config.ranker.model.init = str(fixtures.tiny_bert(tmp_path / "bert", layers=2, hidden=16, heads=2))
+  model, ckpt = models.load_cross_encoder(config.ranker.model)
+  assert ckpt.config.attention_probs_dropout_prob > 0
+  assert {layer.attn_dropout for layer in model.bert.layers} == {ckpt.config.attention_probs_dropout_prob}
+  config.ranker.model.attention_dropout = 0.0
+  model, _ = models.load_cross_encoder(config.ranker.model)
+  assert {layer.attn_dropout for layer in model.bert.layers} == {0.0}
