@@ -349,8 +349,17 @@ def _export_ranker(config, workdir: str, info: dict) -> Exported:
   card = dict(info, weights=weights, trained=trained, title="Cross-encoder ranker",
               base_model=config.export.base_model or model_cards.hub_id(model_config.init),
               init=model_config.init, repo_id=config.export.repo_id_ranker)
-  path = export_cross_encoder(model, source, os.path.join(workdir, "export", "ranker"), card=card,
-                              max_length=config.ranker.max_length)
+  fusion = None
+  if trained:
+    from interdistill_jax import ranker  # noqa: PLC0415 (training code only when trained)
+    fusion = ranker.load_fusion(config, workdir)
+  if fusion is not None:
+    card["fusion"] = {"ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
+                      "initial": _init_text(config.model.init)}
+  out_dir = os.path.join(workdir, "export", "ranker")
+  path = export_cross_encoder(model, source, out_dir, card=card, max_length=config.ranker.max_length)
+  if fusion is not None:
+    shutil.copyfile(os.path.join(workdir, "ranker", "fusion.json"), os.path.join(out_dir, "fusion.json"))
   return Exported("ranker", path, trained)
 
 

@@ -217,6 +217,14 @@ def ranker_card(card: Mapping, *, max_length: int) -> str:
             "sets the activation to Identity. Pass `activation_fn=torch.nn.Sigmoid()` for values in "
             f"(0, 1); rankings are the same. Pairs are truncated to {max_length} tokens. "
             "`transformers.AutoModelForSequenceClassification` gives the same logit.", ""]
+  if card.get("fusion"):
+    f = card["fusion"]
+    lines += ["## Fusion with the first stage", "",
+              f"In this experiment the ranker's score was `{f['ce_weight']:.6g} * logit + "
+              f"{f['initial_weight']:.6g} * s`, where `s` is the score of the initial retriever "
+              f"({f['initial']}), both weights fitted by ListMLE on held-out "
+              "training queries (`fusion.json`). Re-rank with the same sum to reproduce it; the "
+              "logit alone is the cross-encoder's own score.", ""]
   return "\n".join(lines + _experiment_sections(card))
 
 

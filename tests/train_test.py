@@ -296,6 +296,10 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, mode
     head = data_lib.ranked(base[qid])[:config.eval.rerank_depth]
     want = [info["ce_weight"] * ce[qid][d] + info["initial_weight"] * base[qid][d] for d in head]
     np.testing.assert_allclose([fused[qid][d] for d in head], want, rtol=1e-4, atol=1e-4)
+  from interdistill_jax import hf_export
+  hf_export.run(config, str(tmp_path))  # the exported ranker carries its fusion, and says so
+  assert json.loads((tmp_path / "export" / "ranker" / "fusion.json").read_text()) == info
+  assert "## Fusion with the first stage" in (tmp_path / "export" / "ranker" / "README.md").read_text()
   config.ranker.fuse_initial = "none"  # the plain ranker ignores the fitted fusion
   assert ranker.load_fusion(config, str(tmp_path)) is None
 
