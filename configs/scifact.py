@@ -5,9 +5,13 @@ Everything (retrieve -> label -> train_ranker -> distill -> evaluate), sized to 
 the teacher's first choice (top-1 ListMLE) among the initial top 10, on 96-token pairs, for 3
 epochs (546 steps of 4 queries x 10 pairs) at a learning rate of 1e-4 (3e-4 collapsed to constant
 scores, 3e-5 did not move in an epoch: the packaged MiniLM is a bi-encoder, so the cross-encoder's
-[CLS] head starts from nothing). The query tower is distilled over the top 20 (the corpus is
-encoded once), with the teacher temperature matched to the initial retriever's sharpness; the
-ranker re-ranks the top 100 for its own evaluation.
+[CLS] head starts from nothing). On its own that cross-encoder re-ranks worse than the initial
+retriever, so the ranker is fused with it (`ranker.fuse_initial="fit"`: a * cross-encoder +
+b * initial score, fitted on the dev queries' teacher rankings; "residual", the cross-encoder
+trained on top of the initial scores, fitted no better on dev). The query tower is distilled
+from the fused ranker over the top 20 (the corpus is encoded once), with the teacher temperature
+matched to the initial retriever's sharpness; the ranker re-ranks the top 100 for its own
+evaluation. With a real cross-encoder checkpoint, set ranker.model.init and fuse_initial="none".
 
   python -m interdistill_jax.main --config=configs/scifact.py --config.data.dir=../shared/data/scifact
 
@@ -48,6 +52,7 @@ def get_config(arg=None):
   config.ranker.epochs = 3.0
   config.ranker.optim.learning_rate = 1e-4
   config.ranker.eval_every = config.ranker.checkpoint_every = 60
+  config.ranker.fuse_initial = "fit"
   config.distill.list_size = 20
   config.distill.towers = "query"
   config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy
