@@ -42,7 +42,7 @@ def main(argv):
   del argv
   wd = _WORKDIR.value
   systems = {}
-  for system in ("baseline", "ranker", "distilled", "direct"):
+  for system in ("baseline", "ranker", "ranker_ce", "distilled", "direct"):
     r = _json(os.path.join(wd, "eval", f"{system}.json"))
     if r is not None:
       systems[system] = {k: r["metrics"][k] for k in _METRICS if k in r["metrics"]}
@@ -55,7 +55,8 @@ def main(argv):
       "vs_baseline": {s: {m: compare[s][m] for m in ("ndcg@10", "recall@100") if m in compare[s]}
                       for s in compare},
       "teacher": {k: stats.get(k) for k in ("teacher", "quality") if k in stats},
-      "ranker": _stage(wd, "ranker"), "distill": _stage(wd, "retriever"),
+      "ranker": _stage(wd, "ranker"), "ranker_fusion": _json(os.path.join(wd, "ranker", "fusion.json")),
+      "distill": _stage(wd, "retriever"),
       "direct": _stage(wd, "retriever_direct"),
   }, indent=1))
 
