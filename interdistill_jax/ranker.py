@@ -282,10 +282,14 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   logging.info("Ranker fusion on %d dev queries: %.4f * ranker + %.4f * initial (dev ListMLE: "
                "ranker %.4f, initial %.4f, fused %.4f)", q, fusion.ce_weight,
                fusion.initial_weight, dev_loss["ranker"], dev_loss["initial"], dev_loss["fused"])
+  path = os.path.join(workdir, "ranker", FUSION_FILE)
   if jax.process_index() == 0:
-    data_lib.write_json(os.path.join(workdir, "ranker", FUSION_FILE), {
+    data_lib.write_json(path, {
         "ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
         "initial_run": source, "dev_queries": q, "dev_pairs": len(pairs), "dev_listmle": dev_loss})
+  if jax.process_count() > 1:  # every process reads it next (distill, evaluate)
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("fusion:" + path)
 
 
 def loop_config(section, seed: int) -> train.LoopConfig:
