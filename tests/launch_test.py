@@ -197,8 +197,11 @@ def test_local_forwards_signals(tmp_path, sig, status):
       while :; do sleep 0.1; done
       """)
   env = dict(os.environ, PYTHON=str(stub), LOG_DIR=str(tmp_path))
+  # As from a terminal: a shell that starts with SIGINT ignored (e.g. under a background job)
+  # cannot trap it, so the launcher starts with the default disposition.
   proc = subprocess.Popen([str(LAUNCH / "local.sh"), "--num_processes", "2", "--", "--config=c.py"],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.monotonic() + 20
   logs = [tmp_path / f"interdistill_proc{i}.log" for i in range(2)]
   while not all(log.exists() and "ready" in log.read_text() for log in logs):
