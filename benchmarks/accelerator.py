@@ -18,7 +18,8 @@ PyTorch (and sentence-transformers) can be imported by `--ref_python`.
   on GPUs), with nDCG@10 of our embeddings on the test split. A first full pass compiles every
   bucket and is not timed; the tokenizer's share of our time is reported beside it.
 
-FLOPs are counted as in benchmarks/train_step.py: matmuls and attention, x3 for the backward.
+FLOPs are counted as in benchmarks/train_step.py (benchmarks/ranker_step.py): matmuls and
+attention, x3 for the backward.
 Every section catches its own failure and records it under "error", so one failure does not
 lose the others; nothing is filled in for a failed section.
 """
@@ -33,6 +34,8 @@ import time
 import traceback
 
 from absl import app, flags
+
+import ranker_step  # benchmarks/ranker_step.py
 
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/scifact", "BEIR directory ('' skips encode).")
 _MODEL = flags.DEFINE_string("model_dir", "", "HF BERT directory ('' = packaged MiniLM).")
@@ -127,70 +130,25 @@ def _peak_from_kind(kind: str) -> float:
   return 0.0
 
 
-def _matmul_rates(jax, jnp, n):
-  rates = {}
-  for dtype in (jnp.bfloat16, jnp.float32):
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    reps = 10
-    t = time.perf_counter()
-    for _ in range(reps):
-      out = f(a)
-    out.block_until_ready()
-    rates[jnp.dtype(dtype).name] = reps * 2 * n ** 3 / (time.perf_counter() - t) / 1e12
-  return {"n": n, "tflops": rates}
-
-
-def _flops_per_pair(cfg, t):
-  h, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-  return 3 * layers * (2 * t * (4 * h * h + 2 * h * i) + 2 * 2 * t * t * h)
+def _matmul_rates(jnp, n):
+  return {"n": n, "tflops": {jnp.dtype(d).name: ranker_step.matmul_rate(d, n) / 1e12
+                             for d in (jnp.bfloat16, jnp.float32)}}
 
 
 def _train_step(lists, dtype, peak, matmul):
-  import jax
-  import numpy as np
-  from flax import nnx
-
-  from interdistill_jax import defaults, models, ranker, sharding, train
+  from interdistill_jax import defaults, models, sharding
 
   n, t = _LIST_SIZE.value, _LENGTH.value
   config = defaults.base_config()
   config.ranker.model.init = _MODEL.value
   config.ranker.model.dtype = dtype
   config.ranker.model.attention_dropout = _ATTN_DROPOUT.value
-  model, ckpt = models.load_cross_encoder(config.ranker.model)
-  mesh = sharding.make_mesh()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx, _ = train.make_optimizer(config.ranker.optim, total_steps=1000)
-  params = sharding.put_replicated(params, mesh)
-  opt_state = sharding.put_replicated(jax.jit(tx.init)(params), mesh)
-  step = train.make_train_step(graphdef, sharding.put_replicated(rest, mesh), tx, ranker.listmle_loss)
-  rng = np.random.default_rng(0)
-  types = np.zeros((lists, n, t), np.int32)
-  types[..., t // 4:] = 1
-  batch = {"input_ids": rng.integers(1000, 2000, (lists, n, t)).astype(np.int32),
-           "token_type_ids": types, "attention_mask": np.ones((lists, n, t), np.int32),
-           "ranking": np.tile(np.arange(n, dtype=np.int32), (lists, 1)),
-           "mask": np.ones((lists, n), bool), "prefix": np.full((lists,), n, np.int32),
-           "weight": np.ones((lists,), np.float32)}
-  batch = sharding.put_batch(batch, mesh)
-  key = jax.random.key(0)
-  t0 = time.perf_counter()
-  params, opt_state, m = step(params, opt_state, batch, 0, key)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  for s in range(1, 3):
-    params, opt_state, m = step(params, opt_state, batch, s, key)
-  jax.block_until_ready(m)
-  times = []
-  for s in range(3, 3 + _STEPS.value):
-    t0 = time.perf_counter()
-    params, opt_state, m = step(params, opt_state, batch, s, key)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
+  step, params, opt_state, batch, model, ckpt = ranker_step.build(config.ranker, lists, n, t)
+  batch = sharding.put_batch(batch, sharding.make_mesh())
+  compile_s, step_s, m = ranker_step.time_steps(step, params, opt_state, batch, warmup=3,
+                                                steps=_STEPS.value)
   pairs = lists * n
-  flops = _flops_per_pair(ckpt.config, t) * pairs
+  flops = ranker_step.flops_per_pair(ckpt.config, t) * pairs
   out = {"lists": lists, "list_size": n, "tokens": t, "pairs": pairs, "dtype": dtype,
          "attention": models.attention_impl(config.ranker.model),
          "attention_dropout": float(model.bert.layers[0].attn_dropout),
@@ -204,7 +162,7 @@ def _train_step(lists, dtype, peak, matmul):
     r["fraction_of_measured_matmul"] = r["tflops"] / matmul["tflops"][key_]
     return r
 
-  out["ours"] = rates(_median(times))
+  out["ours"] = rates(step_s)
   if _REF_PYTHON.value:
     ref = _ref(_TORCH_STEP, ckpt.dir, pairs, t, _STEPS.value, dtype, lists, _ATTN_DROPOUT.value)
     out["pytorch"] = dict(rates(ref["step_s"]), device=ref["device"], torch=ref["torch"])
@@ -295,7 +253,7 @@ def main(argv):
     save()
 
   n = _MATMUL_N.value or (8192 if dev.platform != "cpu" else 1024)
-  section("matmul", _matmul_rates, jax, jnp, n)
+  section("matmul", _matmul_rates, jnp, n)
   matmul = result.get("matmul", {"error": "not run"})
   if "error" in matmul:
     matmul = {"tflops": {"bfloat16": float("nan"), "float32": float("nan")}}

@@ -13,9 +13,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from absl import app, flags
+
+import ranker_step  # benchmarks/ranker_step.py
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Pairs per step (one list).")
 _LENGTH = flags.DEFINE_integer("length", 256, "Tokens per pair.")
@@ -47,69 +48,28 @@ print(json.dumps({"step_s": sorted(times)[len(times) // 2], "threads": torch.get
 """
 
 
-def _matmul_peak(jnp, jax):
-  a = jnp.ones((2048, 2048), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  t = time.perf_counter()
-  for _ in range(10):
-    f(a).block_until_ready()
-  return 10 * 2 * 2048 ** 3 / (time.perf_counter() - t)
-
-
-def _flops_per_pair(cfg, t):
-  """Forward FLOPs of one pair (matmuls and attention), times 3 for forward + backward."""
-  h, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-  per_layer = 2 * t * (4 * h * h + 2 * h * i) + 2 * 2 * t * t * h
-  return 3 * layers * per_layer
-
-
 def main(argv):
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   import jax
   import jax.numpy as jnp
-  import numpy as np
-  from flax import nnx
 
-  from interdistill_jax import assets, defaults, models, ranker, sharding, train
+  from interdistill_jax import assets, defaults
 
   b, t = _BATCH.value, _LENGTH.value
   config = defaults.base_config()
   config.ranker.model.dtype = _DTYPE.value
-  model, ckpt = models.load_cross_encoder(config.ranker.model)
-  mesh = sharding.make_mesh()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx, _ = train.make_optimizer(config.ranker.optim, total_steps=1000)
-  params = sharding.put_replicated(params, mesh)
-  opt_state = sharding.put_replicated(jax.jit(tx.init)(params), mesh)
-  step = train.make_train_step(graphdef, sharding.put_replicated(rest, mesh), tx, ranker.listmle_loss)
-  rng = np.random.default_rng(0)
-  types = np.zeros((1, b, t), np.int32)
-  types[..., t // 4:] = 1
-  batch = {"input_ids": rng.integers(1000, 2000, (1, b, t)).astype(np.int32),
-           "token_type_ids": types, "attention_mask": np.ones((1, b, t), np.int32),
-           "ranking": np.arange(b, dtype=np.int32)[None], "mask": np.ones((1, b), bool),
-           "prefix": np.array([b], np.int32), "weight": np.ones((1,), np.float32)}
-  batch = jax.device_put(batch)
-  key = jax.random.key(0)
-  params, opt_state, m = step(params, opt_state, batch, 0, key)
-  jax.block_until_ready(m)
-  times = []
-  for s in range(1, _STEPS.value + 1):
-    t0 = time.perf_counter()
-    params, opt_state, m = step(params, opt_state, batch, s, key)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  ours = sorted(times)[len(times) // 2]
+  step, params, opt_state, batch, _, ckpt = ranker_step.build(config.ranker, 1, b, t)
+  _, ours, _ = ranker_step.time_steps(step, params, opt_state, jax.device_put(batch), warmup=1,
+                                      steps=_STEPS.value)
 
   env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
   env.pop("XLA_FLAGS", None)
   out = subprocess.run([_REF_PYTHON.value, "-c", _TORCH, assets.packaged_encoder_dir(), str(b), str(t),
                         str(_STEPS.value)], capture_output=True, text=True, check=True, env=env).stdout
   ref = json.loads(out.strip().splitlines()[-1])
-  peak = _matmul_peak(jnp, jax)
-  flops = _flops_per_pair(ckpt.config, t) * b
+  peak = ranker_step.matmul_rate(jnp.float32, 2048)
+  flops = ranker_step.flops_per_pair(ckpt.config, t) * b
   result = {
       "benchmark": "ranker_train_step", "batch_pairs": b, "tokens": t, "dtype": _DTYPE.value,
       "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),

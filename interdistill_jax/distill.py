@@ -87,7 +87,7 @@ class CandidateLists:
     return len(self.qids)
 
   def _bucket(self, length: int, max_length: int) -> int:
-    return tokenization.bucket_length(length, [b for b in self.buckets if b < max_length] + [max_length])
+    return tokenization.bucket_length(length, tokenization.buckets_up_to(self.buckets, max_length))
 
   def batch(self, idx: np.ndarray) -> dict:
     rows = np.maximum(idx, 0)
@@ -209,8 +209,7 @@ def run(config, workdir: str) -> None:
     fusion = ranker_lib.load_fusion(config, workdir)
     if fusion is not None:  # the ranker as fitted: a * cross-encoder + b * initial retriever
       pairs = [(r["qid"], d) for r in labels for d in r["docids"][:section.list_size]]
-      source = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
-      initial = ranker_lib.pair_initial_scores(pairs, ranker_lib.initial_scores(config, workdir), source)
+      initial = ranker_lib.InitialScores.of_labels(config, workdir)(pairs)
       scores = dict(zip(pairs, fusion([scores[p] for p in pairs], initial).tolist()))
   model, ckpt, trainable = build_student(config, section.towers)
   tokenizer = tokenization.Tokenizer(ckpt.dir)

@@ -90,7 +90,7 @@ def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.R
                         [dataset.corpus[d].full_text() for _, d in pairs], desc="ranker re-ranking")
   systems = {"ranker": scores}
   if fusion is not None:
-    initial = ranker_lib.pair_initial_scores(pairs, base_run, "the baseline run")
+    initial = ranker_lib.InitialScores(base_run, "the baseline run")(pairs)
     systems = {"ranker": fusion(scores, initial), "ranker_ce": scores}
   runs = {}
   for system, values in systems.items():

@@ -42,7 +42,7 @@ class PairScorer:
     self.tokenizer = tokenizer
     self.max_length = max_length
     self.batch_size = sharding.round_up(batch_size, sharding.global_batch_multiple(self.mesh))
-    self.buckets = [b for b in sorted(buckets) if b < max_length] + [max_length]
+    self.buckets = tokenization.buckets_up_to(buckets, max_length)
     graphdef, state = nnx.split(model)
     self._state = sharding.put_replicated(state, self.mesh)
 
@@ -79,7 +79,7 @@ class ListwiseExamples:
     """`prior(qid, docid)`, when given, is added to the ranker's score of the pair in the loss."""
     q, l = len(labels), list_size
     self.qids = [r["qid"] for r in labels]
-    self.buckets = [b for b in sorted(buckets) if b < max_length] + [max_length]
+    self.buckets = tokenization.buckets_up_to(buckets, max_length)
     self.ids = np.zeros((q, l, max_length), np.int32)
     self.types = np.zeros((q, l, max_length), np.int32)
     self.lengths = np.zeros((q, l), np.int32)
@@ -164,15 +164,13 @@ def fit_fusion(ce: np.ndarray, initial: np.ndarray, ranking: np.ndarray, mask: n
   scale = float(np.std(ce[mask]) / max(float(np.std(initial[mask])), 1e-6))
   (a, b), fused = _fit_weights([ce, initial], [1.0, scale], ranking, mask, prefix)
   _, initial_only = _fit_weights([initial], [scale], ranking, mask, prefix)
-  ranker_only = _fit_weights([ce], [1.0], ranking, mask, prefix, fixed=True)[1]
+  ranker_only = float(losses.listmle(jnp.asarray(ce), jnp.asarray(ranking), jnp.asarray(mask),
+                                     jnp.asarray(prefix)).mean())
   return Fusion(float(a), float(b)), {"ranker": ranker_only, "initial": initial_only, "fused": fused}
 
 
-def _fit_weights(features, x0, ranking, mask, prefix, *, fixed: bool = False):
-  """(w, loss): the weights minimising the mean ListMLE of sum_i w_i * features[i] (convex in w).
-
-  `fixed`: only evaluate the loss at x0.
-  """
+def _fit_weights(features, x0, ranking, mask, prefix):
+  """(w, loss): the weights minimising the mean ListMLE of sum_i w_i * features[i] (convex in w)."""
   from scipy import optimize
 
   feats = jnp.stack([jnp.asarray(f, jnp.float32) for f in features])
@@ -184,8 +182,6 @@ def _fit_weights(features, x0, ranking, mask, prefix, *, fixed: bool = False):
     v, g = value_and_grad(jnp.asarray(x, jnp.float32))
     return float(v), np.asarray(g, np.float64)
 
-  if fixed:
-    return np.asarray(x0, np.float64), f(x0)[0]
   res = optimize.minimize(f, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B")
   if not np.all(np.isfinite(res.x)):
     raise FloatingPointError(f"ranker fusion: the fit diverged ({res.message})")
@@ -212,44 +208,64 @@ def check_fuse_initial(value: str) -> str:
   return value
 
 
-def initial_scores(config, workdir: str) -> data_lib.Run:
-  """The initial retriever's scores of the labelled candidates (the run `label` read)."""
-  return data_lib.read_trec_run(os.path.join(workdir, "candidates", f"{config.label.split}.trec"))
+class InitialScores:
+  """The initial retriever's score of (qid, docid) pairs, looked up in a run read from `source`."""
+
+  def __init__(self, run: data_lib.Run, source: str):
+    self.run, self.source = run, source
+
+  @classmethod
+  def of_labels(cls, config, workdir: str) -> "InitialScores":
+    """The run `label` read its candidates from: every labelled pair is in it."""
+    path = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
+    return cls(data_lib.read_trec_run(path), path)
+
+  def __call__(self, pairs) -> np.ndarray:
+    out = np.zeros(len(pairs))
+    for i, (q, d) in enumerate(pairs):
+      try:
+        out[i] = self.run[q][d]
+      except KeyError:
+        raise KeyError(f"{self.source}: no initial score for query {q!r}, document {d!r}") from None
+    return out
 
 
-def pair_initial_scores(pairs, run: data_lib.Run, source: str) -> np.ndarray:
-  """The initial retriever's score of each (qid, docid) pair, from `run` (read from `source`)."""
-  out = np.zeros(len(pairs))
-  for i, (q, d) in enumerate(pairs):
-    try:
-      out[i] = run[q][d]
-    except KeyError:
-      raise KeyError(f"{source}: no initial score for query {q!r}, document {d!r}") from None
-  return out
-
-
-def _prior_weight(config, workdir: str, train_labels) -> float:
-  """The initial retriever's best ListMLE scale on the ranker's training lists (its prior)."""
-  section = config.ranker
-  lists = [data_lib.truncate_label(r, section.list_size, use_prefix=section.prefix_only)
-           for r in train_labels]
-  q, l = len(lists), section.list_size
-  source = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
-  run_ = initial_scores(config, workdir)
-  initial, ranking = np.zeros((q, l), np.float32), np.zeros((q, l), np.int32)
-  mask, prefix = np.zeros((q, l), bool), np.zeros((q,), np.int32)
-  for i, (record, (docids, order, trusted)) in enumerate(zip(train_labels, lists)):
-    initial[i, :len(docids)] = pair_initial_scores([(record["qid"], d) for d in docids], run_, source)
+def _label_arrays(records, initial: InitialScores, *, list_size: int = 0, use_prefix: bool,
+                  top_k: int = 0):
+  """Label records as [Q, L] arrays: initial scores, ranking, mask; [Q] trusted prefix; and the
+  (qid, docid) pairs with their (row, column). `list_size` 0 keeps every candidate; `top_k` > 0
+  trusts only the teacher's first k positions, as in ranker training."""
+  lists = [data_lib.truncate_label(r, list_size or len(r["docids"]), use_prefix=use_prefix)
+           for r in records]
+  q, width = len(lists), list_size or max(len(docids) for docids, _, _ in lists)
+  ranking, mask = np.zeros((q, width), np.int32), np.zeros((q, width), bool)
+  prefix = np.array([min(p, top_k) if top_k > 0 else p for _, _, p in lists], np.int32)
+  pairs, where = [], []
+  for i, (record, (docids, order, _)) in enumerate(zip(records, lists)):
     ranking[i, :len(order)] = order
     mask[i, :len(docids)] = True
-    prefix[i] = min(trusted, section.top_k) if section.top_k > 0 else trusted
-  scale = 1.0 / max(float(np.std(initial[mask])), 1e-6)
-  (weight,), loss = _fit_weights([initial], [scale], ranking, mask, prefix)
+    pairs += [(record["qid"], d) for d in docids]
+    where += [(i, j) for j in range(len(docids))]
+  rows, cols = np.array(where).T
+  scores = np.zeros((q, width), np.float32)
+  scores[rows, cols] = initial(pairs)
+  return scores, ranking, mask, prefix, pairs, (rows, cols)
+
+
+def _prior_weight(config, train_labels, initial: InitialScores) -> float:
+  """The initial retriever's best ListMLE scale on the ranker's training lists (its prior)."""
+  section = config.ranker
+  scores, ranking, mask, prefix, _, _ = _label_arrays(
+      train_labels, initial, list_size=section.list_size, use_prefix=section.prefix_only,
+      top_k=section.top_k)
+  scale = 1.0 / max(float(np.std(scores[mask])), 1e-6)
+  (weight,), loss = _fit_weights([scores], [scale], ranking, mask, prefix)
   logging.info("Ranker prior: %.4f * initial score (train ListMLE %.4f)", weight, loss)
   return float(weight)
 
 
-def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labels) -> None:
+def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labels,
+                       initial: InitialScores) -> None:
   """Fits and writes ranker/fusion.json on the dev queries' full teacher rankings.
 
   Every candidate the teacher ranked for a dev query takes part (not only the ranker's training
@@ -258,35 +274,23 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   """
   if not dev_labels:
     raise ValueError("ranker.fuse_initial needs dev queries to fit on: set ranker.dev_fraction > 0")
-  lists = [data_lib.truncate_label(r, len(r["docids"]), use_prefix=config.ranker.prefix_only)
-           for r in dev_labels]
-  width = max(len(docids) for docids, _, _ in lists)
-  q = len(lists)
-  ranking, mask = np.zeros((q, width), np.int32), np.zeros((q, width), bool)
-  prefix = np.array([p for _, _, p in lists], np.int32)
-  pairs, where = [], []
-  for i, (record, (docids, order, _)) in enumerate(zip(dev_labels, lists)):
-    ranking[i, :len(order)] = order
-    mask[i, :len(docids)] = True
-    pairs += [(record["qid"], d) for d in docids]
-    where += [(i, j) for j in range(len(docids))]
+  init_arr, ranking, mask, prefix, pairs, (rows, cols) = _label_arrays(
+      dev_labels, initial, use_prefix=config.ranker.prefix_only)
   ce = make_scorer(config, model, tokenizer).score(
       [dataset.queries[qid].text for qid, _ in pairs], [dataset.corpus[d].full_text() for _, d in pairs],
       desc="ranker dev scores")
-  source = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
-  initial = pair_initial_scores(pairs, initial_scores(config, workdir), source)
-  ce_arr, init_arr = np.zeros((q, width), np.float32), np.zeros((q, width), np.float32)
-  rows, cols = np.array(where).T
-  ce_arr[rows, cols], init_arr[rows, cols] = ce, initial
+  ce_arr = np.zeros(mask.shape, np.float32)
+  ce_arr[rows, cols] = ce
   fusion, dev_loss = fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
   logging.info("Ranker fusion on %d dev queries: %.4f * ranker + %.4f * initial (dev ListMLE: "
-               "ranker %.4f, initial %.4f, fused %.4f)", q, fusion.ce_weight,
+               "ranker %.4f, initial %.4f, fused %.4f)", len(dev_labels), fusion.ce_weight,
                fusion.initial_weight, dev_loss["ranker"], dev_loss["initial"], dev_loss["fused"])
   path = os.path.join(workdir, "ranker", FUSION_FILE)
   if jax.process_index() == 0:
     data_lib.write_json(path, {
         "ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
-        "initial_run": source, "dev_queries": q, "dev_pairs": len(pairs), "dev_listmle": dev_loss})
+        "initial_run": initial.source, "dev_queries": len(dev_labels), "dev_pairs": len(pairs),
+        "dev_listmle": dev_loss})
   if jax.process_count() > 1:  # every process reads it next (distill, evaluate)
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("fusion:" + path)
@@ -339,12 +343,11 @@ def run(config, workdir: str) -> None:
                            buckets=config.encode.buckets, use_prefix=section.prefix_only,
                            top_k=section.top_k)
   fuse = check_fuse_initial(section.fuse_initial)
+  initial = None if fuse == "none" else InitialScores.of_labels(config, workdir)
   extra = {}
   if fuse == "residual":
-    extra["prior_weight"] = weight = _prior_weight(config, workdir, [by_qid[q] for q in train_qids])
-    source = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
-    run_ = initial_scores(config, workdir)
-    make = functools.partial(make, prior=lambda q, d: weight * pair_initial_scores([(q, d)], run_, source)[0])
+    extra["prior_weight"] = weight = _prior_weight(config, [by_qid[q] for q in train_qids], initial)
+    make = functools.partial(make, prior=lambda q, d: weight * initial([(q, d)])[0])
   train_ex = make([by_qid[q] for q in train_qids])
   dev_ex = make([by_qid[q] for q in dev_qids])
   logging.info("Ranker: %d train and %d dev queries, lists of %d, %d tokens", len(train_ex),
@@ -356,6 +359,7 @@ def run(config, workdir: str) -> None:
       dev_batches=dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=loop_config(section, config.seed), optim_config=section.optim, out_dir=out_dir, mesh=mesh)
   if fuse != "none":
-    _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, [by_qid[q] for q in dev_qids])
+    _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, [by_qid[q] for q in dev_qids],
+                       initial)
   train.write_done(out_dir, summary, {"train_queries": len(train_ex), "dev_queries": len(dev_ex),
                                       "fuse_initial": fuse, **extra})

@@ -63,7 +63,7 @@ class Encoder:
     """texts -> [N, H] float32 embeddings, in input order."""
     max_len = self.max_query_length if tower == "query" else self.max_doc_length
     seqs = self.tokenizer.encode(texts, max_len)
-    buckets = [b for b in self.buckets if b < max_len] + [max_len]
+    buckets = tokenization.buckets_up_to(self.buckets, max_len)
     out = None
     batches = tokenization.bucketed_batches(seqs, self.batch_size, buckets, self.tokenizer.pad_id)
     total = tokenization.num_batches(len(seqs), self.batch_size)

@@ -77,6 +77,11 @@ class Tokenizer:
     return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32)) for e in encs]
 
 
+def buckets_up_to(buckets: Sequence[int], max_length: int) -> list[int]:
+  """The sorted buckets below `max_length`, then `max_length` itself: the lengths batches take."""
+  return [b for b in sorted(buckets) if b < max_length] + [max_length]
+
+
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
   """The smallest bucket that holds `length` tokens."""
   for b in sorted(buckets):
