@@ -176,23 +176,9 @@ def matched_temperature(teacher: np.ndarray, student_logits: np.ndarray, mask: n
 
 def teacher_scores(config, workdir: str, dataset, labels) -> dict[tuple[str, str], float]:
   """The frozen ranker's score of every labelled (query, candidate) pair, cached on disk."""
-  path = os.path.join(workdir, "ranker", "teacher_scores.npz")
   pairs = [(r["qid"], d) for r in labels for d in r["docids"][:config.distill.list_size]]
-  if os.path.exists(path):
-    cached = np.load(path)
-    have = dict(zip(zip(cached["qids"].tolist(), cached["docids"].tolist()), cached["scores"].tolist()))
-    if all(p in have for p in pairs):
-      logging.info("Ranker scores from cache %s", path)
-      return have
-  model, tokenizer = ranker_lib.load_trained_ranker(config, workdir)
-  scorer = ranker_lib.make_scorer(config, model, tokenizer)
-  scores = scorer.score([dataset.queries[q].text for q, _ in pairs],
-                        [dataset.corpus[d].full_text() for _, d in pairs], desc="ranker scores")
-  if jax.process_index() == 0:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, qids=np.array([q for q, _ in pairs]), docids=np.array([d for _, d in pairs]),
-             scores=scores)
-    os.replace(tmp, path)
+  scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs, name="teacher_scores",
+                                         desc="ranker scores")
   return dict(zip(pairs, scores.tolist()))
 
 

@@ -81,13 +81,12 @@ def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.R
   and "ranker_ce" is the cross-encoder's own score beside it.
   """
   from interdistill_jax import ranker as ranker_lib
-  model, tokenizer = ranker_lib.load_trained_ranker(config, workdir)
   fusion = ranker_lib.load_fusion(config, workdir)
-  scorer = ranker_lib.make_scorer(config, model, tokenizer)
   depth = config.eval.rerank_depth
   pairs = [(qid, d) for qid in queries for d in data_lib.ranked(base_run[qid])[:depth]]
-  scores = scorer.score([queries[q].text for q, _ in pairs],
-                        [dataset.corpus[d].full_text() for _, d in pairs], desc="ranker re-ranking")
+  scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs,
+                                         name=f"rerank_scores_{config.eval.split}",
+                                         desc="ranker re-ranking")
   systems = {"ranker": scores}
   if fusion is not None:
     initial = ranker_lib.InitialScores(base_run, "the baseline run")(pairs)

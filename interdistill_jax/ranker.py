@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -319,6 +320,42 @@ def load_trained_ranker(config, workdir: str) -> tuple[models.CrossEncoder, toke
   step = train.restore_params(model, os.path.join(workdir, "ranker"))
   logging.info("Ranker from %s/ranker (step %d)", workdir, step)
   return model, tokenization.Tokenizer(ckpt.dir)
+
+
+def _ranker_identity(config, workdir: str) -> str:
+  """Names the trained ranker and how it reads pairs: its done.json and its pair length."""
+  with open(os.path.join(workdir, "ranker", "done.json"), "rb") as f:
+    done = f.read()
+  return hashlib.sha256(done + f"|{config.ranker.max_length}".encode()).hexdigest()[:16]
+
+
+def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str, str]], *,
+                       name: str, desc: str) -> np.ndarray:
+  """The frozen ranker's scores of (qid, docid) pairs, cached in `ranker/{name}.npz`.
+
+  The ranker is frozen once trained, so distillation and every later evaluation read its scores
+  from disk. The cache holds the ranker's identity (its done.json and pair length): a retrained
+  ranker, or another `ranker.max_length`, scores afresh.
+  """
+  path = os.path.join(workdir, "ranker", f"{name}.npz")
+  ident = _ranker_identity(config, workdir)
+  if os.path.exists(path):
+    cached = np.load(path)
+    if "ranker" in cached and str(cached["ranker"]) == ident:
+      have = dict(zip(zip(cached["qids"].tolist(), cached["docids"].tolist()), cached["scores"].tolist()))
+      if all(p in have for p in pairs):
+        logging.info("Ranker scores from cache %s", path)
+        return np.array([have[p] for p in pairs], np.float32)
+  model, tokenizer = load_trained_ranker(config, workdir)
+  scores = make_scorer(config, model, tokenizer).score(
+      [dataset.queries[q].text for q, _ in pairs], [dataset.corpus[d].full_text() for _, d in pairs],
+      desc=desc)
+  if jax.process_index() == 0:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, qids=np.array([q for q, _ in pairs]), docids=np.array([d for _, d in pairs]),
+             scores=scores, ranker=np.array(ident))
+    os.replace(tmp, path)
+  return scores
 
 
 def make_scorer(config, model, tokenizer, mesh=None) -> PairScorer:

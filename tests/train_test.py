@@ -212,6 +212,28 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   assert (tmp_path / "eval" / "training_curves.png").stat().st_size > 1000
   report = (tmp_path / "eval" / "report.md").read_text()
   assert "| distilled |" in report and "95% CI" in report
+  _check_ranker_score_caches(config, tmp_path)
+
+
+def _check_ranker_score_caches(config, workdir):
+  """The frozen ranker's scores are read back, not recomputed; a retrained ranker scores afresh."""
+  from interdistill_jax import evaluate
+  before = (workdir / "eval" / "ranker.trec").read_text()
+  loads = []
+  real_load = ranker.load_trained_ranker
+
+  def counting_load(*args):
+    loads.append(args)
+    return real_load(*args)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(ranker, "load_trained_ranker", counting_load)
+    evaluate.run(config, str(workdir))
+    assert not loads and (workdir / "eval" / "ranker.trec").read_text() == before
+    done = workdir / "ranker" / "done.json"  # another ranker: its done.json differs
+    done.write_text(json.dumps(dict(json.loads(done.read_text()), retrained=True)))
+    evaluate.run(config, str(workdir))
+    assert len(loads) == 1
 
 
 def test_top_k_listmle_scores_only_the_first_k_positions(tiny, tmp_path):
