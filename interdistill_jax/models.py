@@ -52,17 +52,31 @@ class BertConfig:
                 position_embedding_type="absolute", pad_token_id=0, initializer_range=0.02)
 
 
+def _mix32(x):
+  """murmur3's 32-bit finaliser: a bijection of uint32 whose output bits each depend on all inputs."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
 def _dropout(x, rate: float, rng):
-  """Inverted dropout. Each element draws 16 random bits, two from every 32-bit threefry word:
-  on CPU the generator, not the masking, is the cost (attention dropout alone draws B*H*T*T
-  numbers per layer), and half the words halve it. The keep rate is 1 - round(rate * 2^16) / 2^16,
-  within 1e-5 of 1 - rate."""
+  """Inverted dropout, with masks from a counter-based hash keyed by `rng`.
+
+  Two words are drawn from `rng` (threefry); each element's 32 random bits are then two rounds
+  of murmur3's finaliser over its index and those words, about ten integer operations fused into
+  the masking. Drawing every element from threefry instead cost 0.8 s of a 6.3 s ranker step on
+  2 CPU cores (attention dropout draws B*H*T*T numbers per layer): far more than the masking.
+  The same key gives the same mask; the keep rate is 1 - round(rate * 2^32) / 2^32. Indices
+  wrap past 2^32 elements per call, so tensors that large would repeat their mask.
+  """
   if rng is None or rate == 0.0:
     return x
-  n = x.size
-  words = jax.random.bits(rng, ((n + 1) // 2,), jnp.uint32)
-  halves = jnp.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1)[:n].reshape(x.shape)
-  keep = halves >= jnp.uint32(round(rate * 65536))
+  seed = jax.random.bits(rng, (2,), jnp.uint32)
+  index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+  bits = _mix32(_mix32(index ^ seed[0]) + seed[1])
+  keep = bits >= jnp.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
@@ -116,7 +130,8 @@ class BertLayer(nnx.Module):
                                          implementation="cudnn").reshape(b, t, h)
     else:
       bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(h // self.num_heads)
+      # Scaling q (B*T*H numbers) rather than the logits (B*H*T*T) costs less.
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q * np.asarray(1 / np.sqrt(h // self.num_heads), q.dtype), k)
       probs = jax.nn.softmax(logits.astype(jnp.float32) + bias, axis=-1).astype(x.dtype)
       probs = _dropout(probs, self.attn_dropout, r_attn)
       ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, h)

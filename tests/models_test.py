@@ -2,6 +2,8 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -88,8 +90,6 @@ def test_fused_attention_path_matches_the_xla_path(monkeypatch):
   cuDNN needs a GPU, so here `jax.nn.dot_product_attention` runs its XLA implementation with the
   same arguments: this checks what the branch passes (layout, scale, lengths from the mask).
   """
-  import jax
-  import jax.numpy as jnp
   from flax import nnx
 
   cfg = models.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -119,7 +119,6 @@ def test_fused_attention_path_matches_the_xla_path(monkeypatch):
 
 
 def test_attention_auto_is_xla_off_gpu_and_cudnn_is_refused_there():
-  import jax
   config = defaults.base_config()
   assert config.model.attention == "auto"
   if jax.default_backend() != "gpu":
@@ -143,3 +142,21 @@ def test_attention_dropout_override_reaches_every_layer(tmp_path):
   config.ranker.model.attention_dropout = 0.0
   model, _ = models.load_cross_encoder(config.ranker.model)
   assert {layer.attn_dropout for layer in model.bert.layers} == {0.0}
+
+
+def test_dropout_masks_keep_the_rate_and_follow_the_key():
+  x = jnp.ones((64, 12, 32, 32), jnp.float32)  # 786,432 elements
+  rate = 0.1
+  a = models._dropout(x, rate, jax.random.key(0))
+  kept = np.asarray(a) != 0
+  # Binomial standard deviation of the kept fraction: sqrt(0.09 / 786432) = 3.4e-4.
+  assert abs(kept.mean() - (1 - rate)) < 2e-3
+  np.testing.assert_allclose(np.asarray(a)[kept], 1 / (1 - rate), rtol=1e-6)
+  np.testing.assert_array_equal(a, models._dropout(x, rate, jax.random.key(0)))  # same key, same mask
+  other = np.asarray(models._dropout(x, rate, jax.random.key(1))) != 0
+  flat = kept.reshape(-1).astype(np.float64)
+  for name, y in (("another key", other.reshape(-1)), ("the next element", np.roll(flat, 1)),
+                  ("the next row", np.roll(flat, 32))):
+    corr = np.corrcoef(flat, y.astype(np.float64))[0, 1]
+    assert abs(corr) < 0.01, (name, corr)
+  assert models._dropout(x, 0.0, jax.random.key(0)) is x and models._dropout(x, rate, None) is x
