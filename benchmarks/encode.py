@@ -3,12 +3,13 @@
   .venv/bin/python benchmarks/encode.py --data_dir=../shared/data/scifact [--max_docs=N] [--bf16]
 
 Prints one JSON object. Encoding: the same documents, the same weights, max length 256. The
-corpus is cut into --rounds slices in file order; slice by slice, ours and sentence-transformers
-(a PyTorch process kept alive for the whole run) each encode it, taking turns at going first, so
-a machine that speeds up or slows down during the run weighs on both sides alike. Both sides are
-warmed up first on a different slice (our per-shape compilation and PyTorch's first-call costs
-are outside the timed region; our compile time is reported beside it). The ratio is the sum of
-their times; each slice's ratio is reported too.
+corpus is cut into --rounds slices in file order; for each slice, ours and sentence-transformers
+each encode it in a fresh process of their own (`benchmarks/turns.py`: nothing else heavy is
+alive while a side is timed), the side going first alternating. Each worker warms up on a fixed
+set of documents of every length first (our per-shape compilation and PyTorch's first-call
+costs stay outside the timed region; our compile time is reported beside it). The ratio is
+that of the summed times; each slice's ratio is reported too. nDCG@10 is computed from our
+embeddings of all slices.
 Search: top-100 for the split's queries over the corpus embeddings, ours vs faiss.IndexFlatIP.
 """
 
@@ -21,6 +22,8 @@ import time
 
 from absl import app, flags
 
+import turns  # benchmarks/turns.py
+
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/scifact", "BEIR directory.")
 _MAX_DOCS = flags.DEFINE_integer("max_docs", 0, "Encode only the first N docs (0 = all).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Our encoding batch size.")
@@ -28,75 +31,61 @@ _BF16 = flags.DEFINE_bool("bf16", False, "Also time our bfloat16 mode and report
 _REF_PYTHON = flags.DEFINE_string("ref_python", ".venv-ref/bin/python", "PyTorch reference venv.")
 _OUT = flags.DEFINE_string("out", "", "Also write the JSON here.")
 
-_ROUNDS = flags.DEFINE_integer("rounds", 6, "Slices of the corpus; ours and the reference alternate.")
+_ROUNDS = flags.DEFINE_integer("rounds", 6, "Slices of the corpus, one round each; the sides take turns.")
+_WORKER = flags.DEFINE_string("worker", "", "Internal: 'start:end:dtype:out.npy', time our side on that slice.")
 
-# The reference, kept alive: after a warm-up it reads "start end" lines and answers each with the
-# seconds sentence-transformers took to encode that slice of the texts.
 _ST_SCRIPT = r"""
 import json, sys, time, torch
 from sentence_transformers import SentenceTransformer
-model_dir, texts_file, warm_file = sys.argv[1:4]
-torch.set_num_threads(int(sys.argv[4]))
-texts, warm = json.load(open(texts_file)), json.load(open(warm_file))
+model_dir, texts_file, warm_file, threads, start, end = sys.argv[1:7]
+torch.set_num_threads(int(threads))
+texts, warm = json.load(open(texts_file))[int(start):int(end)], json.load(open(warm_file))
 m = SentenceTransformer(model_dir, device="cpu"); m.max_seq_length = 256
 m.encode(warm, batch_size=32)
-print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
-for line in sys.stdin:
-  start, end = map(int, line.split())
-  t = time.perf_counter(); m.encode(texts[start:end], batch_size=32)
-  print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+t = time.perf_counter(); m.encode(texts, batch_size=32); dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "torch": torch.__version__, "threads": torch.get_num_threads()}))
 """
 
 
-class _Reference:
-  """The sentence-transformers process: `time(start, end)` -> seconds for that slice."""
-
-  def __init__(self, texts, warm, tmp):
-    import subprocess
-    from interdistill_jax import assets
-    tf, wf = pathlib.Path(tmp, "texts.json"), pathlib.Path(tmp, "warm.json")
-    tf.write_text(json.dumps(texts))
-    wf.write_text(json.dumps(warm))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-    env.pop("XLA_FLAGS", None)
-    self.proc = subprocess.Popen([_REF_PYTHON.value, "-c", _ST_SCRIPT, assets.packaged_encoder_dir(),
-                                  str(tf), str(wf), str(os.cpu_count())],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    self.info = self._read()
-
-  def _read(self) -> dict:
-    line = self.proc.stdout.readline()
-    if not line:
-      raise RuntimeError(f"the reference process exited with {self.proc.wait()}")
-    return json.loads(line)
-
-  def time(self, start: int, end: int) -> float:
-    self.proc.stdin.write(f"{start} {end}\n")
-    self.proc.stdin.flush()
-    return self._read()["seconds"]
-
-  def close(self):
-    self.proc.stdin.close()
-    self.proc.wait()
+def _texts():
+  from interdistill_jax import data
+  dataset = data.load_beir(_DATA.value)
+  docids = list(dataset.corpus)
+  texts = [dataset.corpus[d].full_text() for d in docids]
+  if _MAX_DOCS.value:
+    docids, texts = docids[:_MAX_DOCS.value], texts[:_MAX_DOCS.value]
+  # Warm-up: every 1/64th of the length-sorted texts, so every bucket shape compiles once.
+  warm = sorted(texts, key=len)[::max(1, len(texts) // 64)][:64]
+  return dataset, docids, texts, warm
 
 
-def _encoder(config, warm, dtype):
-  """Our encoder with every bucket shape the timed texts can hit compiled: (encoder, compile s)."""
-  from interdistill_jax import retrieval
+def _config(dtype):
+  from interdistill_jax import defaults
+  config = defaults.base_config()
+  config.encode.batch_size = _BATCH.value
+  config.encode.cache = False
   config.model.dtype = dtype
-  encoder = retrieval.Encoder.from_config(config)
+  return config
+
+
+def _ours_worker(spec: str):
+  """One turn of our side: warm up, encode texts[start:end], save the embeddings; one JSON line."""
+  import numpy as np
+  from interdistill_jax import retrieval
+  start, end, dtype, out = spec.split(":", 3)
+  _, _, texts, warm = _texts()
+  encoder = retrieval.Encoder.from_config(_config(dtype))
   t = time.perf_counter()
   encoder.encode(warm, tower="doc")
-  return encoder, time.perf_counter() - t
-
-
-def _timed(encoder, texts):
+  compile_s = time.perf_counter() - t
   t = time.perf_counter()
-  emb = encoder.encode(texts, tower="doc")
-  return emb, time.perf_counter() - t
+  emb = encoder.encode(texts[int(start):int(end)], tower="doc")
+  seconds = time.perf_counter() - t
+  np.save(out, emb)
+  print(json.dumps({"seconds": seconds, "compile_and_warmup_s": compile_s}))
 
 
-def _ndcg(config, encoder, dataset, doc_emb, docids):
+def _ndcg(encoder, dataset, doc_emb, docids):
   from interdistill_jax import metrics, retrieval
   queries = dataset.split_queries("test")
   q = encoder.encode([x.text for x in queries.values()], tower="query")
@@ -107,61 +96,67 @@ def _ndcg(config, encoder, dataset, doc_emb, docids):
 def main(argv):
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  import faiss
-  import jax
+  if _WORKER.value:
+    return _ours_worker(_WORKER.value)
   import numpy as np
-  from interdistill_jax import data, defaults, retrieval
+  from interdistill_jax import assets
 
-  dataset = data.load_beir(_DATA.value)
-  docids = list(dataset.corpus)
-  texts = [dataset.corpus[d].full_text() for d in docids]
-  if _MAX_DOCS.value:
-    docids, texts = docids[:_MAX_DOCS.value], texts[:_MAX_DOCS.value]
-  # Warm-up on the longest-first slice covers every bucket shape once.
-  warm = sorted(texts, key=len)[::max(1, len(texts) // 64)][:64]
-  config = defaults.base_config()
-  config.encode.batch_size = _BATCH.value
-  config.encode.cache = False
-  result = {"benchmark": "encode", "data": str(_DATA.value), "num_docs": len(texts),
-            "max_length": 256, "cpu_count": os.cpu_count(), "jax": jax.__version__,
-            "devices": [str(d) for d in jax.devices()]}
-
-  encoder, compile_s = _encoder(config, warm, "float32")
+  _, _, texts, warm = _texts()
   bounds = np.linspace(0, len(texts), max(1, _ROUNDS.value) + 1).astype(int)
   slices = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-  chunks, ours_t, ref_t = [], [], []
+  ref_env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+  ref_env.pop("XLA_FLAGS", None)
+  me = [sys.executable, os.path.abspath(__file__), f"--data_dir={_DATA.value}",
+        f"--max_docs={_MAX_DOCS.value}", f"--batch_size={_BATCH.value}"]
   with tempfile.TemporaryDirectory() as tmp:
-    ref = _Reference(texts, warm, tmp)
-    for i, (a, b) in enumerate(slices):
-      if i % 2:  # the reference goes first on odd slices
-        ref_t.append(ref.time(a, b))
-      emb_i, dt = _timed(encoder, texts[a:b])
-      chunks.append(emb_i)
-      ours_t.append(dt)
-      if not i % 2:
-        ref_t.append(ref.time(a, b))
-    ref.close()
-  emb = np.concatenate(chunks)
-  ours_s, st_s = sum(ours_t), sum(ref_t)
-  result["ours_fp32"] = {"seconds": ours_s, "docs_per_s": len(texts) / ours_s,
-                         "compile_and_warmup_s": compile_s, "batch_size": _BATCH.value}
-  result["sentence_transformers"] = dict(ref.info, seconds=st_s, docs_per_s=len(texts) / st_s)
-  result["ratio_fp32"] = st_s / ours_s  # > 1: we are faster
-  result["ratio_fp32_per_slice"] = [r / o for r, o in zip(ref_t, ours_t)]
-  result["slices"] = slices
+    tf, wf = pathlib.Path(tmp, "texts.json"), pathlib.Path(tmp, "warm.json")
+    tf.write_text(json.dumps(texts))
+    wf.write_text(json.dumps(warm))
 
-  if not _MAX_DOCS.value:
-    result["ours_fp32"]["test"] = _ndcg(config, encoder, dataset, emb, docids)
-  if _BF16.value:
-    enc16, c16 = _encoder(config, warm, "bfloat16")
-    emb16, s16 = _timed(enc16, texts)
-    result["ours_bf16"] = {"seconds": s16, "docs_per_s": len(texts) / s16,
-                           "compile_and_warmup_s": c16, "ratio_vs_st": st_s / s16}
+    def ours(dtype):
+      return lambda r: turns.run_worker(
+          me + [f"--worker={slices[r][0]}:{slices[r][1]}:{dtype}:{tmp}/{dtype}_{r}.npy"])
+
+    def reference(r):
+      return turns.run_worker([_REF_PYTHON.value, "-c", _ST_SCRIPT, assets.packaged_encoder_dir(), str(tf),
+                               str(wf), str(os.cpu_count()), str(slices[r][0]), str(slices[r][1])], ref_env)
+
+    dtypes = {"ours_fp32": "float32", **({"ours_bf16": "bfloat16"} if _BF16.value else {})}
+    sides = {"ours_fp32": ours("float32"), "sentence_transformers": reference}
+    sides.update({name: ours(dtype) for name, dtype in dtypes.items()})
+    runs = turns.take_turns(sides, len(slices))
+    emb = {name: np.concatenate([np.load(f"{tmp}/{dtype}_{r}.npy") for r in range(len(slices))])
+           for name, dtype in dtypes.items()}
+
+  # Timing is over: from here on this process may use JAX.
+  import faiss
+  import jax
+  from interdistill_jax import retrieval
+  dataset, docids, _, _ = _texts()
+  seconds = {name: sum(r["seconds"] for r in rs) for name, rs in runs.items()}
+  st = runs["sentence_transformers"][0]
+  result = {"benchmark": "encode", "data": str(_DATA.value), "num_docs": len(texts),
+            "max_length": 256, "cpu_count": os.cpu_count(), "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()], "slices": slices,
+            "sentence_transformers": {"seconds": seconds["sentence_transformers"], "torch": st["torch"],
+                                      "threads": st["threads"],
+                                      "docs_per_s": len(texts) / seconds["sentence_transformers"]}}
+  for name in emb:
+    result[name] = {"seconds": seconds[name], "docs_per_s": len(texts) / seconds[name],
+                    "compile_and_warmup_s": runs[name][0]["compile_and_warmup_s"],
+                    "batch_size": _BATCH.value,
+                    "ratio_vs_st": seconds["sentence_transformers"] / seconds[name],
+                    "ratio_per_slice": [r["seconds"] / o["seconds"] for o, r in
+                                        zip(runs[name], runs["sentence_transformers"])]}
     if not _MAX_DOCS.value:
-      result["ours_bf16"]["test"] = _ndcg(config, enc16, dataset, emb16, docids)
+      encoder = retrieval.Encoder.from_config(_config(dtypes[name]))
+      result[name]["test"] = _ndcg(encoder, dataset, emb[name], docids)
+  result["ratio_fp32"] = result["ours_fp32"]["ratio_vs_st"]  # > 1: we are faster
 
   # Exact search: top-100 of every query over the corpus.
   queries = list(dataset.queries.values())
+  encoder = retrieval.Encoder.from_config(_config("float32"))
+  emb = emb["ours_fp32"]
   q = encoder.encode([x.text for x in queries], tower="query")
   index = retrieval.ExactIndex(emb)
   index.search(q, 100)  # compiles every query-block shape this search uses

@@ -1,26 +1,31 @@
-"""Ranker train-step throughput: ours against PyTorch, back to back in one run.
+"""Ranker train-step throughput: ours against PyTorch, taking turns in one run.
 
-  .venv/bin/python benchmarks/train_step.py [--batch=32] [--length=256] [--steps=5]
+  .venv/bin/python benchmarks/train_step.py [--batch=32] [--length=256] [--steps=3] [--rounds=4]
 
 Ours: the jitted ListMLE step of `train_ranker` (CrossEncoder, AdamW, clipping), on one list of
 `batch` pairs. Reference: `transformers.BertForSequenceClassification` (1 label) with
 `torch.optim.AdamW`, the same weights, the same batch shape, a ListMLE loss over the batch.
-Both exclude the first (compiling / warming) step. Prints JSON with pairs/s, the ratio, and the
-fraction of the measured fp32 matmul peak each reaches.
+Each round runs each side once, in a fresh process of its own (`benchmarks/turns.py`: nothing
+else heavy is alive while a side is timed), excluding its first (compiling / warming) step.
+Prints JSON with the median step of each side over all rounds, pairs/s, the ratio, each
+round's ratio, and the fraction of the measured fp32 matmul peak each side reaches.
 """
 
 import json
 import os
-import subprocess
 import sys
+import time
 
 from absl import app, flags
 
 import ranker_step  # benchmarks/ranker_step.py
+import turns  # benchmarks/turns.py
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Pairs per step (one list).")
 _LENGTH = flags.DEFINE_integer("length", 256, "Tokens per pair.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per side and round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 4, "Rounds; each side runs once per round, in its own process.")
+_WORKER = flags.DEFINE_bool("worker", False, "Internal: time our side only and print its JSON line.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Our compute dtype (float32 or bfloat16).")
 _REF_PYTHON = flags.DEFINE_string("ref_python", ".venv-ref/bin/python", "PyTorch reference venv.")
 
@@ -43,41 +48,70 @@ step()
 times = []
 for _ in range(steps):
   t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
-print(json.dumps({"step_s": sorted(times)[len(times) // 2], "threads": torch.get_num_threads(),
-                  "torch": torch.__version__}))
+print(json.dumps({"times": times, "threads": torch.get_num_threads(), "torch": torch.__version__}))
 """
+
+
+def _median(xs):
+  return sorted(xs)[len(xs) // 2]
+
+
+def _ours_worker():
+  """One turn of our side: compile, time --steps steps, measure the matmul peak; one JSON line."""
+  import jax
+  import jax.numpy as jnp
+
+  from interdistill_jax import defaults
+  config = defaults.base_config()
+  config.ranker.model.dtype = _DTYPE.value
+  step, params, opt_state, batch, _, ckpt = ranker_step.build(config.ranker, 1, _BATCH.value,
+                                                               _LENGTH.value)
+  batch, key = jax.device_put(batch), jax.random.key(0)
+  times = []
+  for s in range(_STEPS.value + 1):  # step 0 compiles
+    t0 = time.perf_counter()
+    params, opt_state, m = step(params, opt_state, batch, s, key)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  print(json.dumps({"times": times[1:], "matmul_peak": ranker_step.matmul_rate(jnp.float32, 2048),
+                    "flops": ranker_step.flops_per_pair(ckpt.config, _LENGTH.value) * _BATCH.value,
+                    "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}))
 
 
 def main(argv):
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  import jax
-  import jax.numpy as jnp
-
-  from interdistill_jax import assets, defaults
+  if _WORKER.value:
+    return _ours_worker()
+  from interdistill_jax import assets
 
   b, t = _BATCH.value, _LENGTH.value
-  config = defaults.base_config()
-  config.ranker.model.dtype = _DTYPE.value
-  step, params, opt_state, batch, _, ckpt = ranker_step.build(config.ranker, 1, b, t)
-  _, ours, _ = ranker_step.time_steps(step, params, opt_state, jax.device_put(batch), warmup=1,
-                                      steps=_STEPS.value)
-
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-  env.pop("XLA_FLAGS", None)
-  out = subprocess.run([_REF_PYTHON.value, "-c", _TORCH, assets.packaged_encoder_dir(), str(b), str(t),
-                        str(_STEPS.value)], capture_output=True, text=True, check=True, env=env).stdout
-  ref = json.loads(out.strip().splitlines()[-1])
-  peak = ranker_step.matmul_rate(jnp.float32, 2048)
-  flops = ranker_step.flops_per_pair(ckpt.config, t) * b
+  ours_argv = [sys.executable, os.path.abspath(__file__), "--worker", f"--batch={b}", f"--length={t}",
+               f"--steps={_STEPS.value}", f"--dtype={_DTYPE.value}"]
+  ref_env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+  ref_env.pop("XLA_FLAGS", None)
+  ref_argv = [_REF_PYTHON.value, "-c", _TORCH, assets.packaged_encoder_dir(), str(b), str(t),
+              str(_STEPS.value)]
+  turns_ = turns.take_turns({"ours": lambda r: turns.run_worker(ours_argv),
+                             "pytorch": lambda r: turns.run_worker(ref_argv, ref_env)}, _ROUNDS.value)
+  ours_t = [x for r in turns_["ours"] for x in r["times"]]
+  ref_t = [x for r in turns_["pytorch"] for x in r["times"]]
+  ours_s, ref_s = _median(ours_t), _median(ref_t)
+  peak = _median([r["matmul_peak"] for r in turns_["ours"]])
+  flops = turns_["ours"][0]["flops"]
+  last = turns_["ours"][-1]
   result = {
       "benchmark": "ranker_train_step", "batch_pairs": b, "tokens": t, "dtype": _DTYPE.value,
-      "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
-      "ours": {"step_s": ours, "pairs_per_s": b / ours, "gflops_per_s": flops / ours / 1e9,
-               "fraction_of_matmul_peak": flops / ours / peak},
-      "pytorch": dict(ref, pairs_per_s=b / ref["step_s"], gflops_per_s=flops / ref["step_s"] / 1e9,
-                      fraction_of_matmul_peak=flops / ref["step_s"] / peak),
-      "ratio": ref["step_s"] / ours,  # > 1: we are faster
+      "devices": last["devices"], "jax": last["jax"], "cpu_count": os.cpu_count(),
+      "rounds": _ROUNDS.value, "steps_per_side": len(ours_t),
+      "ours": {"step_s": ours_s, "pairs_per_s": b / ours_s, "gflops_per_s": flops / ours_s / 1e9,
+               "fraction_of_matmul_peak": flops / ours_s / peak},
+      "pytorch": {"step_s": ref_s, "threads": turns_["pytorch"][0]["threads"],
+                  "torch": turns_["pytorch"][0]["torch"], "pairs_per_s": b / ref_s,
+                  "gflops_per_s": flops / ref_s / 1e9, "fraction_of_matmul_peak": flops / ref_s / peak},
+      "ratio": ref_s / ours_s,  # > 1: we are faster
+      "ratio_per_round": [_median(r["times"]) / _median(o["times"])
+                          for o, r in zip(turns_["ours"], turns_["pytorch"])],
       "matmul_peak_gflops_fp32": peak / 1e9,
   }
   print(json.dumps(result, indent=1))
