@@ -109,10 +109,6 @@ print(json.dumps({"seconds": sorted(times)[len(times) // 2], "device": dev, "tor
 """
 
 
-def _median(xs):
-  return sorted(xs)[len(xs) // 2]
-
-
 def _ref(script, *args):
   """Runs a PyTorch reference script with `--ref_python`; its last stdout line is JSON."""
   env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -145,8 +141,9 @@ def _train_step(lists, dtype, peak, matmul):
   config.ranker.model.attention_dropout = _ATTN_DROPOUT.value
   step, params, opt_state, batch, model, ckpt = ranker_step.build(config.ranker, lists, n, t)
   batch = sharding.put_batch(batch, sharding.make_mesh())
-  compile_s, step_s, m = ranker_step.time_steps(step, params, opt_state, batch, warmup=3,
-                                                steps=_STEPS.value)
+  compile_s, times, m = ranker_step.time_steps(step, params, opt_state, batch, warmup=3,
+                                               steps=_STEPS.value)
+  step_s = ranker_step.median(times)
   pairs = lists * n
   flops = ranker_step.flops_per_pair(ckpt.config, t) * pairs
   out = {"lists": lists, "list_size": n, "tokens": t, "pairs": pairs, "dtype": dtype,
@@ -193,7 +190,7 @@ def _encode(dtype, attention, texts, dataset, docids, st_cache):
   tokenize_s = time.perf_counter() - t
   out = {"dtype": dtype, "attention": models.attention_impl(config.model),
          "batch_size": _ENC_BATCH.value, "first_pass_s": compile_s}
-  out["ours"] = {"seconds": _median(times), "docs_per_s": len(texts) / _median(times),
+  out["ours"] = {"seconds": ranker_step.median(times), "docs_per_s": len(texts) / ranker_step.median(times),
                  "tokenize_s": tokenize_s}
   if not _MAX_DOCS.value:
     queries = dataset.split_queries("test")

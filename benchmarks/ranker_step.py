@@ -58,7 +58,8 @@ def build(section, lists: int, list_size: int, length: int):
 
 
 def time_steps(step, params, opt_state, batch, *, warmup: int, steps: int):
-  """(compile_s, median step_s, last metrics): step 0 compiles, `warmup - 1` more run untimed."""
+  """(compile_s, [step_s of each timed step], last metrics): step 0 compiles, `warmup - 1` more
+  run untimed, then `steps` are timed."""
   import jax
   key = jax.random.key(0)
   t0 = time.perf_counter()
@@ -74,4 +75,8 @@ def time_steps(step, params, opt_state, batch, *, warmup: int, steps: int):
     params, opt_state, m = step(params, opt_state, batch, s, key)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
-  return compile_s, sorted(times)[len(times) // 2], m
+  return compile_s, times, m
+
+
+def median(xs):
+  return sorted(xs)[len(xs) // 2]

@@ -14,7 +14,6 @@ round's ratio, and the fraction of the measured fp32 matmul peak each side reach
 import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -52,10 +51,6 @@ print(json.dumps({"times": times, "threads": torch.get_num_threads(), "torch": t
 """
 
 
-def _median(xs):
-  return sorted(xs)[len(xs) // 2]
-
-
 def _ours_worker():
   """One turn of our side: compile, time --steps steps, measure the matmul peak; one JSON line."""
   import jax
@@ -66,14 +61,9 @@ def _ours_worker():
   config.ranker.model.dtype = _DTYPE.value
   step, params, opt_state, batch, _, ckpt = ranker_step.build(config.ranker, 1, _BATCH.value,
                                                                _LENGTH.value)
-  batch, key = jax.device_put(batch), jax.random.key(0)
-  times = []
-  for s in range(_STEPS.value + 1):  # step 0 compiles
-    t0 = time.perf_counter()
-    params, opt_state, m = step(params, opt_state, batch, s, key)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  print(json.dumps({"times": times[1:], "matmul_peak": ranker_step.matmul_rate(jnp.float32, 2048),
+  _, times, _ = ranker_step.time_steps(step, params, opt_state, jax.device_put(batch), warmup=1,
+                                      steps=_STEPS.value)
+  print(json.dumps({"times": times, "matmul_peak": ranker_step.matmul_rate(jnp.float32, 2048),
                     "flops": ranker_step.flops_per_pair(ckpt.config, _LENGTH.value) * _BATCH.value,
                     "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}))
 
@@ -96,8 +86,8 @@ def main(argv):
                              "pytorch": lambda r: turns.run_worker(ref_argv, ref_env)}, _ROUNDS.value)
   ours_t = [x for r in turns_["ours"] for x in r["times"]]
   ref_t = [x for r in turns_["pytorch"] for x in r["times"]]
-  ours_s, ref_s = _median(ours_t), _median(ref_t)
-  peak = _median([r["matmul_peak"] for r in turns_["ours"]])
+  ours_s, ref_s = ranker_step.median(ours_t), ranker_step.median(ref_t)
+  peak = ranker_step.median([r["matmul_peak"] for r in turns_["ours"]])
   flops = turns_["ours"][0]["flops"]
   last = turns_["ours"][-1]
   result = {
@@ -110,7 +100,7 @@ def main(argv):
                   "torch": turns_["pytorch"][0]["torch"], "pairs_per_s": b / ref_s,
                   "gflops_per_s": flops / ref_s / 1e9, "fraction_of_matmul_peak": flops / ref_s / peak},
       "ratio": ref_s / ours_s,  # > 1: we are faster
-      "ratio_per_round": [_median(r["times"]) / _median(o["times"])
+      "ratio_per_round": [ranker_step.median(r["times"]) / ranker_step.median(o["times"])
                           for o, r in zip(turns_["ours"], turns_["pytorch"])],
       "matmul_peak_gflops_fp32": peak / 1e9,
   }

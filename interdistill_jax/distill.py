@@ -174,12 +174,16 @@ def matched_temperature(teacher: np.ndarray, student_logits: np.ndarray, mask: n
   return float(np.exp((lo + hi) / 2))
 
 
-def teacher_scores(config, workdir: str, dataset, labels) -> dict[tuple[str, str], float]:
-  """The frozen ranker's score of every labelled (query, candidate) pair, cached on disk."""
-  pairs = [(r["qid"], d) for r in labels for d in r["docids"][:config.distill.list_size]]
+def teacher_scores(config, workdir: str, dataset, pairs):
+  """(scores, fusion or None): the frozen ranker's score of each labelled (qid, docid) pair,
+  cached on disk, fused with the initial retriever's score when the ranker was fitted so
+  (`ranker.fuse_initial`)."""
   scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs, name="teacher_scores",
                                          desc="ranker scores")
-  return dict(zip(pairs, scores.tolist()))
+  fusion = ranker_lib.load_fusion(config, workdir)
+  if fusion is not None:  # the ranker as fitted: a * cross-encoder + b * initial retriever
+    scores = fusion(scores, ranker_lib.InitialScores.of_labels(config, workdir)(pairs))
+  return scores, fusion
 
 
 def run(config, workdir: str) -> None:
@@ -191,12 +195,9 @@ def run(config, workdir: str) -> None:
   labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
   scores = fusion = None
   if section.teacher == "ranker":
-    scores = teacher_scores(config, workdir, dataset, labels)
-    fusion = ranker_lib.load_fusion(config, workdir)
-    if fusion is not None:  # the ranker as fitted: a * cross-encoder + b * initial retriever
-      pairs = [(r["qid"], d) for r in labels for d in r["docids"][:section.list_size]]
-      initial = ranker_lib.InitialScores.of_labels(config, workdir)(pairs)
-      scores = dict(zip(pairs, fusion([scores[p] for p in pairs], initial).tolist()))
+    pairs = [(r["qid"], d) for r in labels for d in r["docids"][:section.list_size]]
+    values, fusion = teacher_scores(config, workdir, dataset, pairs)
+    scores = dict(zip(pairs, values.tolist()))
   model, ckpt, trainable = build_student(config, section.towers)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
   docids = list(dataset.corpus)

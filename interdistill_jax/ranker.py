@@ -69,6 +69,11 @@ class PairScorer:
       out[batch.index[valid]] = s[valid]
     return out
 
+  def score_pairs(self, dataset, pairs: Sequence[tuple[str, str]], desc: str) -> np.ndarray:
+    """[N] float32 scores of (qid, docid) pairs of `dataset`: query text, full passage text."""
+    return self.score([dataset.queries[q].text for q, _ in pairs],
+                      [dataset.corpus[d].full_text() for _, d in pairs], desc=desc)
+
 
 class ListwiseExamples:
   """Labelled queries as fixed-shape arrays: pairs [Q, L, T], ranking [Q, L], prefix [Q]."""
@@ -277,9 +282,7 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
     raise ValueError("ranker.fuse_initial needs dev queries to fit on: set ranker.dev_fraction > 0")
   init_arr, ranking, mask, prefix, pairs, (rows, cols) = _label_arrays(
       dev_labels, initial, use_prefix=config.ranker.prefix_only)
-  ce = make_scorer(config, model, tokenizer).score(
-      [dataset.queries[qid].text for qid, _ in pairs], [dataset.corpus[d].full_text() for _, d in pairs],
-      desc="ranker dev scores")
+  ce = make_scorer(config, model, tokenizer).score_pairs(dataset, pairs, desc="ranker dev scores")
   ce_arr = np.zeros(mask.shape, np.float32)
   ce_arr[rows, cols] = ce
   fusion, dev_loss = fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
@@ -347,9 +350,7 @@ def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str,
         logging.info("Ranker scores from cache %s", path)
         return np.array([have[p] for p in pairs], np.float32)
   model, tokenizer = load_trained_ranker(config, workdir)
-  scores = make_scorer(config, model, tokenizer).score(
-      [dataset.queries[q].text for q, _ in pairs], [dataset.corpus[d].full_text() for _, d in pairs],
-      desc=desc)
+  scores = make_scorer(config, model, tokenizer).score_pairs(dataset, pairs, desc=desc)
   if jax.process_index() == 0:
     tmp = path + ".tmp.npz"
     np.savez(tmp, qids=np.array([q for q, _ in pairs]), docids=np.array([d for _, d in pairs]),
