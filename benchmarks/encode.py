@@ -6,10 +6,15 @@ Prints one JSON object. Encoding: the same documents, the same weights, max leng
 corpus is cut into --rounds slices in file order; for each slice, ours and sentence-transformers
 each encode it in a fresh process of their own (`benchmarks/turns.py`: nothing else heavy is
 alive while a side is timed), the side going first alternating. Each worker warms up on a fixed
-set of documents of every length first (our per-shape compilation and PyTorch's first-call
-costs stay outside the timed region; our compile time is reported beside it). The ratio is
+set of documents of every length first, and ours also compiles every bucket's shape (our
+per-shape compilation and PyTorch's first-call costs stay outside the timed region; our compile
+time is reported beside it). The ratio is
 that of the summed times; each slice's ratio is reported too. nDCG@10 is computed from our
 embeddings of all slices.
+Batch sizes: ours as `encode.batch_size` chooses (0, the default: per platform, 4 documents of
+256 tokens on one CPU device); sentence-transformers at its default of 32 (`ratio_vs_st`), and
+also at our batch size (`ratio_vs_st_same_batch`), since small batches run faster on CPU for
+both of us.
 Search: top-100 for the split's queries over the corpus embeddings, ours vs faiss.IndexFlatIP.
 """
 
@@ -26,23 +31,25 @@ import turns  # benchmarks/turns.py
 
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/scifact", "BEIR directory.")
 _MAX_DOCS = flags.DEFINE_integer("max_docs", 0, "Encode only the first N docs (0 = all).")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Our encoding batch size.")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Our encoding batch size (0: chosen per platform).")
+_ST_BATCH = 32  # SentenceTransformer.encode's default
 _BF16 = flags.DEFINE_bool("bf16", False, "Also time our bfloat16 mode and report its nDCG@10.")
 _REF_PYTHON = flags.DEFINE_string("ref_python", ".venv-ref/bin/python", "PyTorch reference venv.")
 _OUT = flags.DEFINE_string("out", "", "Also write the JSON here.")
 
 _ROUNDS = flags.DEFINE_integer("rounds", 6, "Slices of the corpus, one round each; the sides take turns.")
-_WORKER = flags.DEFINE_string("worker", "", "Internal: 'start:end:dtype:out.npy', time our side on that slice.")
+_WORKER = flags.DEFINE_string("worker", "", "Internal: 'start:end:dtype:out.npy', time our side on that "
+                              "slice; 'batch', print our document batch size.")
 
 _ST_SCRIPT = r"""
 import json, sys, time, torch
 from sentence_transformers import SentenceTransformer
-model_dir, texts_file, warm_file, threads, start, end = sys.argv[1:7]
+model_dir, texts_file, warm_file, threads, start, end, batch = sys.argv[1:8]
 torch.set_num_threads(int(threads))
 texts, warm = json.load(open(texts_file))[int(start):int(end)], json.load(open(warm_file))
 m = SentenceTransformer(model_dir, device="cpu"); m.max_seq_length = 256
-m.encode(warm, batch_size=32)
-t = time.perf_counter(); m.encode(texts, batch_size=32); dt = time.perf_counter() - t
+m.encode(warm, batch_size=int(batch))
+t = time.perf_counter(); m.encode(texts, batch_size=int(batch)); dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "torch": torch.__version__, "threads": torch.get_num_threads()}))
 """
 
@@ -57,6 +64,13 @@ def _texts():
   # Warm-up: every 1/64th of the length-sorted texts, so every bucket shape compiles once.
   warm = sorted(texts, key=len)[::max(1, len(texts) // 64)][:64]
   return dataset, docids, texts, warm
+
+
+def _batch_worker():
+  """Prints the batch our encoder takes for documents here, as a JSON line (a worker of its own,
+  so that the coordinating process never imports JAX before the timing ends)."""
+  from interdistill_jax import sharding
+  print(json.dumps({"batch_size": sharding.inference_batch_size(_BATCH.value, 256, sharding.make_mesh())}))
 
 
 def _config(dtype):
@@ -76,13 +90,15 @@ def _ours_worker(spec: str):
   _, _, texts, warm = _texts()
   encoder = retrieval.Encoder.from_config(_config(dtype))
   t = time.perf_counter()
+  encoder.compile("doc")
   encoder.encode(warm, tower="doc")
   compile_s = time.perf_counter() - t
   t = time.perf_counter()
   emb = encoder.encode(texts[int(start):int(end)], tower="doc")
   seconds = time.perf_counter() - t
   np.save(out, emb)
-  print(json.dumps({"seconds": seconds, "compile_and_warmup_s": compile_s}))
+  print(json.dumps({"seconds": seconds, "compile_and_warmup_s": compile_s,
+                    "batch_size": encoder.batch_sizes["doc"]}))
 
 
 def _ndcg(encoder, dataset, doc_emb, docids):
@@ -96,6 +112,8 @@ def _ndcg(encoder, dataset, doc_emb, docids):
 def main(argv):
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  if _WORKER.value == "batch":
+    return _batch_worker()
   if _WORKER.value:
     return _ours_worker(_WORKER.value)
   import numpy as np
@@ -108,6 +126,7 @@ def main(argv):
   ref_env.pop("XLA_FLAGS", None)
   me = [sys.executable, os.path.abspath(__file__), f"--data_dir={_DATA.value}",
         f"--max_docs={_MAX_DOCS.value}", f"--batch_size={_BATCH.value}"]
+  our_batch = turns.run_worker(me + ["--worker=batch"])["batch_size"]
   with tempfile.TemporaryDirectory() as tmp:
     tf, wf = pathlib.Path(tmp, "texts.json"), pathlib.Path(tmp, "warm.json")
     tf.write_text(json.dumps(texts))
@@ -117,12 +136,15 @@ def main(argv):
       return lambda r: turns.run_worker(
           me + [f"--worker={slices[r][0]}:{slices[r][1]}:{dtype}:{tmp}/{dtype}_{r}.npy"])
 
-    def reference(r):
-      return turns.run_worker([_REF_PYTHON.value, "-c", _ST_SCRIPT, assets.packaged_encoder_dir(), str(tf),
-                               str(wf), str(os.cpu_count()), str(slices[r][0]), str(slices[r][1])], ref_env)
+    def reference(batch):
+      return lambda r: turns.run_worker(
+          [_REF_PYTHON.value, "-c", _ST_SCRIPT, assets.packaged_encoder_dir(), str(tf), str(wf),
+           str(os.cpu_count()), str(slices[r][0]), str(slices[r][1]), str(batch)], ref_env)
 
     dtypes = {"ours_fp32": "float32", **({"ours_bf16": "bfloat16"} if _BF16.value else {})}
-    sides = {"ours_fp32": ours("float32"), "sentence_transformers": reference}
+    sides = {"ours_fp32": ours("float32"), "sentence_transformers": reference(_ST_BATCH)}
+    if our_batch != _ST_BATCH:
+      sides["sentence_transformers_same_batch"] = reference(our_batch)
     sides.update({name: ours(dtype) for name, dtype in dtypes.items()})
     runs = turns.take_turns(sides, len(slices))
     emb = {name: np.concatenate([np.load(f"{tmp}/{dtype}_{r}.npy") for r in range(len(slices))])
@@ -135,22 +157,29 @@ def main(argv):
   encoders = {name: retrieval.Encoder.from_config(_config(dtype)) for name, dtype in dtypes.items()}
   seconds = {name: sum(r["seconds"] for r in rs) for name, rs in runs.items()}
   st = runs["sentence_transformers"][0]
+  references = {"sentence_transformers": _ST_BATCH}
+  if "sentence_transformers_same_batch" in runs:
+    references["sentence_transformers_same_batch"] = our_batch
   result = {"benchmark": "encode", "data": str(_DATA.value), "num_docs": len(texts),
             "max_length": 256, "cpu_count": os.cpu_count(), "jax": jax.__version__,
-            "devices": [str(d) for d in jax.devices()], "slices": slices,
-            "sentence_transformers": {"seconds": seconds["sentence_transformers"], "torch": st["torch"],
-                                      "threads": st["threads"],
-                                      "docs_per_s": len(texts) / seconds["sentence_transformers"]}}
+            "devices": [str(d) for d in jax.devices()], "slices": slices}
+  for ref, batch in references.items():
+    result[ref] = {"seconds": seconds[ref], "torch": st["torch"], "threads": st["threads"],
+                   "batch_size": batch, "docs_per_s": len(texts) / seconds[ref]}
   for name in emb:
     result[name] = {"seconds": seconds[name], "docs_per_s": len(texts) / seconds[name],
                     "compile_and_warmup_s": runs[name][0]["compile_and_warmup_s"],
-                    "batch_size": _BATCH.value,
-                    "ratio_vs_st": seconds["sentence_transformers"] / seconds[name],
-                    "ratio_per_slice": [r["seconds"] / o["seconds"] for o, r in
-                                        zip(runs[name], runs["sentence_transformers"])]}
+                    "batch_size": runs[name][0]["batch_size"]}
+    for ref in references:
+      suffix = "_same_batch" if ref.endswith("_same_batch") else ""
+      result[name][f"ratio_vs_st{suffix}"] = seconds[ref] / seconds[name]
+      result[name][f"ratio_per_slice{suffix}"] = [
+          r["seconds"] / o["seconds"] for o, r in zip(runs[name], runs[ref])]
     if not _MAX_DOCS.value:
       result[name]["test"] = _ndcg(encoders[name], dataset, emb[name], docids)
   result["ratio_fp32"] = result["ours_fp32"]["ratio_vs_st"]  # > 1: we are faster
+  if "ratio_vs_st_same_batch" in result["ours_fp32"]:
+    result["ratio_fp32_same_batch"] = result["ours_fp32"]["ratio_vs_st_same_batch"]
 
   # Exact search: top-100 of every query over the corpus.
   queries = list(dataset.queries.values())

@@ -58,7 +58,9 @@ def model_config() -> ml_collections.ConfigDict:
 
 def encode_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      batch_size=64,           # Global batch (all devices); padded so shapes never change.
+      # Global batch (all devices); padded so shapes never change. 0: chosen for the platform,
+      # 64 on GPU/TPU, about 1024 tokens per device on CPU (sharding.inference_batch_size).
+      batch_size=0,
       # Lengths each batch is padded up to (each compiles once): fine steps waste little compute.
       buckets=(16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512),
       cache=True,              # Store corpus embeddings under workdir/embeddings/ and reuse.
@@ -183,7 +185,7 @@ def ranker_config() -> ml_collections.ConfigDict:
       # "residual": the cross-encoder also trains on top of the initial scores; "none".
       fuse_initial="none",
       batch_size=4,            # Queries per step (x list_size pairs).
-      score_batch_size=64,     # Pairs per forward pass when scoring.
+      score_batch_size=0,      # Pairs per forward pass when scoring; 0 as encode.batch_size.
       epochs=2.0,
       dev_fraction=0.1,        # Slice of the *training* queries for checkpoint selection.
       eval_every=50,

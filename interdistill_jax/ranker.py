@@ -42,7 +42,7 @@ class PairScorer:
     self.mesh = mesh or sharding.make_mesh()
     self.tokenizer = tokenizer
     self.max_length = max_length
-    self.batch_size = sharding.round_up(batch_size, sharding.global_batch_multiple(self.mesh))
+    self.batch_size = sharding.inference_batch_size(batch_size, max_length, self.mesh)
     self.buckets = tokenization.buckets_up_to(buckets, max_length)
     graphdef, state = nnx.split(model)
     self._state = sharding.put_replicated(state, self.mesh)

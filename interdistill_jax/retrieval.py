@@ -26,11 +26,12 @@ class Encoder:
                encode_config, model_config, mesh=None, model_id: str = ""):
     self.mesh = mesh or sharding.make_mesh()
     self.tokenizer = tokenizer
-    self.batch_size = sharding.round_up(encode_config.batch_size,
-                                        sharding.global_batch_multiple(self.mesh))
     self.buckets = tuple(sorted(encode_config.buckets))
     self.max_query_length = model_config.max_query_length
     self.max_doc_length = model_config.max_doc_length
+    self.batch_sizes = {
+        tower: sharding.inference_batch_size(encode_config.batch_size, length, self.mesh)
+        for tower, length in (("query", self.max_query_length), ("doc", self.max_doc_length))}
     self.model_id = model_id
     self._encode_config, self._model_config = encode_config, model_config
     self._graphdef, self._host_state = nnx.split(model)
@@ -59,19 +60,31 @@ class Encoder:
     return cls(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                model_config=config.model, mesh=mesh, model_id=_weights_id(ckpt.dir, config.model))
 
+  def _buckets(self, tower: str) -> list[int]:
+    max_len = self.max_query_length if tower == "query" else self.max_doc_length
+    return tokenization.buckets_up_to(self.buckets, max_len)
+
+  def _run(self, batch: tokenization.Batch, tower: str) -> np.ndarray:
+    arrays = sharding.put_batch((batch.input_ids, batch.token_type_ids, batch.attention_mask),
+                                self.mesh)
+    return np.asarray(sharding.to_host(self._encode(self._state, *arrays, tower=tower)))
+
+  def compile(self, tower: str) -> None:
+    """Compiles every batch shape `tower` can take (one per bucket), e.g. before timing."""
+    for length in self._buckets(tower):
+      self._run(tokenization.pad_batch([], [], self.batch_sizes[tower], length), tower)
+
   def encode(self, texts: Sequence[str], *, tower: str, desc: str | None = None) -> np.ndarray:
     """texts -> [N, H] float32 embeddings, in input order."""
-    max_len = self.max_query_length if tower == "query" else self.max_doc_length
-    seqs = self.tokenizer.encode(texts, max_len)
-    buckets = tokenization.buckets_up_to(self.buckets, max_len)
+    buckets = self._buckets(tower)
+    seqs = self.tokenizer.encode(texts, buckets[-1])
     out = None
-    batches = tokenization.bucketed_batches(seqs, self.batch_size, buckets, self.tokenizer.pad_id)
-    total = tokenization.num_batches(len(seqs), self.batch_size)
+    batch_size = self.batch_sizes[tower]
+    batches = tokenization.bucketed_batches(seqs, batch_size, buckets, self.tokenizer.pad_id)
+    total = tokenization.num_batches(len(seqs), batch_size)
     for batch in tqdm(batches, total=total, desc=desc or f"encode {tower}s", unit="batch",
                       disable=desc is None and total < 5):
-      arrays = sharding.put_batch((batch.input_ids, batch.token_type_ids, batch.attention_mask),
-                                  self.mesh)
-      emb = np.asarray(sharding.to_host(self._encode(self._state, *arrays, tower=tower)))
+      emb = self._run(batch, tower)
       if out is None:
         out = np.zeros((len(seqs), emb.shape[-1]), np.float32)
       valid = batch.index >= 0

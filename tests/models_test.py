@@ -160,3 +160,11 @@ def test_dropout_masks_keep_the_rate_and_follow_the_key():
     corr = np.corrcoef(flat, y.astype(np.float64))[0, 1]
     assert abs(corr) < 0.01, (name, corr)
   assert models._dropout(x, 0.0, jax.random.key(0)) is x and models._dropout(x, rate, None) is x
+
+
+def test_compile_covers_every_shape_encode_takes(encoder):
+  encoder.compile("doc")
+  compiled = encoder._encode._cache_size()
+  assert compiled >= len(encoder._buckets("doc"))
+  encoder.encode(TEXTS, tower="doc")
+  assert encoder._encode._cache_size() == compiled

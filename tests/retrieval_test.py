@@ -47,3 +47,17 @@ def test_search_run_maps_indices_to_docids():
                              ["q"], docs[7:8], 3)
   best = max(run["q"], key=run["q"].get)
   assert best == "d7" and len(run["q"]) == 3
+
+
+def test_automatic_inference_batch_follows_length_and_mesh():
+  one, four = sharding.make_mesh(jax.devices()[:1]), sharding.make_mesh()
+  # CPU: about CPU_BATCH_TOKENS tokens per device, at least one sequence each.
+  assert sharding.inference_batch_size(0, 256, one) == sharding.CPU_BATCH_TOKENS // 256
+  assert sharding.inference_batch_size(0, 64, one) == sharding.CPU_BATCH_TOKENS // 64
+  assert sharding.inference_batch_size(0, 256, four) == 4 * (sharding.CPU_BATCH_TOKENS // 256)
+  assert sharding.inference_batch_size(0, 4 * sharding.CPU_BATCH_TOKENS, one) == 1
+  # A batch the user asks for is kept, rounded up to split over the mesh.
+  assert sharding.inference_batch_size(32, 256, one) == 32
+  assert sharding.inference_batch_size(6, 256, four) == 8
+  with pytest.raises(ValueError, match="negative"):
+    sharding.inference_batch_size(-1, 256, one)
