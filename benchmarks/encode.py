@@ -8,9 +8,8 @@ each encode it in a fresh process of their own (`benchmarks/turns.py`: nothing e
 alive while a side is timed), the side going first alternating. Each worker warms up on a fixed
 set of documents of every length first, and ours also compiles every bucket's shape (our
 per-shape compilation and PyTorch's first-call costs stay outside the timed region; our compile
-time is reported beside it). The ratio is
-that of the summed times; each slice's ratio is reported too. nDCG@10 is computed from our
-embeddings of all slices.
+time is reported beside it). The ratio is that of the summed times; each slice's ratio is
+reported too. nDCG@10 is computed from our embeddings of all slices.
 Batch sizes: ours as `encode.batch_size` chooses (0, the default: per platform, 4 documents of
 256 tokens on one CPU device). Small batches run faster on CPU for sentence-transformers too, so
 it is timed at each of --st_batch_sizes and at our batch size: `ratio_vs_st` is against its
