@@ -151,7 +151,8 @@ def main(argv):
     references = {_st_name(b): b for b in sorted({_ST_DEFAULT_BATCH, *map(int, _ST_BATCHES.value), our_batch},
                                  key=lambda b: (b != _ST_DEFAULT_BATCH, b))}
     sides = {"ours_fp32": ours("float32"), **{name: reference(b) for name, b in references.items()}}
-    sides.update({name: ours(dtype) for name, dtype in dtypes.items()})
+    if _BF16.value:
+      sides["ours_bf16"] = ours("bfloat16")
     runs = turns.take_turns(sides, len(slices))
     emb = {name: np.concatenate([np.load(f"{tmp}/{dtype}_{r}.npy") for r in range(len(slices))])
            for name, dtype in dtypes.items()}
@@ -162,13 +163,13 @@ def main(argv):
   from interdistill_jax import retrieval
   encoders = {name: retrieval.Encoder.from_config(_config(dtype)) for name, dtype in dtypes.items()}
   seconds = {name: sum(r["seconds"] for r in rs) for name, rs in runs.items()}
-  st = runs[next(iter(references))][0]
   result = {"benchmark": "encode", "data": str(_DATA.value), "num_docs": len(texts),
             "max_length": 256, "cpu_count": os.cpu_count(), "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()], "slices": slices}
   for ref, batch in references.items():
-    result[ref] = {"seconds": seconds[ref], "torch": st["torch"], "threads": st["threads"],
-                   "batch_size": batch, "docs_per_s": len(texts) / seconds[ref]}
+    result[ref] = {"seconds": seconds[ref], "torch": runs[ref][0]["torch"],
+                   "threads": runs[ref][0]["threads"], "batch_size": batch,
+                   "docs_per_s": len(texts) / seconds[ref]}
   for name in emb:
     result[name] = {"seconds": seconds[name], "docs_per_s": len(texts) / seconds[name],
                     "compile_and_warmup_s": runs[name][0]["compile_and_warmup_s"],

@@ -30,8 +30,8 @@ class Encoder:
     self.max_query_length = model_config.max_query_length
     self.max_doc_length = model_config.max_doc_length
     self.batch_sizes = {
-        tower: sharding.inference_batch_size(encode_config.batch_size, length, self.mesh)
-        for tower, length in (("query", self.max_query_length), ("doc", self.max_doc_length))}
+        tower: sharding.inference_batch_size(encode_config.batch_size, self._max_length(tower), self.mesh)
+        for tower in ("query", "doc")}
     self.model_id = model_id
     self._encode_config, self._model_config = encode_config, model_config
     self._graphdef, self._host_state = nnx.split(model)
@@ -60,9 +60,11 @@ class Encoder:
     return cls(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                model_config=config.model, mesh=mesh, model_id=_weights_id(ckpt.dir, config.model))
 
+  def _max_length(self, tower: str) -> int:
+    return self.max_query_length if tower == "query" else self.max_doc_length
+
   def _buckets(self, tower: str) -> list[int]:
-    max_len = self.max_query_length if tower == "query" else self.max_doc_length
-    return tokenization.buckets_up_to(self.buckets, max_len)
+    return tokenization.buckets_up_to(self.buckets, self._max_length(tower))
 
   def _run(self, batch: tokenization.Batch, tower: str) -> np.ndarray:
     arrays = sharding.put_batch((batch.input_ids, batch.token_type_ids, batch.attention_mask),
@@ -77,7 +79,7 @@ class Encoder:
   def encode(self, texts: Sequence[str], *, tower: str, desc: str | None = None) -> np.ndarray:
     """texts -> [N, H] float32 embeddings, in input order."""
     buckets = self._buckets(tower)
-    seqs = self.tokenizer.encode(texts, buckets[-1])
+    seqs = self.tokenizer.encode(texts, self._max_length(tower))
     out = None
     batch_size = self.batch_sizes[tower]
     batches = tokenization.bucketed_batches(seqs, batch_size, buckets, self.tokenizer.pad_id)
