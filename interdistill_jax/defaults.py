@@ -159,6 +159,10 @@ def label_config() -> ml_collections.ConfigDict:
       max_queries=0,           # 0 labels every query of the split.
       on_failure="prefix",     # Malformed answer: "prefix" (keep the ranked part), "retry", "drop".
       reasks=2,                # "retry": re-asks per window before falling back to "prefix".
+      # Teacher audit (stats.json "quality"): with qrels for the labelled queries, a teacher whose
+      # nDCG@10 on the lists is not above the initial order's is "warn"ed about (log, report,
+      # model card) or "stop"s the run after labelling (labels kept); or "ignore".
+      weak_teacher="warn",
   ))
 
 
@@ -175,14 +179,19 @@ def optim_config(learning_rate: float) -> ml_collections.ConfigDict:
 def ranker_config() -> ml_collections.ConfigDict:
   model = model_config()
   return ml_collections.ConfigDict(dict(
-      model=model,             # Cross-encoder init: "" = the packaged MiniLM (new linear head).
+      model=model,             # Cross-encoder init: "" = the packaged MiniLM.
+      # "cls": [CLS] -> linear head (BertForSequenceClassification), for cross-encoder checkpoints;
+      # "residual": the bi-encoder score plus a zero-initialised [CLS] head, trained end to end,
+      # so the ranker starts as the initial retriever (models.CrossEncoder); "auto": "cls" when
+      # the checkpoint has a one-label classifier, else "residual".
+      head="auto",
       max_length=256,          # Tokens of "[CLS] query [SEP] passage [SEP]".
       list_size=20,            # Candidates per query (pads shorter lists).
       prefix_only=True,        # ListMLE over the teacher-ranked prefix only (after repairs).
       top_k=0,                 # > 0: top-k ListMLE, only the first k teacher positions scored.
-      # "fit": score = a * cross-encoder + b * initial retriever, (a, b) fitted by ListMLE on the
-      # dev slice after training (ranker/fusion.json), used wherever the ranker scores;
-      # "residual": the cross-encoder also trains on top of the initial scores; "none".
+      # After training, a * ranker + b * initial retriever is fitted by ListMLE on the dev slice
+      # (ranker/fusion.json; `evaluate` reports it as "ranker_fused"). "fit": that fused score is
+      # the ranker wherever it scores (distillation, evaluation); "none": the ranker alone.
       fuse_initial="none",
       batch_size=4,            # Queries per step (x list_size pairs).
       score_batch_size=0,      # Pairs per forward pass when scoring; 0 as encode.batch_size.
@@ -197,8 +206,10 @@ def ranker_config() -> ml_collections.ConfigDict:
 
 def distill_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      teacher="ranker",        # "ranker" (Intermediate Distillation) or "llm" (ablation: ListMLE
-                               # of the retriever directly on the LLM rankings).
+      teacher="ranker",        # "ranker" (Intermediate Distillation, retriever/); "llm" (the
+                               # no-ranker ablation on the LLM rankings, retriever_direct/);
+                               # "qrels" (gold judgements, retriever_supervised/).
+      llm_loss="listmle",      # teacher="llm": "listmle", or "kl" to a rank-based distribution.
       list_size=20,
       towers="query",          # "query": train the query tower only (corpus embeddings reused);
                                # "both": train the shared tower (corpus re-encoded for eval).

@@ -4,8 +4,14 @@ For each training query both models score the SAME candidate list; the retriever
 minimises KL(P_ranker || P_retriever) between the two softmaxes. No gold labels are used.
 The ranker's scores are computed once and cached (`teacher_scores.npz`), since it is frozen.
 
-With `distill.teacher="llm"` the ranker is skipped and the retriever learns the LLM
-rankings directly with ListMLE: the "no intermediate ranker" ablation.
+`distill.teacher` also trains the references the method is compared with, by the same trainer
+over the same candidate lists:
+- "llm": no intermediate ranker, the LLM rankings themselves (`retriever_direct/`, system
+  `direct`): ListMLE (`distill.llm_loss="listmle"`) or KL to a rank-based distribution ("kl":
+  the teacher's i-th choice scores -i, the untrusted tail ties below the ranked prefix);
+- "qrels": the gold judgements of the same training queries (`retriever_supervised/`, system
+  `supervised`), KL to a distribution over the judged grades; queries with no judged candidate
+  in their list are left out. What gold labels would buy.
 
 With `distill.towers="query"` (default) only the query tower trains; passages keep their
 initial embeddings, so the corpus is never re-encoded. `"both"` trains the shared tower.
@@ -30,8 +36,26 @@ from interdistill_jax import tokenization, train
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
 
 
+# evaluate's system name -> the directory its retriever is trained in, by `distill.teacher`.
+SYSTEMS = {"distilled": "retriever", "direct": "retriever_direct", "supervised": "retriever_supervised"}
+_TEACHERS = {"ranker": "distilled", "llm": "direct", "qrels": "supervised"}
+
+
+def check_teacher(section) -> str:
+  if section.teacher not in _TEACHERS:
+    raise ValueError(f"distill.teacher must be one of {sorted(_TEACHERS)}, got {section.teacher!r}")
+  if section.llm_loss not in ("listmle", "kl"):
+    raise ValueError(f"distill.llm_loss must be 'listmle' or 'kl', got {section.llm_loss!r}")
+  return section.teacher
+
+
 def output_dir(config, workdir: str) -> str:
-  return os.path.join(workdir, "retriever" if config.distill.teacher == "ranker" else "retriever_direct")
+  return os.path.join(workdir, SYSTEMS[_TEACHERS[check_teacher(config.distill)]])
+
+
+def uses_listmle(section) -> bool:
+  """Whether the retriever learns the LLM ranking by ListMLE (else KL to teacher scores)."""
+  return section.teacher == "llm" and section.llm_loss == "listmle"
 
 
 def build_student(config, towers: str) -> tuple[models.DualEncoder, models.Checkpoint, object]:
@@ -128,7 +152,7 @@ def distill_loss(model: models.DualEncoder, batch: dict, rng, *, section,
     cand = model.encode(ids, jnp.zeros_like(ids), batch["cand_mask"].reshape(b * l, t),
                         tower="doc", dropout_rng=r_d).reshape(b, l, -1)
   scores = losses.scores_from_embeddings(q, cand)
-  if section.teacher == "llm":
+  if uses_listmle(section):
     loss = losses.listmle(scores / section.student_temperature, batch["ranking"], batch["mask"],
                           batch["prefix"])
   else:
@@ -138,7 +162,7 @@ def distill_loss(model: models.DualEncoder, batch: dict, rng, *, section,
   if section.in_batch_weight:
     b, l = batch["mask"].shape
     # Positive: the teacher's best candidate; negatives: every other candidate in the batch.
-    if section.teacher == "llm":
+    if uses_listmle(section):
       best = batch["ranking"][:, 0]
     else:
       best = jnp.argmax(jnp.where(batch["mask"], batch["teacher"], -jnp.inf), axis=1)
@@ -186,24 +210,58 @@ def teacher_scores(config, workdir: str, dataset, pairs):
   return scores, fusion
 
 
+def rank_scores(labels, list_size: int) -> dict[tuple[str, str], float]:
+  """A score per labelled pair from the LLM ranking alone: the i-th of the trusted prefix scores
+  -i, every candidate past it -prefix (tied: the teacher's order there is not trusted)."""
+  out = {}
+  for r in labels:
+    docids, ranking, prefix = data_lib.truncate_label(r, list_size)
+    for i, j in enumerate(ranking):
+      out[(r["qid"], docids[j])] = -float(min(i, prefix))
+  return out
+
+
+def qrels_scores(labels, qrels, list_size: int) -> tuple[dict[tuple[str, str], float], list]:
+  """(grade of each labelled pair, the labels with at least one judged candidate in the list)."""
+  out, kept = {}, []
+  for r in labels:
+    docids = r["docids"][:list_size]
+    grades = qrels.get(r["qid"], {})
+    for d in docids:
+      out[(r["qid"], d)] = float(max(grades.get(d, 0), 0))
+    if any(grades.get(d, 0) > 0 for d in docids):
+      kept.append(r)
+  return out, kept
+
+
 def run(config, workdir: str) -> None:
-  """Task `distill`: ranker (or LLM rankings) -> retriever/checkpoints, retriever/metrics.jsonl."""
+  """Task `distill`: ranker (LLM rankings, or gold qrels) -> retriever/checkpoints, metrics.jsonl."""
   section = config.distill
-  if section.teacher not in ("ranker", "llm"):
-    raise ValueError(f"distill.teacher must be 'ranker' or 'llm', got {section.teacher!r}")
+  teacher = check_teacher(section)
   dataset = retrieval.load_dataset(config)
   labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
   scores = fusion = None
-  if section.teacher == "ranker":
+  extra = {}
+  if teacher == "ranker":
     pairs = [(r["qid"], d) for r in labels for d in r["docids"][:section.list_size]]
     values, fusion = teacher_scores(config, workdir, dataset, pairs)
     scores = dict(zip(pairs, values.tolist()))
+  elif teacher == "llm" and section.llm_loss == "kl":
+    scores = rank_scores(labels, section.list_size)
+  elif teacher == "qrels":
+    if not dataset.has_qrels(config.label.split):
+      raise ValueError(f"distill.teacher='qrels' needs qrels/{config.label.split}.tsv in {dataset.root}")
+    scores, kept = qrels_scores(labels, dataset.qrels(config.label.split), section.list_size)
+    logging.info("distill.teacher=qrels: %d of %d training queries have a judged candidate in "
+                 "their top %d", len(kept), len(labels), section.list_size)
+    extra["queries_without_judged_candidate"] = len(labels) - len(kept)
+    labels = kept
   model, ckpt, trainable = build_student(config, section.towers)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
   docids = list(dataset.corpus)
   doc_index = {d: i for i, d in enumerate(docids)}
   doc_emb = doc_tokens = None
-  auto_temperature = section.teacher == "ranker" and section.teacher_temperature <= 0
+  auto_temperature = scores is not None and section.teacher_temperature <= 0
   if section.towers == "query" or auto_temperature:
     encoder = retrieval.Encoder.from_config(config)
     _, initial_doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
@@ -243,6 +301,8 @@ def run(config, workdir: str) -> None:
       loop=ranker_lib.loop_config(section, config.seed), optim_config=section.optim,
       out_dir=out_dir, mesh=mesh, trainable=trainable)
   train.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
+                                      "llm_loss": section.llm_loss if teacher == "llm" else None,
                                       "teacher_temperature": temperature,
                                       "ranker_fusion": fusion and dataclasses.asdict(fusion),
-                                      "train_queries": len(train_ex), "dev_queries": len(dev_ex)})
+                                      "train_queries": len(train_ex), "dev_queries": len(dev_ex),
+                                      **extra})

@@ -2,10 +2,12 @@
 
 Systems (each only when its stage has finished in the workdir):
 - `baseline`: the untrained initial retriever (`config.model.init`);
-- `ranker`: the trained cross-encoder re-ranking the baseline's top `eval.rerank_depth`
-  (with `ranker.fuse_initial`, its fused score, and `ranker_ce` the cross-encoder alone);
+- `ranker`: the trained ranker alone re-ranking the baseline's top `eval.rerank_depth`, and
+  `ranker_fused` its fusion with the initial retriever fitted on the dev queries;
 - `distilled`: the retriever distilled from the ranker (`retriever/`);
-- `direct`: the ablation trained on the LLM rankings without the ranker (`retriever_direct/`).
+- `direct`: the ablation trained on the LLM rankings without the ranker (`retriever_direct/`);
+- `supervised`: the same trainer on the gold qrels of the same training queries
+  (`retriever_supervised/`): what gold labels would buy.
 
 Writes `eval/{system}.json`, `eval/{system}.trec`, `eval/per_query/{system}.json`,
 `eval/compare.json` (paired bootstrap of each system against the baseline) and
@@ -75,13 +77,12 @@ def compare(per_query: dict[str, dict], baseline: str = "baseline", seed: int = 
 
 
 def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.Run]:
-  """System "ranker": the baseline's top `eval.rerank_depth` re-ranked by the trained ranker.
-
-  With `ranker.fuse_initial` that is the fused score (the ranker as the distillation used it),
-  and "ranker_ce" is the cross-encoder's own score beside it.
+  """System "ranker": the baseline's top `eval.rerank_depth` re-ranked by the trained ranker
+  alone; "ranker_fused": by its fusion with the initial retriever fitted on the dev queries
+  (`ranker/fusion.json`), which is the distillation's teacher when `ranker.fuse_initial="fit"`.
   """
   from interdistill_jax import ranker as ranker_lib
-  fusion = ranker_lib.load_fusion(config, workdir)
+  fusion = ranker_lib.read_fusion(workdir)
   depth = config.eval.rerank_depth
   pairs = [(qid, d) for qid in queries for d in data_lib.ranked(base_run[qid])[:depth]]
   scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs,
@@ -90,7 +91,7 @@ def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.R
   systems = {"ranker": scores}
   if fusion is not None:
     initial = ranker_lib.InitialScores(base_run, "the baseline run")(pairs)
-    systems = {"ranker": fusion(scores, initial), "ranker_ce": scores}
+    systems["ranker_fused"] = fusion(scores, initial)
   runs = {}
   for system, values in systems.items():
     run: data_lib.Run = {qid: {} for qid in queries}
@@ -128,7 +129,8 @@ def run(config, workdir: str) -> None:
   runs = {"baseline": retrieval.search_run(index, docids, list(queries), q, config.eval.depth)}
   if os.path.exists(os.path.join(workdir, "ranker", "done.json")):
     runs.update(_rerank(config, workdir, dataset, queries, runs["baseline"]))
-  for system, sub in (("distilled", "retriever"), ("direct", "retriever_direct")):
+  from interdistill_jax import distill
+  for system, sub in distill.SYSTEMS.items():
     if os.path.exists(os.path.join(workdir, sub, "done.json")):
       runs[system] = _distilled_run(config, workdir, os.path.join(workdir, sub), dataset, queries,
                                     encoder, (docids, index))

@@ -22,12 +22,14 @@ import asyncio
 import collections
 import dataclasses
 import datetime
+import json
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
@@ -201,22 +203,90 @@ async def _label_queries(teacher: teachers.Teacher, pending: list[str], dataset:
     tally.seconds = time.monotonic() - start
 
 
-def _quality(dataset: data.Dataset, split: str, labels_path: str) -> dict[str, Any] | None:
-  """nDCG@10 of the candidates in their initial order and in the teacher's, over the labelled
-  queries with qrels: how much the teacher knows beyond the initial retriever."""
-  if not dataset.has_qrels(split) or not os.path.exists(labels_path):
-    return None
-  qrels = dataset.qrels(split)
-  records = [r for r in data.read_jsonl(labels_path) if r["qid"] in qrels]
+def _kendall_tau(order: list[int]) -> float:
+  """Kendall's tau between candidate order (0, 1, ...) and `order` (candidate indices, best first)."""
+  n = len(order)
+  if n < 2:
+    return 1.0
+  pos = np.empty(n, np.int64)
+  pos[np.asarray(order)] = np.arange(n)
+  upper = np.triu_indices(n, 1)
+  concordant = np.sign(pos[upper[1]] - pos[upper[0]])  # i < j in candidate order
+  return float(concordant.sum() / len(concordant))
+
+
+def teacher_audit(records: list[dict], qrels=None) -> dict[str, Any] | None:
+  """What the teacher teaches, against the initial retriever's order of the same candidates.
+
+  Always: Kendall's tau between the two orders (mean over queries), how often the teacher keeps
+  the initial top 1, and where in the initial order the teacher's top 1 was. With qrels for the
+  labelled queries: nDCG@10 of both orders, their difference, and whether the teacher is better.
+  """
   if not records:
     return None
-  as_run = lambda key: {r["qid"]: {d: -float(i) for i, d in enumerate(r[key])} for r in records}  # noqa: E731
-  subset = {r["qid"]: qrels[r["qid"]] for r in records}
-  out = {"queries": len(records)}
-  for name, key in (("initial", "docids"), ("teacher", "ranking")):
-    agg, _ = metrics.evaluate_run(subset, as_run(key), k_values=(10,))
-    out[f"{name}_ndcg@10"] = round(agg["ndcg@10"], 4)
+  taus, same_top1, top1_pos = [], [], []
+  for r in records:
+    pos = {d: i for i, d in enumerate(r["docids"])}
+    order = [pos[d] for d in r["ranking"]]
+    taus.append(_kendall_tau(order))
+    same_top1.append(order[0] == 0)
+    top1_pos.append(order[0] + 1)
+  out: dict[str, Any] = {"queries": len(records), "kendall_tau": round(float(np.mean(taus)), 4),
+                         "top1_agreement": round(float(np.mean(same_top1)), 4),
+                         "teacher_top1_initial_rank": round(float(np.mean(top1_pos)), 3)}
+  judged = [r for r in records if qrels and r["qid"] in qrels]
+  if judged:
+    as_run = lambda key: {r["qid"]: {d: -float(i) for i, d in enumerate(r[key])} for r in judged}  # noqa: E731
+    subset = {r["qid"]: qrels[r["qid"]] for r in judged}
+    out["judged_queries"] = len(judged)
+    for name, key in (("initial", "docids"), ("teacher", "ranking")):
+      agg, _ = metrics.evaluate_run(subset, as_run(key), k_values=(10,))
+      out[f"{name}_ndcg@10"] = round(agg["ndcg@10"], 4)
+    out["teacher_gain_ndcg@10"] = round(out["teacher_ndcg@10"] - out["initial_ndcg@10"], 4)
+    out["teacher_better"] = out["teacher_gain_ndcg@10"] > 0
   return out
+
+
+def recorded_audit(workdir: str) -> dict[str, Any] | None:
+  """The teacher audit `label` recorded in labels/stats.json (None when absent)."""
+  path = os.path.join(labels_dir(workdir), "stats.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get("quality")
+
+
+def _quality(dataset: data.Dataset, split: str, labels_path: str) -> dict[str, Any] | None:
+  """The teacher audit of every line of labels.jsonl (`teacher_audit`)."""
+  if not os.path.exists(labels_path):
+    return None
+  qrels = dataset.qrels(split) if dataset.has_qrels(split) else None
+  return teacher_audit(data.read_jsonl(labels_path), qrels)
+
+
+def check_teacher(quality: dict[str, Any] | None, policy: str, where: str) -> None:
+  """Says loudly what the teacher teaches; `label.weak_teacher="stop"` stops on a teacher that is
+  not better than the initial retriever on the judged training lists."""
+  if policy not in ("warn", "stop", "ignore"):
+    raise ValueError(f"label.weak_teacher must be 'warn', 'stop' or 'ignore', got {policy!r}")
+  if not quality or policy == "ignore":
+    return
+  agreement = (f"Kendall tau with the initial order {quality['kendall_tau']:.3f}, keeps the initial "
+               f"top 1 on {100 * quality['top1_agreement']:.1f}% of {quality['queries']} queries")
+  if "teacher_better" not in quality:
+    logging.info("Teacher audit (no qrels for the labelled queries): %s", agreement)
+    return
+  verdict = (f"teacher nDCG@10 {quality['teacher_ndcg@10']:.4f} vs initial retriever "
+             f"{quality['initial_ndcg@10']:.4f} on the {quality['judged_queries']} judged training "
+             f"lists ({quality['teacher_gain_ndcg@10']:+.4f}); {agreement}")
+  if quality["teacher_better"]:
+    logging.info("Teacher audit: %s", verdict)
+    return
+  message = (f"The teacher is NOT better than the initial retriever: {verdict}. Distilling it is "
+             f"likely to make the retriever worse ({where}).")
+  if policy == "stop":
+    raise RuntimeError(message + " Stopped by label.weak_teacher='stop'; set it to 'warn' to go on.")
+  logging.warning("%s Set label.weak_teacher='stop' to stop here instead.", message)
 
 
 def _summary(config: ml_collections.ConfigDict, teacher: teachers.Teacher, cache: Cache,
@@ -360,3 +430,4 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if tally.failed:
     raise RuntimeError(f"{len(tally.failed)} queries could not be labelled (see {stats_path}); run "
                        "`label` again to retry them: answered calls are cached")
+  check_teacher(stats["quality"], config.label.weak_teacher, stats_path)

@@ -200,22 +200,54 @@ class DualEncoder(nnx.Module):
 
 
 class CrossEncoder(nnx.Module):
-  """Ranker: `[CLS] q [SEP] p [SEP]` -> scalar, as BertForSequenceClassification (1 label)."""
+  """Ranker: `[CLS] q [SEP] p [SEP]` -> scalar, as BertForSequenceClassification (1 label).
 
-  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs, attention: str = "xla"):
+  With `residual=True` (`ranker.head="residual"`) the ranker also holds a query tower of its own
+  and a log-scale: its score of (q, p) is
+
+      exp(log_scale) * <query_tower(q), e_p>  +  classifier([CLS] of the joint encoding)
+
+  where e_p is the passage's embedding by the initial retriever (frozen, read from the corpus
+  embeddings). The classifier starts at zero and the query tower at the checkpoint, so before
+  training the ranker IS the initial retriever at its best ListMLE scale; training (end to end:
+  query tower, joint encoder, head and scale) learns the interactions on top. A cross-encoder
+  that starts from a bi-encoder checkpoint otherwise begins from a random head and, from ~1,000
+  queries, stays below the retriever it is meant to teach.
+  """
+
+  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs, attention: str = "xla",
+               residual: bool = False, pooling: str = "mean", normalize: bool = True):
     self.bert = Bert(cfg, dtype=dtype, rngs=rngs, attention=attention)
     self.pooler = nnx.Linear(cfg.hidden_size, cfg.hidden_size, rngs=rngs)
-    self.classifier = nnx.Linear(cfg.hidden_size, 1, rngs=rngs,
-                                 kernel_init=nnx.initializers.normal(0.02),
+    zero_or_normal = nnx.initializers.zeros if residual else nnx.initializers.normal(0.02)
+    self.classifier = nnx.Linear(cfg.hidden_size, 1, rngs=rngs, kernel_init=zero_or_normal,
                                  bias_init=nnx.initializers.zeros)
     self.dropout = cfg.hidden_dropout_prob
+    self.residual = residual
+    if residual:
+      self.query_tower = Bert(cfg, dtype=dtype, rngs=rngs, attention=attention)
+      self.log_scale = nnx.Param(jnp.zeros((), jnp.float32))
+      self.pooling, self.normalize = pooling, normalize
 
   def __call__(self, input_ids, token_type_ids, attention_mask, dropout_rng=None):
-    """[B, T] ints -> [B] float32 scores."""
+    """[B, T] ints -> [B] float32 scores of the joint encoding (the whole score without residual)."""
     r_bert, r_head = _split(dropout_rng, 2)
     hidden = self.bert(input_ids, token_type_ids, attention_mask, r_bert)
     pooled = jnp.tanh(self.pooler(hidden[:, 0].astype(jnp.float32)))
     return self.classifier(_dropout(pooled, self.dropout, r_head))[:, 0]
+
+  def encode(self, input_ids, token_type_ids, attention_mask, *, tower="query", dropout_rng=None):
+    """Residual ranker: [B, T] query ids -> [B, H] query embeddings (`retrieval.Encoder` calls this)."""
+    if tower != "query":
+      raise ValueError("the ranker's residual has a query tower only; passages keep the initial "
+                       "retriever's embeddings")
+    hidden = self.query_tower(input_ids, token_type_ids, attention_mask, dropout_rng)
+    return pool(hidden, attention_mask, self.pooling, self.normalize)
+
+  def bi_scores(self, query_emb, cand_emb):
+    """Residual ranker: query [B, H] and candidate [B, L, H] embeddings -> [B, L] scaled scores."""
+    dots = jnp.einsum("bh,blh->bl", query_emb, cand_emb, preferred_element_type=jnp.float32)
+    return jnp.exp(self.log_scale[...]) * dots
 
 
 # --- Hugging Face weights -------------------------------------------------------------------
@@ -364,18 +396,45 @@ def load_dual_encoder(model_config, *, shared: bool = True, seed: int = 0) -> tu
   return model, ckpt
 
 
-def load_cross_encoder(model_config, *, seed: int = 0) -> tuple[CrossEncoder, Checkpoint]:
-  """A CrossEncoder from an HF BERT (head from `pooler`/`classifier` when present)."""
+def has_classifier(tensors: dict[str, np.ndarray]) -> bool:
+  """Whether a checkpoint holds a one-label sequence-classification head (a real cross-encoder)."""
+  return "classifier.weight" in tensors and tensors["classifier.weight"].shape[0] == 1
+
+
+def ranker_head(head: str, tensors: dict[str, np.ndarray]) -> str:
+  """`ranker.head` resolved for a checkpoint's tensors: "auto" is "cls" for a checkpoint with a
+  one-label classifier (a cross-encoder), "residual" otherwise (a bi-encoder such as MiniLM)."""
+  if head not in ("auto", "cls", "residual"):
+    raise ValueError(f"ranker.head must be 'auto', 'cls' or 'residual', got {head!r}")
+  if head != "auto":
+    return head
+  return "cls" if has_classifier(tensors) else "residual"
+
+
+def load_cross_encoder(model_config, *, seed: int = 0, head: str = "cls") -> tuple[CrossEncoder, Checkpoint]:
+  """A CrossEncoder from an HF BERT (head from `pooler`/`classifier` when present).
+
+  `head` is `ranker.head` ("auto", "cls" or "residual"). The residual head (see `CrossEncoder`)
+  also loads the checkpoint into the ranker's query tower, pooled as the checkpoint's
+  sentence-transformers config says, and keeps its classifier at 0, so the ranker starts as the
+  bi-encoder.
+  """
   ckpt = resolve_checkpoint(model_config.init)
-  model = CrossEncoder(_bert_config(ckpt, model_config), dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed),
-                       attention=attention_impl(model_config))
   tensors = read_safetensors(ckpt.dir)
+  residual = ranker_head(head, tensors) == "residual"
+  normalize = model_config.get("normalize", -1)
+  model = CrossEncoder(_bert_config(ckpt, model_config), dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed),
+                       attention=attention_impl(model_config), residual=residual,
+                       pooling=model_config.get("pooling", "") or ckpt.pooling,
+                       normalize=ckpt.normalize if normalize < 0 else bool(normalize))
   load_bert_weights(model.bert, tensors, source=ckpt.dir)
+  if residual:
+    load_bert_weights(model.query_tower, tensors, source=ckpt.dir)
   prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
   if prefix + "pooler.dense.weight" in tensors:
     model.pooler.kernel[...] = jnp.asarray(tensors[prefix + "pooler.dense.weight"].T)
     model.pooler.bias[...] = jnp.asarray(tensors[prefix + "pooler.dense.bias"])
-  if "classifier.weight" in tensors and tensors["classifier.weight"].shape[0] == 1:
+  if has_classifier(tensors) and not residual:
     model.classifier.kernel[...] = jnp.asarray(tensors["classifier.weight"].T)
     model.classifier.bias[...] = jnp.asarray(tensors["classifier.bias"])
   return model, ckpt

@@ -20,9 +20,14 @@ def _outputs(config, workdir: str) -> dict[str, list[str]]:
       "retrieve": [j("candidates", f"{s}.trec") for s in config.retrieve.splits],
       "label": [j("labels", "stats.json")],
       "train_ranker": [j("ranker", "done.json")],
-      "distill": [j("retriever", "done.json")],
+      "distill": [os.path.join(_distill_dir(config, workdir), "done.json")],
       "evaluate": [j("eval", "report.md")],
   }
+
+
+def _distill_dir(config, workdir: str) -> str:
+  from interdistill_jax import distill  # noqa: PLC0415 (JAX only when the pipeline runs)
+  return distill.output_dir(config, workdir)
 
 
 def is_complete(stage: str, config, workdir: str) -> bool:

@@ -5,13 +5,17 @@ The ranker scores every (query, candidate) pair; the loss is the Plackett-Luce n
 log-likelihood of the teacher's ranking, over the ranked prefix when only a prefix was
 trusted (`ranked_prefix`).
 
-With `ranker.fuse_initial="fit"`, the ranker's score is `a * cross-encoder + b * initial
-retriever`, the two weights fitted after training by ListMLE on the dev slice
-(`ranker/fusion.json`): a cross-encoder that starts from a bi-encoder checkpoint (no
-cross-encoder weights at hand) learns from ~1,000 queries a signal that complements the first
-stage more often than it replaces it. With `"residual"` the cross-encoder also trains on top of
-the initial retriever's scores (scaled by their own best ListMLE weight on the training lists),
-so it learns the corrections only; the same fit follows.
+`ranker.head` chooses the ranker's form. "cls" is BertForSequenceClassification, for a real
+cross-encoder checkpoint. "residual" (what "auto" picks for a bi-encoder checkpoint such as the
+packaged MiniLM) adds the bi-encoder score to the joint encoding's head, trained end to end
+(`models.CrossEncoder`): the ranker starts as the initial retriever, at the scale that fits the
+teacher's training lists best, and learns the query-passage interactions on top.
+
+After training, `a * ranker + b * initial retriever` is fitted by ListMLE on the dev slice
+(`ranker/fusion.json`, with the dev ListMLE of the ranker, of the initial retriever and of the
+fusion). `ranker.fuse_initial="fit"` makes that fused score the ranker wherever it scores
+(distillation, evaluation); "none" keeps the ranker alone, and `evaluate` reports the fusion
+beside it as `ranker_fused`.
 """
 
 from __future__ import annotations
@@ -76,13 +80,17 @@ class PairScorer:
 
 
 class ListwiseExamples:
-  """Labelled queries as fixed-shape arrays: pairs [Q, L, T], ranking [Q, L], prefix [Q]."""
+  """Labelled queries as fixed-shape arrays: pairs [Q, L, T], ranking [Q, L], prefix [Q].
+
+  With `doc_embeddings` (the residual head), also each query's tokens [Q, Tq] and the initial
+  retriever's embedding of each candidate [Q, L, H].
+  """
 
   def __init__(self, labels: Sequence[dict], dataset: data_lib.Dataset,
                tokenizer: tokenization.Tokenizer, *, list_size: int, max_length: int,
                buckets: Sequence[int], use_prefix: bool, top_k: int = 0,
-               prior: Callable[[str, str], float] | None = None):
-    """`prior(qid, docid)`, when given, is added to the ranker's score of the pair in the loss."""
+               doc_embeddings: Callable[[Sequence[str]], np.ndarray] | None = None,
+               max_query_length: int = 64):
     q, l = len(labels), list_size
     self.qids = [r["qid"] for r in labels]
     self.buckets = tokenization.buckets_up_to(buckets, max_length)
@@ -92,25 +100,37 @@ class ListwiseExamples:
     self.ranking = np.zeros((q, l), np.int32)
     self.mask = np.zeros((q, l), bool)
     self.prefix = np.zeros((q,), np.int32)
-    self.prior = None if prior is None else np.zeros((q, l), np.float32)
-    firsts, seconds, where = [], [], []
+    firsts, seconds, where, candidates = [], [], [], []
     for i, record in enumerate(labels):
       docids, ranking, prefix = data_lib.truncate_label(record, l, use_prefix=use_prefix)
       # Top-k ListMLE: only the first k positions are scored (all items stay in the denominators).
       self.prefix[i] = min(prefix, top_k) if top_k > 0 else prefix
       query = dataset.queries[record["qid"]].text
       for j, d in enumerate(docids):
-        if prior is not None:
-          self.prior[i, j] = prior(record["qid"], d)
         firsts.append(query)
         seconds.append(dataset.corpus[d].full_text())
         where.append((i, j))
+        candidates.append(d)
       self.ranking[i, :len(ranking)] = ranking
       self.mask[i, :len(docids)] = True
     for (i, j), (ids, types) in zip(where, tokenizer.encode_pairs(firsts, seconds, max_length)):
       self.ids[i, j, :len(ids)] = ids
       self.types[i, j, :len(ids)] = types
       self.lengths[i, j] = len(ids)
+    self.query_ids = self.query_len = self.cand_emb = None
+    if doc_embeddings is not None:
+      self.query_buckets = tokenization.buckets_up_to(buckets, max_query_length)
+      self.query_ids = np.zeros((q, max_query_length), np.int32)
+      self.query_len = np.zeros((q,), np.int32)
+      for i, ids in enumerate(tokenizer.encode([dataset.queries[x].text for x in self.qids],
+                                               max_query_length)):
+        self.query_ids[i, :len(ids)] = ids
+        self.query_len[i] = len(ids)
+      emb = doc_embeddings(candidates) if candidates else np.zeros((0, 1), np.float32)
+      self.cand_emb = np.zeros((q, l, emb.shape[1]), np.float32)
+      if candidates:
+        rows, cols = np.array(where).T
+        self.cand_emb[rows, cols] = emb
 
   def __len__(self) -> int:
     return len(self.qids)
@@ -127,19 +147,26 @@ class ListwiseExamples:
         "ranking": self.ranking[rows], "mask": self.mask[rows] & valid[:, None],
         "prefix": self.prefix[rows], "weight": valid.astype(np.float32),
     }
-    if self.prior is not None:
-      out["prior"] = self.prior[rows]
+    if self.cand_emb is not None:
+      tq = tokenization.bucket_length(max(int(self.query_len[rows[valid]].max(initial=1)), 1),
+                                      self.query_buckets)
+      out["query_ids"] = self.query_ids[rows, :tq]
+      out["query_mask"] = (np.arange(tq)[None] < self.query_len[rows][:, None]).astype(np.int32)
+      out["cand_emb"] = self.cand_emb[rows]
     return out
 
 
 def listmle_loss(model: models.CrossEncoder, batch: dict, rng) -> jax.Array:
   """Per-query ListMLE of the ranker's scores against the teacher ranking: [B]."""
   b, l, t = batch["input_ids"].shape
+  r_pair, r_query = (None, None) if rng is None else tuple(jax.random.split(rng))
   flat = lambda x: x.reshape(b * l, t)  # noqa: E731
   scores = model(flat(batch["input_ids"]), flat(batch["token_type_ids"]),
-                 flat(batch["attention_mask"]), rng).reshape(b, l)
-  if "prior" in batch:  # fuse_initial="residual": the cross-encoder learns on top of the prior
-    scores = scores + batch["prior"]
+                 flat(batch["attention_mask"]), r_pair).reshape(b, l)
+  if "cand_emb" in batch:  # the residual head: the ranker's own bi-encoder score
+    q = model.encode(batch["query_ids"], jnp.zeros_like(batch["query_ids"]), batch["query_mask"],
+                     dropout_rng=r_query)
+    scores = scores + model.bi_scores(q, batch["cand_emb"])
   return losses.listmle(scores, batch["ranking"], batch["mask"], batch["prefix"])
 
 
@@ -148,7 +175,7 @@ FUSION_FILE = "fusion.json"
 
 @dataclasses.dataclass(frozen=True)
 class Fusion:
-  """The ranker's score: ce_weight * cross-encoder score + initial_weight * initial retriever score."""
+  """The fused score: ce_weight * ranker score + initial_weight * initial retriever score."""
 
   ce_weight: float
   initial_weight: float
@@ -194,23 +221,32 @@ def _fit_weights(features, x0, ranking, mask, prefix):
   return res.x, float(res.fun)
 
 
-def load_fusion(config, workdir: str) -> Fusion | None:
-  """The fitted fusion when `ranker.fuse_initial` is "fit" or "residual", else None."""
-  if check_fuse_initial(config.ranker.fuse_initial) == "none":
-    return None
+def read_fusion(workdir: str) -> Fusion | None:
+  """The fusion `train_ranker` fitted on the dev queries (None when there were none)."""
   path = os.path.join(workdir, "ranker", FUSION_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: ranker.fuse_initial is "
-                            f"{config.ranker.fuse_initial!r} but the ranker in {workdir}/ranker was "
-                            "trained without it; run train_ranker again")
+    return None
   with open(path, encoding="utf-8") as f:
     info = json.load(f)
   return Fusion(info["ce_weight"], info["initial_weight"])
 
 
+def load_fusion(config, workdir: str) -> Fusion | None:
+  """The fusion the ranker scores with: the fitted one when `ranker.fuse_initial` is "fit"."""
+  if check_fuse_initial(config.ranker.fuse_initial) == "none":
+    return None
+  fusion = read_fusion(workdir)
+  if fusion is None:
+    raise FileNotFoundError(f"{os.path.join(workdir, 'ranker', FUSION_FILE)} not found: "
+                            "ranker.fuse_initial is 'fit' but the ranker in "
+                            f"{workdir}/ranker has no fitted fusion (it had no dev queries: set "
+                            "ranker.dev_fraction > 0 and run train_ranker again)")
+  return fusion
+
+
 def check_fuse_initial(value: str) -> str:
-  if value not in ("none", "fit", "residual"):
-    raise ValueError(f"ranker.fuse_initial must be 'none', 'fit' or 'residual', got {value!r}")
+  if value not in ("none", "fit"):
+    raise ValueError(f"ranker.fuse_initial must be 'none' or 'fit', got {value!r}")
   return value
 
 
@@ -258,37 +294,74 @@ def _label_arrays(records, initial: InitialScores, *, list_size: int = 0, use_pr
   return scores, ranking, mask, prefix, pairs, (rows, cols)
 
 
-def _prior_weight(config, train_labels, initial: InitialScores) -> float:
-  """The initial retriever's best ListMLE scale on the ranker's training lists (its prior)."""
+def initial_scale(config, train_labels, initial: InitialScores) -> tuple[float, float]:
+  """(scale, train ListMLE): the initial retriever's best ListMLE scale on the ranker's training
+  lists, where the residual head's bi-encoder score starts."""
   section = config.ranker
   scores, ranking, mask, prefix, _, _ = _label_arrays(
       train_labels, initial, list_size=section.list_size, use_prefix=section.prefix_only,
       top_k=section.top_k)
-  scale = 1.0 / max(float(np.std(scores[mask])), 1e-6)
-  (weight,), loss = _fit_weights([scores], [scale], ranking, mask, prefix)
-  logging.info("Ranker prior: %.4f * initial score (train ListMLE %.4f)", weight, loss)
-  return float(weight)
+  x0 = 1.0 / max(float(np.std(scores[mask])), 1e-6)
+  (weight,), loss = _fit_weights([scores], [x0], ranking, mask, prefix)
+  if not weight > 0:
+    raise ValueError(f"the initial retriever's scores rank the teacher's training lists backwards "
+                     f"(best ListMLE scale {weight:.4g} <= 0): the residual ranker cannot start "
+                     "from them; check the candidates and labels, or set ranker.head='cls'")
+  return float(weight), loss
+
+
+def initial_doc_embeddings(config, workdir: str, dataset) -> retrieval.CorpusEmbeddings:
+  """The initial retriever's passage embeddings (the residual head's frozen passage side)."""
+  return retrieval.CorpusEmbeddings.of(config, workdir, retrieval.Encoder.from_config(config), dataset)
+
+
+def score_pairs(config, workdir: str, dataset, model: models.CrossEncoder,
+                tokenizer: tokenization.Tokenizer, pairs: Sequence[tuple[str, str]], *,
+                desc: str, doc_embeddings: retrieval.CorpusEmbeddings | None = None) -> np.ndarray:
+  """[N] float32: the ranker's own score of each (qid, docid) pair (no fusion).
+
+  The joint encoding's head, plus, for the residual head, the scaled dot product of the ranker's
+  query embedding with the initial retriever's passage embedding.
+  """
+  scores = make_scorer(config, model, tokenizer).score_pairs(dataset, pairs, desc=desc)
+  if not model.residual:
+    return scores
+  qids = sorted({q for q, _ in pairs})
+  encoder = retrieval.Encoder(model, tokenizer, encode_config=config.encode,
+                              model_config=config.ranker.model)
+  q_emb = encoder.encode([dataset.queries[q].text for q in qids], tower="query")
+  row = {q: i for i, q in enumerate(qids)}
+  doc_embeddings = doc_embeddings or initial_doc_embeddings(config, workdir, dataset)
+  d_emb = doc_embeddings([d for _, d in pairs])
+  dots = np.einsum("nh,nh->n", q_emb[[row[q] for q, _ in pairs]], d_emb)
+  scale = float(np.exp(np.asarray(jax.device_get(model.log_scale[...]))))
+  return (scores + scale * dots).astype(np.float32)
 
 
 def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labels,
-                       initial: InitialScores) -> None:
+                       initial: InitialScores, doc_embeddings) -> dict:
   """Fits and writes ranker/fusion.json on the dev queries' full teacher rankings.
 
   Every candidate the teacher ranked for a dev query takes part (not only the ranker's training
   list), with the trusted prefix: the fused score is what distillation will soften over the
-  candidate lists, so it is fitted to the teacher's whole order.
+  candidate lists, so it is fitted to the teacher's whole order. Returns the dev ListMLE of the
+  ranker alone, of the initial retriever (at its best scale) and of the fusion.
   """
-  if not dev_labels:
-    raise ValueError("ranker.fuse_initial needs dev queries to fit on: set ranker.dev_fraction > 0")
   init_arr, ranking, mask, prefix, pairs, (rows, cols) = _label_arrays(
       dev_labels, initial, use_prefix=config.ranker.prefix_only)
-  ce = make_scorer(config, model, tokenizer).score_pairs(dataset, pairs, desc="ranker dev scores")
+  ce = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc="ranker dev scores",
+                   doc_embeddings=doc_embeddings)
   ce_arr = np.zeros(mask.shape, np.float32)
   ce_arr[rows, cols] = ce
   fusion, dev_loss = fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
-  logging.info("Ranker fusion on %d dev queries: %.4f * ranker + %.4f * initial (dev ListMLE: "
-               "ranker %.4f, initial %.4f, fused %.4f)", len(dev_labels), fusion.ce_weight,
-               fusion.initial_weight, dev_loss["ranker"], dev_loss["initial"], dev_loss["fused"])
+  logging.info("Ranker on %d dev queries, ListMLE of the teacher's rankings: ranker %.4f, initial "
+               "retriever %.4f, fused %.4f (%.4f * ranker + %.4f * initial)", len(dev_labels),
+               dev_loss["ranker"], dev_loss["initial"], dev_loss["fused"], fusion.ce_weight,
+               fusion.initial_weight)
+  if dev_loss["ranker"] >= dev_loss["initial"]:
+    logging.warning("The ranker alone fits the teacher's dev rankings WORSE than the initial "
+                    "retriever (ListMLE %.4f >= %.4f): it has not learned what the teacher knows",
+                    dev_loss["ranker"], dev_loss["initial"])
   path = os.path.join(workdir, "ranker", FUSION_FILE)
   if jax.process_index() == 0:
     data_lib.write_json(path, {
@@ -298,6 +371,7 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   if jax.process_count() > 1:  # every process reads it next (distill, evaluate)
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("fusion:" + path)
+  return dev_loss
 
 
 def loop_config(section, seed: int) -> train.LoopConfig:
@@ -319,9 +393,11 @@ def dev_batches_fn(examples, batch_size: int, mesh):
 
 def load_trained_ranker(config, workdir: str) -> tuple[models.CrossEncoder, tokenization.Tokenizer]:
   """The ranker `train_ranker` selected in this workdir (frozen for distillation/evaluation)."""
-  model, ckpt = models.load_cross_encoder(config.ranker.model, seed=config.seed)
+  info = train.read_done(os.path.join(workdir, "ranker"))
+  model, ckpt = models.load_cross_encoder(config.ranker.model, seed=config.seed,
+                                          head=info.get("head", "cls"))
   step = train.restore_params(model, os.path.join(workdir, "ranker"))
-  logging.info("Ranker from %s/ranker (step %d)", workdir, step)
+  logging.info("Ranker from %s/ranker (%s head, step %d)", workdir, info.get("head", "cls"), step)
   return model, tokenization.Tokenizer(ckpt.dir)
 
 
@@ -334,7 +410,7 @@ def _ranker_identity(config, workdir: str) -> str:
 
 def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str, str]], *,
                        name: str, desc: str) -> np.ndarray:
-  """The frozen ranker's scores of (qid, docid) pairs, cached in `ranker/{name}.npz`.
+  """The frozen ranker's own scores of (qid, docid) pairs, cached in `ranker/{name}.npz`.
 
   The ranker is frozen once trained, so distillation and every later evaluation read its scores
   from disk. The cache holds the ranker's identity (its done.json and pair length): a retrained
@@ -350,7 +426,7 @@ def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str,
         logging.info("Ranker scores from cache %s", path)
         return np.array([have[p] for p in pairs], np.float32)
   model, tokenizer = load_trained_ranker(config, workdir)
-  scores = make_scorer(config, model, tokenizer).score_pairs(dataset, pairs, desc=desc)
+  scores = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc=desc)
   if jax.process_index() == 0:
     tmp = path + ".tmp.npz"
     np.savez(tmp, qids=np.array([q for q, _ in pairs]), docids=np.array([d for _, d in pairs]),
@@ -366,38 +442,51 @@ def make_scorer(config, model, tokenizer, mesh=None) -> PairScorer:
 
 
 def run(config, workdir: str) -> None:
-  """Task `train_ranker`: labels/labels.jsonl -> ranker/checkpoints, ranker/metrics.jsonl."""
+  """Task `train_ranker`: labels/labels.jsonl -> ranker/checkpoints, ranker/metrics.jsonl,
+  ranker/fusion.json (with the dev ListMLE of the ranker and of the initial retriever)."""
   section = config.ranker
+  check_fuse_initial(section.fuse_initial)
   dataset = retrieval.load_dataset(config)
   labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
   if not labels:
     raise ValueError(f"{workdir}/labels/labels.jsonl has no labelled queries")
+  from interdistill_jax import labeling  # noqa: PLC0415 (the teacher's code only for its audit)
+  labeling.check_teacher(labeling.recorded_audit(workdir), config.label.weak_teacher,
+                         os.path.join(workdir, "labels", "stats.json"))
   train_qids, dev_qids = train.dev_split([r["qid"] for r in labels], section.dev_fraction, config.seed)
   by_qid = {r["qid"]: r for r in labels}
-  model, ckpt = models.load_cross_encoder(section.model, seed=config.seed)
+  train_labels, dev_labels = [by_qid[q] for q in train_qids], [by_qid[q] for q in dev_qids]
+  if section.fuse_initial == "fit" and not dev_labels:
+    raise ValueError("ranker.fuse_initial='fit' needs dev queries to fit on: set "
+                     "ranker.dev_fraction > 0")
+  model, ckpt = models.load_cross_encoder(section.model, seed=config.seed, head=section.head)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
+  initial = InitialScores.of_labels(config, workdir)
+  doc_embeddings = None
+  extra = {"head": "residual" if model.residual else "cls", "fuse_initial": section.fuse_initial}
+  if model.residual:
+    doc_embeddings = initial_doc_embeddings(config, workdir, dataset)
+    scale, loss = initial_scale(config, train_labels, initial)
+    model.log_scale[...] = jnp.log(jnp.float32(scale))
+    extra["initial_scale"] = scale
+    logging.info("Residual ranker: starts as %.4f * the initial retriever's score (its best "
+                 "ListMLE scale on the training lists, %.4f)", scale, loss)
   make = functools.partial(ListwiseExamples, dataset=dataset, tokenizer=tokenizer,
                            list_size=section.list_size, max_length=section.max_length,
                            buckets=config.encode.buckets, use_prefix=section.prefix_only,
-                           top_k=section.top_k)
-  fuse = check_fuse_initial(section.fuse_initial)
-  initial = None if fuse == "none" else InitialScores.of_labels(config, workdir)
-  extra = {}
-  if fuse == "residual":
-    extra["prior_weight"] = weight = _prior_weight(config, [by_qid[q] for q in train_qids], initial)
-    make = functools.partial(make, prior=lambda q, d: weight * initial([(q, d)])[0])
-  train_ex = make([by_qid[q] for q in train_qids])
-  dev_ex = make([by_qid[q] for q in dev_qids])
-  logging.info("Ranker: %d train and %d dev queries, lists of %d, %d tokens", len(train_ex),
-               len(dev_ex), section.list_size, section.max_length)
+                           top_k=section.top_k, doc_embeddings=doc_embeddings,
+                           max_query_length=section.model.max_query_length)
+  train_ex, dev_ex = make(train_labels), make(dev_labels)
+  logging.info("Ranker (%s head): %d train and %d dev queries, lists of %d, %d tokens",
+               extra["head"], len(train_ex), len(dev_ex), section.list_size, section.max_length)
   mesh = sharding.make_mesh()
   out_dir = os.path.join(workdir, "ranker")
   model, summary = train.train_loop(
       model=model, loss_fn=listmle_loss, make_batch=train_ex.batch, num_examples=len(train_ex),
       dev_batches=dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=loop_config(section, config.seed), optim_config=section.optim, out_dir=out_dir, mesh=mesh)
-  if fuse != "none":
-    _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, [by_qid[q] for q in dev_qids],
-                       initial)
+  if dev_labels:
+    extra["dev_listmle"] = _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, dev_labels,
+                                              initial, doc_embeddings)
   train.write_done(out_dir, summary, {"train_queries": len(train_ex), "dev_queries": len(dev_ex),
-                                      "fuse_initial": fuse, **extra})
+                                      **extra})

@@ -47,7 +47,7 @@ def _plots(workdir: str, results: list[dict]) -> list[str]:
   out_dir = os.path.join(workdir, "eval")
   written = []
   curves = {name: _read_metrics(os.path.join(workdir, name, "metrics.jsonl"))
-            for name in ("ranker", "retriever", "retriever_direct")}
+            for name in ("ranker", "retriever", "retriever_direct", "retriever_supervised")}
   curves = {k: v for k, v in curves.items() if v}
   if curves:
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
@@ -82,9 +82,43 @@ def _plots(workdir: str, results: list[dict]) -> list[str]:
   return written
 
 
+def teacher_section(quality: dict | None, ranker_done: dict | None = None) -> list[str]:
+  """Markdown lines: what the teacher teaches (labels/stats.json "quality") and what the ranker
+  learned of it (ranker/done.json "dev_listmle")."""
+  lines = []
+  if quality:
+    lines += ["## The teacher against the initial retriever (training lists)", ""]
+    if "teacher_better" in quality:
+      flag = "" if quality["teacher_better"] else (
+          " **WARNING: the teacher is not better than the initial retriever; distilling it is "
+          "likely to make the retriever worse.**")
+      lines.append(f"- nDCG@10 on {quality['judged_queries']} judged lists: teacher "
+                   f"{quality['teacher_ndcg@10']:.4f}, initial order {quality['initial_ndcg@10']:.4f} "
+                   f"({quality['teacher_gain_ndcg@10']:+.4f}).{flag}")
+    lines += [f"- Kendall's tau with the initial order: {quality['kendall_tau']:.3f}; the teacher "
+              f"keeps the initial top 1 on {100 * quality['top1_agreement']:.1f}% of "
+              f"{quality['queries']} queries; its top 1 was at initial rank "
+              f"{quality['teacher_top1_initial_rank']:.2f} on average.", ""]
+  dev = (ranker_done or {}).get("dev_listmle")
+  if dev:
+    lines += ["## The ranker on the dev queries (ListMLE of the teacher's rankings, lower is better)",
+              "", f"- ranker ({ranker_done.get('head', 'cls')} head) {dev['ranker']:.4f}, initial "
+              f"retriever {dev['initial']:.4f}, fused {dev['fused']:.4f}.", ""]
+  return lines
+
+
+def _read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def write(workdir: str, results: list[dict], comparison: dict) -> str:
   """Writes eval/report.md (and its plots); returns the markdown."""
   parts = [f"# Evaluation: {results[0]['dataset']} / {results[0]['split']}", "", table(results), ""]
+  stats = _read_json(os.path.join(workdir, "labels", "stats.json")) or {}
+  parts += teacher_section(stats.get("quality"), _read_json(os.path.join(workdir, "ranker", "done.json")))
   if comparison:
     parts += ["## Against the baseline (paired bootstrap, 10,000 resamples)", "",
               _comparison_table(comparison), ""]

@@ -236,6 +236,31 @@ def corpus_embeddings(config, workdir: str, encoder: Encoder,
   return encoder.encode_corpus(dataset.corpus, cache, corpus_id(corpus_path(config, dataset)))
 
 
+class CorpusEmbeddings:
+  """Passage embeddings looked up by docid, from memory or from the on-disk shards."""
+
+  def __init__(self, docids: Sequence[str], rows):
+    self.row = {d: i for i, d in enumerate(docids)}
+    self._rows = rows  # [N] int row indices -> [N, H] float32
+
+  @classmethod
+  def of(cls, config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset) -> "CorpusEmbeddings":
+    """`encoder`'s embeddings of the corpus, through the workdir's cache (`encode.shard_size`)."""
+    if config.encode.shard_size > 0:
+      store = corpus_shards(config, workdir, encoder, dataset)
+      return cls(store.docids(), store.rows)
+    docids, emb = corpus_embeddings(config, workdir, encoder, dataset)
+    return cls(docids, lambda idx: emb[idx])
+
+  def __call__(self, docids: Sequence[str]) -> np.ndarray:
+    """[N, H] float32 embeddings of `docids`, in order."""
+    try:
+      idx = np.array([self.row[d] for d in docids], np.int64)
+    except KeyError as e:
+      raise KeyError(f"document {e.args[0]!r} is not in the encoded corpus") from None
+    return np.asarray(self._rows(idx), np.float32)
+
+
 def corpus_shards(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
   """The corpus encoded into on-disk shards under workdir/embeddings/ (resumed, then reused)."""
   from interdistill_jax import shards

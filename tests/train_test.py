@@ -194,20 +194,27 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
 def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   bert, data_dir = tiny
   config = _config(bert, data_dir)
-  fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
-  from interdistill_jax import distill, evaluate
+  labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
+  _write_candidates(tmp_path, labels)
+  from interdistill_jax import distill, evaluate, pipeline
   ranker.run(config, str(tmp_path))
   config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy
   distill.run(config, str(tmp_path))
   assert train.read_done(str(tmp_path / "retriever"))["teacher_temperature"] > 0
   config.distill.teacher = "llm"
+  assert not pipeline.is_complete("distill", config, str(tmp_path))  # the ablation has its own dir
   distill.run(config, str(tmp_path))
+  assert pipeline.is_complete("distill", config, str(tmp_path))
+  config.distill.teacher = "qrels"  # the gold-label reference, by the same trainer
+  distill.run(config, str(tmp_path))
+  assert train.read_done(str(tmp_path / "retriever_supervised"))["teacher"] == "qrels"
   evaluate.run(config, str(tmp_path))
-  for system in ("baseline", "ranker", "distilled", "direct"):
+  systems = ("baseline", "ranker", "ranker_fused", "distilled", "direct", "supervised")
+  for system in systems:
     result = json.loads((tmp_path / "eval" / f"{system}.json").read_text())
     assert result["num_queries"] == 8 and 0 <= result["metrics"]["ndcg@10"] <= 1
   compare = json.loads((tmp_path / "eval" / "compare.json").read_text())
-  assert set(compare) == {"ranker", "distilled", "direct"}
+  assert set(compare) == set(systems) - {"baseline"}
   assert (tmp_path / "ranker" / "teacher_scores.npz").exists()
   assert (tmp_path / "eval" / "training_curves.png").stat().st_size > 1000
   report = (tmp_path / "eval" / "report.md").read_text()
@@ -287,63 +294,83 @@ def test_fusion_fit_recovers_plackett_luce_weights():
   np.testing.assert_allclose(fusion([2.0], [0.5]), [2.0 * fusion.ce_weight + 0.5 * fusion.initial_weight])
 
 
-@pytest.mark.parametrize("mode", ["fit", "residual"])
-def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, mode):
-  """fuse_initial: train_ranker fits fusion.json on dev; distill and evaluate use the fused score."""
+def _write_candidates(workdir, labels):
+  """candidates/train.trec as `retrieve` would leave it: every labelled pair with a score."""
+  (workdir / "candidates").mkdir(exist_ok=True)
+  with open(workdir / "candidates" / "train.trec", "w") as f:
+    for r in labels:
+      f.writelines(f"{r['qid']} Q0 {d} {i + 1} {1.0 - 0.1 * i:.6f} initial\n" for i, d in enumerate(r["docids"]))
+
+
+@pytest.mark.parametrize("head", ["cls", "residual"])
+def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head):
+  """train_ranker fits fusion.json on dev; with fuse_initial="fit" distill uses the fused score;
+  evaluate reports the ranker alone and fused."""
   from interdistill_jax import distill, evaluate
   bert, data_dir = tiny
   config = _config(bert, data_dir)
-  config.ranker.fuse_initial = mode
+  config.ranker.head, config.ranker.fuse_initial = head, "fit"
   labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
-  (tmp_path / "candidates").mkdir()
-  with open(tmp_path / "candidates" / "train.trec", "w") as f:  # the initial retriever's scores
-    for r in labels:
-      f.writelines(f"{r['qid']} Q0 {d} {i + 1} {1.0 - 0.1 * i:.6f} initial\n" for i, d in enumerate(r["docids"]))
+  _write_candidates(tmp_path, labels)
   with pytest.raises(FileNotFoundError, match="fusion.json not found"):
     ranker.load_fusion(config, str(tmp_path))
   ranker.run(config, str(tmp_path))
   done = train.read_done(str(tmp_path / "ranker"))
-  assert done["fuse_initial"] == mode and (mode == "residual") == ("prior_weight" in done)
+  assert done["fuse_initial"] == "fit" and done["head"] == head
+  assert (head == "residual") == ("initial_scale" in done)
   info = json.loads((tmp_path / "ranker" / "fusion.json").read_text())
   assert np.isfinite([info["ce_weight"], info["initial_weight"]]).all() and info["dev_queries"] == 3
   assert info["dev_listmle"]["fused"] <= min(info["dev_listmle"]["ranker"], info["dev_listmle"]["initial"]) + 1e-5
+  assert done["dev_listmle"] == info["dev_listmle"]
   distill.run(config, str(tmp_path))
   assert train.read_done(str(tmp_path / "retriever"))["ranker_fusion"] == {
       "ce_weight": info["ce_weight"], "initial_weight": info["initial_weight"]}
   evaluate.run(config, str(tmp_path))
-  fused = data_lib.read_trec_run(tmp_path / "eval" / "ranker.trec")
-  ce = data_lib.read_trec_run(tmp_path / "eval" / "ranker_ce.trec")
+  fused = data_lib.read_trec_run(tmp_path / "eval" / "ranker_fused.trec")
+  alone = data_lib.read_trec_run(tmp_path / "eval" / "ranker.trec")
   base = data_lib.read_trec_run(tmp_path / "eval" / "baseline.trec")
   for qid in fused:
-    head = data_lib.ranked(base[qid])[:config.eval.rerank_depth]
-    want = [info["ce_weight"] * ce[qid][d] + info["initial_weight"] * base[qid][d] for d in head]
-    np.testing.assert_allclose([fused[qid][d] for d in head], want, rtol=1e-4, atol=1e-4)
-  from interdistill_jax import hf_export
-  hf_export.run(config, str(tmp_path))  # the exported ranker carries its fusion, and says so
-  assert json.loads((tmp_path / "export" / "ranker" / "fusion.json").read_text()) == info
-  assert "## Fusion with the first stage" in (tmp_path / "export" / "ranker" / "README.md").read_text()
-  config.ranker.fuse_initial = "none"  # the plain ranker ignores the fitted fusion
+    head_docs = data_lib.ranked(base[qid])[:config.eval.rerank_depth]
+    want = [info["ce_weight"] * alone[qid][d] + info["initial_weight"] * base[qid][d] for d in head_docs]
+    np.testing.assert_allclose([fused[qid][d] for d in head_docs], want, rtol=1e-4, atol=1e-4)
+  report = (tmp_path / "eval" / "report.md").read_text()
+  assert f"ranker ({head} head)" in report and "| ranker_fused |" in report
+  config.ranker.fuse_initial = "none"  # the ranker alone ignores the fitted fusion
   assert ranker.load_fusion(config, str(tmp_path)) is None
+  if head == "cls":
+    from interdistill_jax import hf_export
+    config.ranker.fuse_initial = "fit"
+    hf_export.run(config, str(tmp_path))  # the exported ranker carries its fusion, and says so
+    assert json.loads((tmp_path / "export" / "ranker" / "fusion.json").read_text()) == info
+    assert "## Fusion with the first stage" in (tmp_path / "export" / "ranker" / "README.md").read_text()
 
 
-def test_residual_ranker_adds_the_prior_to_its_scores_in_the_loss(tiny, tmp_path):
+def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
+  """Before training the residual head's score is exactly scale * <q, e_p> of the bi-encoder
+  checkpoint (the joint head starts at 0), in the loss and when scoring; its first step moves
+  the joint head."""
+  from interdistill_jax import losses, retrieval
   bert, data_dir = tiny
   config = _config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
   dataset, tok = data_lib.load_beir(data_dir), tokenization.Tokenizer(config.model.init)
-  prior = {(r["qid"], d): 0.5 * j for r in labels for j, d in enumerate(r["docids"])}
-  make = lambda p: ranker.ListwiseExamples(labels, dataset, tok, list_size=6, max_length=32,  # noqa: E731
-                                           buckets=(32,), use_prefix=True, prior=p)
-  plain, with_prior = make(None), make(lambda q, d: prior[(q, d)])
-  idx = np.arange(3)
-  b0, b1 = plain.batch(idx), with_prior.batch(idx)
-  assert "prior" not in b0
-  np.testing.assert_allclose(b1["prior"], [[0.5 * j for j in range(6)]] * 3)
-  model, _ = models.load_cross_encoder(config.ranker.model)
-  b, l, t = b0["input_ids"].shape
-  scores = np.asarray(model(b0["input_ids"].reshape(b * l, t), b0["token_type_ids"].reshape(b * l, t),
-                            b0["attention_mask"].reshape(b * l, t))).reshape(b, l)
-  from interdistill_jax import losses
-  want = losses.listmle(jnp.asarray(scores + b1["prior"]), b1["ranking"], b1["mask"], b1["prefix"])
-  np.testing.assert_allclose(ranker.listmle_loss(model, b1, None), want, rtol=1e-5)
-  assert not np.allclose(ranker.listmle_loss(model, b0, None), want)
+  model, _ = models.load_cross_encoder(config.ranker.model, head="auto")  # a bi-encoder: residual
+  assert model.residual and not np.asarray(model.classifier.kernel[...]).any()
+  model.log_scale[...] = jnp.log(jnp.float32(7.0))
+  encoder = retrieval.Encoder.from_config(config)
+  emb = retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)
+  examples = ranker.ListwiseExamples(labels, dataset, tok, list_size=6, max_length=32, buckets=(32,),
+                                     use_prefix=True, doc_embeddings=emb)
+  batch = examples.batch(np.arange(4))
+  q = encoder.encode([dataset.queries[r["qid"]].text for r in labels[:4]], tower="query")
+  want_scores = 7.0 * np.einsum("bh,blh->bl", q, emb([d for r in labels[:4] for d in r["docids"]]).reshape(4, 6, -1))
+  want = losses.listmle(jnp.asarray(want_scores), batch["ranking"], batch["mask"], batch["prefix"])
+  np.testing.assert_allclose(ranker.listmle_loss(model, batch, None), want, rtol=1e-4, atol=1e-4)
+  pairs = [(r["qid"], d) for r in labels[:4] for d in r["docids"]]
+  scores = ranker.score_pairs(config, str(tmp_path), dataset, model, tok, pairs, desc="test",
+                              doc_embeddings=emb)
+  np.testing.assert_allclose(scores, want_scores.reshape(-1), rtol=1e-4, atol=1e-4)
+  grads = nnx.grad(lambda m: ranker.listmle_loss(m, batch, None).mean())(model)
+  assert np.abs(np.asarray(grads.classifier.kernel[...])).max() > 0
+  assert np.abs(np.asarray(grads.query_tower.layers[0].query.kernel[...])).max() > 0
+  assert abs(float(grads.log_scale[...])) > 0
