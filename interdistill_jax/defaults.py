@@ -210,7 +210,10 @@ def distill_config() -> ml_collections.ConfigDict:
                                # no-ranker ablation on the LLM rankings, retriever_direct/);
                                # "qrels" (gold judgements, retriever_supervised/).
       llm_loss="listmle",      # teacher="llm": "listmle", or "kl" to a rank-based distribution.
-      list_size=20,
+      list_size=20,            # Candidates per query of the labelled lists (teacher "llm", "qrels").
+      # teacher="ranker": > 0 distils over each training query's top `depth` candidates of the
+      # initial run, all scored by the ranker (deeper than the LLM saw); 0: the labelled lists.
+      depth=0,
       towers="query",          # "query": train the query tower only (corpus embeddings reused);
                                # "both": train the shared tower (corpus re-encoded for eval).
       teacher_temperature=1.0, # <= 0: "auto", the temperature at which the ranker's softmaxes

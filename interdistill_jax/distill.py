@@ -25,6 +25,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -210,6 +211,35 @@ def teacher_scores(config, workdir: str, dataset, pairs):
   return scores, fusion
 
 
+def dev_llm_listmle(model: models.DualEncoder, dev_ex: CandidateLists, section) -> float | None:
+  """Mean ListMLE of the LLM's rankings of the dev lists under the retriever's scores divided by
+  the student temperature: one dev figure every recipe is compared by, whatever its loss."""
+  if not len(dev_ex):
+    return None
+  sec = ml_collections.ConfigDict(dict(section.to_dict(), teacher="llm", llm_loss="listmle",
+                                       in_batch_weight=0.0))
+  graphdef, state = nnx.split(model)
+  loss = jax.jit(lambda st, b: distill_loss(nnx.merge(graphdef, st), b, None, section=sec))
+  total = count = 0.0
+  for start in range(0, len(dev_ex), section.batch_size):
+    idx = np.arange(start, min(start + section.batch_size, len(dev_ex)))
+    batch = dev_ex.batch(np.pad(idx, (0, section.batch_size - len(idx)), constant_values=-1))
+    total += float((np.asarray(loss(state, batch)) * batch["weight"]).sum())
+    count += float(batch["weight"].sum())
+  return total / count
+
+
+def deep_lists(config, workdir: str, labels, depth: int) -> list[dict]:
+  """Each labelled query's top `depth` candidates of the run `label` read (the ranker scores them
+  all: it is the cheap teacher), as label-shaped records without an LLM ranking."""
+  run = ranker_lib.InitialScores.of_labels(config, workdir).run
+  out = []
+  for r in labels:
+    docids = data_lib.ranked(run[r["qid"]])[:depth]
+    out.append({"qid": r["qid"], "docids": docids, "ranking": docids, "ranked_prefix": 0})
+  return out
+
+
 def rank_scores(labels, list_size: int) -> dict[tuple[str, str], float]:
   """A score per labelled pair from the LLM ranking alone: the i-th of the trusted prefix scores
   -i, every candidate past it -prefix (tied: the teacher's order there is not trusted)."""
@@ -242,8 +272,11 @@ def run(config, workdir: str) -> None:
   labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
   scores = fusion = None
   extra = {}
+  records, width = labels, section.list_size  # the lists the retriever trains on
+  if teacher == "ranker" and section.depth > 0:
+    records, width = deep_lists(config, workdir, labels, section.depth), section.depth
   if teacher == "ranker":
-    pairs = [(r["qid"], d) for r in labels for d in r["docids"][:section.list_size]]
+    pairs = [(r["qid"], d) for r in records for d in r["docids"][:width]]
     values, fusion = teacher_scores(config, workdir, dataset, pairs)
     scores = dict(zip(pairs, values.tolist()))
   elif teacher == "llm" and section.llm_loss == "kl":
@@ -255,7 +288,7 @@ def run(config, workdir: str) -> None:
     logging.info("distill.teacher=qrels: %d of %d training queries have a judged candidate in "
                  "their top %d", len(kept), len(labels), section.list_size)
     extra["queries_without_judged_candidate"] = len(labels) - len(kept)
-    labels = kept
+    records = kept
   model, ckpt, trainable = build_student(config, section.towers)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
   docids = list(dataset.corpus)
@@ -273,13 +306,16 @@ def run(config, workdir: str) -> None:
     for i, s in enumerate(seqs):
       ids[i, :len(s)] = s
     doc_tokens = (ids, np.array([len(s) for s in seqs], np.int32))
-  train_qids, dev_qids = train.dev_split([r["qid"] for r in labels], section.dev_fraction, config.seed)
-  by_qid = {r["qid"]: r for r in labels}
+  train_qids, dev_qids = train.dev_split([r["qid"] for r in records], section.dev_fraction, config.seed)
+  by_qid = {r["qid"]: r for r in records}
   make = functools.partial(CandidateLists, dataset=dataset, tokenizer=tokenizer,
-                           list_size=section.list_size, max_query_length=config.model.max_query_length,
+                           list_size=width, max_query_length=config.model.max_query_length,
                            doc_index=doc_index, doc_emb=doc_emb, teacher_scores=scores,
                            doc_tokens=doc_tokens, buckets=config.encode.buckets)
   train_ex, dev_ex = make([by_qid[q] for q in train_qids]), make([by_qid[q] for q in dev_qids])
+  # The LLM's own rankings of the dev queries: the one figure every recipe is compared by.
+  labelled = {r["qid"]: r for r in labels}
+  dev_llm = make([labelled[q] for q in dev_qids], list_size=section.list_size, teacher_scores=None)
   temperature = section.teacher_temperature
   if auto_temperature:
     # The initial retriever's own softmaxes over the training lists set the teacher's sharpness.
@@ -293,7 +329,8 @@ def run(config, workdir: str) -> None:
     del encoder, initial_doc_emb
   mesh = sharding.make_mesh()
   out_dir = output_dir(config, workdir)
-  _, summary = train.train_loop(
+  dev_before = dev_llm_listmle(model, dev_llm, section)
+  model, summary = train.train_loop(
       model=model, loss_fn=functools.partial(distill_loss, section=section,
                                              teacher_temperature=temperature),
       make_batch=train_ex.batch, num_examples=len(train_ex),
@@ -302,7 +339,9 @@ def run(config, workdir: str) -> None:
       out_dir=out_dir, mesh=mesh, trainable=trainable)
   train.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                       "llm_loss": section.llm_loss if teacher == "llm" else None,
-                                      "teacher_temperature": temperature,
+                                      "teacher_temperature": temperature, "list_size": width,
                                       "ranker_fusion": fusion and dataclasses.asdict(fusion),
                                       "train_queries": len(train_ex), "dev_queries": len(dev_ex),
+                                      "dev_llm_listmle": {"initial": dev_before,
+                                                          "trained": dev_llm_listmle(model, dev_llm, section)},
                                       **extra})

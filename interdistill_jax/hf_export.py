@@ -220,14 +220,29 @@ def export_cross_encoder(model: models.CrossEncoder, source_dir: str, out_dir: s
   config.update(architectures=["BertForSequenceClassification"], id2label={"0": "LABEL_0"},
                 label2id={"LABEL_0": 0}, classifier_dropout=None,
                 sentence_transformers={"activation_fn": _IDENTITY})
+  if model.residual:
+    scale = float(np.exp(host(model.log_scale)))
+    card = dict(card, residual={"scale": scale, "pooling": model.pooling,
+                                "normalize": bool(model.normalize)})
   with _staged_dir(out_dir) as tmp:
     _write_safetensors(os.path.join(tmp, "model.safetensors"), tensors)
     _write_json(os.path.join(tmp, "config.json"), config)
     _write_tokenizer(source_dir, tmp, max_length)
+    if model.residual:  # the rest of the ranker's score: its own query tower and scale
+      _write_tower(model.query_tower, os.path.join(tmp, RESIDUAL_QUERY_TOWER), source_dir=source_dir,
+                   pooler=_source_pooler(source_dir), pooling=model.pooling,
+                   normalize=bool(model.normalize), max_seq_length=max_length)
+      _write_json(os.path.join(tmp, "residual.json"), {
+          "scale": scale, "query_tower": RESIDUAL_QUERY_TOWER,
+          "score": "logit(query, passage) + scale * dot(query_tower(query), e(passage)), e = the "
+                   "initial retriever's passage embedding"})
     data_lib.atomic_write_text(os.path.join(tmp, "README.md"),
                                model_cards.ranker_card(card, max_length=max_length))
   logging.info("Exported the ranker to %s", out_dir)
   return out_dir
+
+
+RESIDUAL_QUERY_TOWER = "query_tower"
 
 
 def export_labels(workdir: str, out_dir: str, *, card: dict) -> str | None:

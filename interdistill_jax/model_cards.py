@@ -217,6 +217,18 @@ def ranker_card(card: Mapping, *, max_length: int) -> str:
             "sets the activation to Identity. Pass `activation_fn=torch.nn.Sigmoid()` for values in "
             f"(0, 1); rankings are the same. Pairs are truncated to {max_length} tokens. "
             "`transformers.AutoModelForSequenceClassification` gives the same logit.", ""]
+  if card.get("residual"):
+    r = card["residual"]
+    lines += ["## The residual head: the ranker's score has two parts", "",
+              "This ranker was trained from a bi-encoder checkpoint, as the bi-encoder score plus "
+              "a joint head that started at zero. Its score of (query, passage) is",  "",
+              f"    logit(query, passage) + {r['scale']:.6g} * dot(q, e)", "",
+              "where `logit` is what `CrossEncoder.predict` above returns, `q` the query's "
+              "embedding by `query_tower/` (a sentence-transformers model in this directory, "
+              f"{r['pooling']} pooling{', normalised' if r['normalize'] else ''}) and `e` the "
+              f"passage's embedding by the initial retriever ({card.get('base_model') or 'its base model'}"
+              "). `residual.json` holds the scale. The logit alone is only the correction the "
+              "joint head learned; rank with the sum.", ""]
   if card.get("fusion"):
     f = card["fusion"]
     lines += ["## Fusion with the first stage", "",

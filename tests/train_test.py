@@ -199,9 +199,13 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   from interdistill_jax import distill, evaluate, pipeline
   ranker.run(config, str(tmp_path))
   config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy
+  config.distill.depth = 10  # deeper than the teacher's lists of 6: the ranker scores them all
   distill.run(config, str(tmp_path))
-  assert train.read_done(str(tmp_path / "retriever"))["teacher_temperature"] > 0
-  config.distill.teacher = "llm"
+  done = train.read_done(str(tmp_path / "retriever"))
+  assert done["teacher_temperature"] > 0 and done["list_size"] == 10
+  assert np.isfinite([done["dev_llm_listmle"]["initial"], done["dev_llm_listmle"]["trained"]]).all()
+  assert len(np.load(tmp_path / "ranker" / "teacher_scores.npz")["scores"]) == 10 * 12
+  config.distill.teacher, config.distill.llm_loss = "llm", "kl"
   assert not pipeline.is_complete("distill", config, str(tmp_path))  # the ablation has its own dir
   distill.run(config, str(tmp_path))
   assert pipeline.is_complete("distill", config, str(tmp_path))
@@ -294,12 +298,15 @@ def test_fusion_fit_recovers_plackett_luce_weights():
   np.testing.assert_allclose(fusion([2.0], [0.5]), [2.0 * fusion.ce_weight + 0.5 * fusion.initial_weight])
 
 
-def _write_candidates(workdir, labels):
-  """candidates/train.trec as `retrieve` would leave it: every labelled pair with a score."""
+def _write_candidates(workdir, labels, depth=10):
+  """candidates/train.trec as `retrieve` would leave it: each labelled list first, then more
+  candidates the teacher did not see, down to `depth`."""
   (workdir / "candidates").mkdir(exist_ok=True)
   with open(workdir / "candidates" / "train.trec", "w") as f:
     for r in labels:
-      f.writelines(f"{r['qid']} Q0 {d} {i + 1} {1.0 - 0.1 * i:.6f} initial\n" for i, d in enumerate(r["docids"]))
+      more = [f"d{i}" for i in range(60) if f"d{i}" not in r["docids"]]
+      docids = (r["docids"] + more)[:depth]
+      f.writelines(f"{r['qid']} Q0 {d} {i + 1} {1.0 - 0.05 * i:.6f} initial\n" for i, d in enumerate(docids))
 
 
 @pytest.mark.parametrize("head", ["cls", "residual"])
@@ -337,12 +344,34 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   assert f"ranker ({head} head)" in report and "| ranker_fused |" in report
   config.ranker.fuse_initial = "none"  # the ranker alone ignores the fitted fusion
   assert ranker.load_fusion(config, str(tmp_path)) is None
-  if head == "cls":
-    from interdistill_jax import hf_export
-    config.ranker.fuse_initial = "fit"
-    hf_export.run(config, str(tmp_path))  # the exported ranker carries its fusion, and says so
-    assert json.loads((tmp_path / "export" / "ranker" / "fusion.json").read_text()) == info
-    assert "## Fusion with the first stage" in (tmp_path / "export" / "ranker" / "README.md").read_text()
+  from interdistill_jax import hf_export
+  config.ranker.fuse_initial = "fit"
+  hf_export.run(config, str(tmp_path))  # the exported ranker carries its fusion, and says so
+  out = tmp_path / "export" / "ranker"
+  assert json.loads((out / "fusion.json").read_text()) == info
+  assert "## Fusion with the first stage" in (out / "README.md").read_text()
+  if head == "residual":  # the export scores as the trained ranker: logit + scale * <q, e>
+    _check_residual_export(config, tmp_path, out)
+
+
+def _check_residual_export(config, workdir, out):
+  from interdistill_jax import retrieval
+  assert "## The residual head" in (out / "README.md").read_text()
+  scale = json.loads((out / "residual.json").read_text())["scale"]
+  dataset = data_lib.load_beir(config.data.dir)
+  model, tok = ranker.load_trained_ranker(config, str(workdir))
+  pairs = [(q, d) for q in sorted(dataset.qrels("train"))[:3] for d in list(dataset.corpus)[:4]]
+  want = ranker.score_pairs(config, str(workdir), dataset, model, tok, pairs, desc="test")
+  exported = defaults.model_config()
+  exported.init = str(out)
+  joint, _ = models.load_cross_encoder(exported, head="cls")
+  logits = ranker.make_scorer(config, joint, tok).score_pairs(dataset, pairs, desc="test")
+  exported.init = str(out / "query_tower")
+  tower, _ = models.load_dual_encoder(exported)
+  q = retrieval.Encoder(tower, tok, encode_config=config.encode, model_config=exported).encode(
+      [dataset.queries[q].text for q, _ in pairs], tower="query")
+  e = ranker.initial_doc_embeddings(config, str(workdir), dataset)([d for _, d in pairs])
+  np.testing.assert_allclose(logits + scale * np.einsum("nh,nh->n", q, e), want, rtol=1e-4, atol=1e-4)
 
 
 def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
