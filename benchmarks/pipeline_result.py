@@ -42,7 +42,8 @@ def main(argv):
   del argv
   wd = _WORKDIR.value
   systems = {}
-  for system in ("baseline", "ranker", "ranker_ce", "distilled", "direct"):
+  for system in ("baseline", "ranker", "ranker_fused", "ranker_ce", "distilled", "direct",
+                 "supervised"):
     r = _json(os.path.join(wd, "eval", f"{system}.json"))
     if r is not None:
       systems[system] = {k: r["metrics"][k] for k in _METRICS if k in r["metrics"]}
@@ -58,6 +59,7 @@ def main(argv):
       "ranker": _stage(wd, "ranker"), "ranker_fusion": _json(os.path.join(wd, "ranker", "fusion.json")),
       "distill": _stage(wd, "retriever"),
       "direct": _stage(wd, "retriever_direct"),
+      "supervised": _stage(wd, "retriever_supervised"),
   }, indent=1))
 
 

@@ -3,17 +3,16 @@
 Everything (retrieve -> label -> train_ranker -> distill -> evaluate), sized to finish in under
 2 hours on a 2-core CPU: the teacher re-ranks the top 20 of each training query; the ranker learns
 the teacher's first choice (top-1 ListMLE) among the initial top 10, on 96-token pairs, for 3
-epochs (546 steps of 4 queries x 10 pairs) at a learning rate of 1e-4 (3e-4 collapsed to constant
-scores, 3e-5 did not move in an epoch: the packaged MiniLM is a bi-encoder, so the cross-encoder's
-[CLS] head starts from nothing). On its own that cross-encoder re-ranks worse than the initial
-retriever, so the ranker is fused with it (`ranker.fuse_initial="fit"`: a * cross-encoder +
-b * initial score, fitted on the dev queries' teacher rankings; "residual", the cross-encoder
-trained on top of the initial scores, fitted no better on dev). The query tower is distilled
-from the fused ranker over the top 20 (the corpus is encoded once), with the teacher temperature
-matched to the initial retriever's sharpness, for 8 epochs at 5e-5 (of 2e-5 x 4, 5e-5 x 4,
-1e-4 x 4 and 5e-5 x 8 epochs, the lowest KL on the dev queries; 184 steps, a few minutes); the
-ranker re-ranks the top 100 for its own evaluation. With a real cross-encoder checkpoint, set
-ranker.model.init and fuse_initial="none".
+epochs (546 steps of 4 queries x 10 pairs) at a learning rate of 1e-4. The packaged MiniLM is a
+bi-encoder, so the ranker takes the residual head (`ranker.head="auto"`): the bi-encoder score
+plus a joint [CLS] head that starts at zero, trained end to end, so it starts as the initial
+retriever and learns the interactions on top (a plain [CLS] head from this checkpoint re-ranked
+far below the initial retriever and only helped fused with it). The ranker alone teaches
+(`ranker.fuse_initial="none"`; its dev fusion is still fitted and reported as `ranker_fused`).
+The query tower is distilled from it over the top 20 (the corpus is encoded once), with the
+teacher temperature matched to the initial retriever's sharpness, for 8 epochs at 5e-5 (184
+steps, a few minutes); the ranker re-ranks the top 100 for its own evaluation. With a real
+cross-encoder checkpoint, set ranker.model.init (the "auto" head is then its classifier).
 
   python -m interdistill_jax.main --config=configs/scifact.py --config.data.dir=../shared/data/scifact
 
@@ -54,7 +53,7 @@ def get_config(arg=None):
   config.ranker.epochs = 3.0
   config.ranker.optim.learning_rate = 1e-4
   config.ranker.eval_every = config.ranker.checkpoint_every = 60
-  config.ranker.fuse_initial = "fit"
+  config.ranker.fuse_initial = "none"
   config.distill.list_size = 20
   config.distill.towers = "query"
   config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy

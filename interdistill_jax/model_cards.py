@@ -89,6 +89,7 @@ def card_info(config, workdir: str) -> dict:
       "teacher": teacher,
       "num_labelled_queries": num_labelled,
       "label_stats": _flatten(stats),
+      "teacher_audit": stats.get("quality") if isinstance(stats.get("quality"), Mapping) else None,
       "evals": evals,
       "license": config.export.license,
   }
@@ -147,6 +148,9 @@ def _experiment_sections(card: Mapping) -> list[str]:
       out.append(f"| {e.get('system', '')} | {e.get('dataset', '')} | {e.get('split', '')} | "
                  f"{e.get('num_queries', '')} | " + " | ".join(cells) + " |")
     out.append("")
+  if card.get("teacher_audit"):
+    from interdistill_jax import report  # noqa: PLC0415
+    out += report.teacher_section(card["teacher_audit"])
   stats = card.get("label_stats") or {}
   if stats:
     out += (["## Labelling statistics", "", "<details><summary>labels/stats.json</summary>", ""]

@@ -481,6 +481,9 @@ def run(config, workdir: str) -> None:
                extra["head"], len(train_ex), len(dev_ex), section.list_size, section.max_length)
   mesh = sharding.make_mesh()
   out_dir = os.path.join(workdir, "ranker")
+  stale = os.path.join(out_dir, FUSION_FILE)  # an earlier ranker's fit must not outlive it
+  if jax.process_index() == 0 and os.path.exists(stale):
+    os.remove(stale)
   model, summary = train.train_loop(
       model=model, loss_fn=listmle_loss, make_batch=train_ex.batch, num_examples=len(train_ex),
       dev_batches=dev_batches_fn(dev_ex, section.batch_size, mesh),

@@ -197,7 +197,10 @@ def _write_fake_experiment(workdir):
                              "".join(json.dumps(r) + "\n" for r in records))
   data_lib.write_json(workdir / "labels" / "stats.json", {
       "teacher": teacher, "split": "train", "queries": {"selected": 3, "labelled": 3, "dropped": 0},
-      "calls": {"answered": 3, "cache_hits": 0}, "cache": {"ledger": [{"tokens": 1}]}})
+      "calls": {"answered": 3, "cache_hits": 0}, "cache": {"ledger": [{"tokens": 1}]},
+      "quality": {"queries": 3, "kendall_tau": 0.2, "top1_agreement": 0.5,
+                  "teacher_top1_initial_rank": 2.0, "judged_queries": 3, "initial_ndcg@10": 0.66,
+                  "teacher_ndcg@10": 0.61, "teacher_gain_ndcg@10": -0.05, "teacher_better": False}})
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +241,7 @@ def test_model_cards_carry_metadata_and_experiment_numbers(pushed):
   assert "`openai`" in body and "`gpt-test-mini`" in body
   assert "initial weights" in body  # No trained retriever in this workdir: the card says so.
   assert "calls.answered" in body and "ledger" not in body
+  assert "WARNING: the teacher is not better than the initial retriever" in body  # the audit, loud
   meta, body = _card(workdir / "export" / "ranker" / "README.md")
   assert meta["pipeline_tag"] == "text-ranking" and "cross-encoder" in meta["tags"]
   assert "Identity" in body and "0.6451" in body
