@@ -206,8 +206,8 @@ def teacher_scores(config, workdir: str, dataset, pairs):
   scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs, name="teacher_scores",
                                          desc="ranker scores")
   fusion = ranker_lib.load_fusion(config, workdir)
-  if fusion is not None:  # the ranker as fitted: a * cross-encoder + b * initial retriever
-    scores = fusion(scores, ranker_lib.InitialScores.of_labels(config, workdir)(pairs))
+  if fusion is not None:  # the ranker as fitted: a * ranker + b * initial retriever
+    scores = fusion(scores, ranker_lib.InitialScores.encoded(config, workdir, dataset, pairs)(pairs))
   return scores, fusion
 
 

@@ -159,7 +159,9 @@ class ListwiseExamples:
 def listmle_loss(model: models.CrossEncoder, batch: dict, rng) -> jax.Array:
   """Per-query ListMLE of the ranker's scores against the teacher ranking: [B]."""
   b, l, t = batch["input_ids"].shape
-  r_pair, r_query = (None, None) if rng is None else tuple(jax.random.split(rng))
+  r_pair, r_query = rng, None
+  if rng is not None and "cand_emb" in batch:  # the "cls" head keeps its random stream
+    r_pair, r_query = jax.random.split(rng)
   flat = lambda x: x.reshape(b * l, t)  # noqa: E731
   scores = model(flat(batch["input_ids"]), flat(batch["token_type_ids"]),
                  flat(batch["attention_mask"]), r_pair).reshape(b, l)
@@ -189,17 +191,22 @@ def fit_fusion(ce: np.ndarray, initial: np.ndarray, ranking: np.ndarray, mask: n
   """The weights minimising the mean ListMLE of `a * ce + b * initial` over the lists [Q, L].
 
   ListMLE is convex in the scores and the scores are linear in (a, b), so L-BFGS finds the
-  global minimum. Returns the fusion and the dev ListMLE of the ranker alone (a=1, b=0), of the
-  initial retriever alone (its best scale) and of the fusion.
+  global minimum. Returns the fusion and the dev ListMLE of the ranker alone and of the initial
+  retriever alone, each at its best scale (so the two compare orders, not sharpness), of the
+  ranker at its own scale ("ranker_as_is") and of the fusion.
   """
   ce, initial = np.asarray(ce, np.float32), np.asarray(initial, np.float32)
   # Start the initial retriever's weight at the scale where its scores spread like the ranker's.
   scale = float(np.std(ce[mask]) / max(float(np.std(initial[mask])), 1e-6))
-  (a, b), fused = _fit_weights([ce, initial], [1.0, scale], ranking, mask, prefix)
-  _, initial_only = _fit_weights([initial], [scale], ranking, mask, prefix)
-  ranker_only = float(losses.listmle(jnp.asarray(ce), jnp.asarray(ranking), jnp.asarray(mask),
-                                     jnp.asarray(prefix)).mean())
-  return Fusion(float(a), float(b)), {"ranker": ranker_only, "initial": initial_only, "fused": fused}
+  (b0,), initial_only = _fit_weights([initial], [scale], ranking, mask, prefix)
+  (a0,), ranker_only = _fit_weights([ce], [1.0], ranking, mask, prefix)
+  # The fused fit starts from the better of the two alone, so it can only improve on it.
+  x0 = [a0, 0.0] if ranker_only <= initial_only else [0.0, b0]
+  (a, b), fused = _fit_weights([ce, initial], x0, ranking, mask, prefix)
+  as_is = float(losses.listmle(jnp.asarray(ce), jnp.asarray(ranking), jnp.asarray(mask),
+                               jnp.asarray(prefix)).mean())
+  return Fusion(float(a), float(b)), {"ranker": ranker_only, "initial": initial_only, "fused": fused,
+                                      "ranker_as_is": as_is}
 
 
 def _fit_weights(features, x0, ranking, mask, prefix):
@@ -261,6 +268,23 @@ class InitialScores:
     """The run `label` read its candidates from: every labelled pair is in it."""
     path = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
     return cls(data_lib.read_trec_run(path), path)
+
+  @classmethod
+  def encoded(cls, config, workdir: str, dataset, pairs,
+              doc_embeddings: retrieval.CorpusEmbeddings | None = None) -> "InitialScores":
+    """The initial retriever's scores of `pairs`, computed from its embeddings (any labelled
+    pair, whichever run its candidates came from)."""
+    encoder = retrieval.Encoder.from_config(config)
+    qids = sorted({q for q, _ in pairs})
+    q_emb = encoder.encode([dataset.queries[q].text for q in qids], tower="query")
+    doc_embeddings = doc_embeddings or retrieval.CorpusEmbeddings.of(config, workdir, encoder, dataset)
+    row = {q: i for i, q in enumerate(qids)}
+    dots = np.einsum("nh,nh->n", q_emb[[row[q] for q, _ in pairs]],
+                     doc_embeddings([d for _, d in pairs]))
+    run: data_lib.Run = {}
+    for (q, d), v in zip(pairs, dots.tolist()):
+      run.setdefault(q, {})[d] = v
+    return cls(run, "the initial retriever's embeddings")
 
   def __call__(self, pairs) -> np.ndarray:
     out = np.zeros(len(pairs))
@@ -354,8 +378,9 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   ce_arr = np.zeros(mask.shape, np.float32)
   ce_arr[rows, cols] = ce
   fusion, dev_loss = fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
-  logging.info("Ranker on %d dev queries, ListMLE of the teacher's rankings: ranker %.4f, initial "
-               "retriever %.4f, fused %.4f (%.4f * ranker + %.4f * initial)", len(dev_labels),
+  logging.info("Ranker on %d dev queries, ListMLE of the teacher's rankings (each at its best "
+               "scale): ranker %.4f, initial retriever %.4f, fused %.4f (%.4f * ranker + %.4f * "
+               "initial)", len(dev_labels),
                dev_loss["ranker"], dev_loss["initial"], dev_loss["fused"], fusion.ce_weight,
                fusion.initial_weight)
   if dev_loss["ranker"] >= dev_loss["initial"]:
@@ -402,10 +427,12 @@ def load_trained_ranker(config, workdir: str) -> tuple[models.CrossEncoder, toke
 
 
 def _ranker_identity(config, workdir: str) -> str:
-  """Names the trained ranker and how it reads pairs: its done.json and its pair length."""
-  with open(os.path.join(workdir, "ranker", "done.json"), "rb") as f:
-    done = f.read()
-  return hashlib.sha256(done + f"|{config.ranker.max_length}".encode()).hexdigest()[:16]
+  """Names the trained ranker and how it reads pairs: its done.json (less the dev figures
+  measured after training, which describe it) and its pair length."""
+  done = train.read_done(os.path.join(workdir, "ranker"))
+  done.pop("dev_listmle", None)
+  text = json.dumps(done, sort_keys=True) + f"|{config.ranker.max_length}"
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str, str]], *,
@@ -461,11 +488,13 @@ def run(config, workdir: str) -> None:
                      "ranker.dev_fraction > 0")
   model, ckpt = models.load_cross_encoder(section.model, seed=config.seed, head=section.head)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
-  initial = InitialScores.of_labels(config, workdir)
-  doc_embeddings = None
+  doc_embeddings = initial_doc_embeddings(config, workdir, dataset)
+  initial = InitialScores.encoded(config, workdir, dataset,
+                                  [(r["qid"], d) for r in labels for d in r["docids"]], doc_embeddings)
   extra = {"head": "residual" if model.residual else "cls", "fuse_initial": section.fuse_initial}
-  if model.residual:
-    doc_embeddings = initial_doc_embeddings(config, workdir, dataset)
+  if not model.residual:
+    doc_embeddings = None  # the examples need no passage embeddings
+  else:
     scale, loss = initial_scale(config, train_labels, initial)
     model.log_scale[...] = jnp.log(jnp.float32(scale))
     extra["initial_scale"] = scale

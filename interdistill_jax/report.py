@@ -102,8 +102,9 @@ def teacher_section(quality: dict | None, ranker_done: dict | None = None) -> li
   dev = (ranker_done or {}).get("dev_listmle")
   if dev:
     lines += ["## The ranker on the dev queries (ListMLE of the teacher's rankings, lower is better)",
-              "", f"- ranker ({ranker_done.get('head', 'cls')} head) {dev['ranker']:.4f}, initial "
-              f"retriever {dev['initial']:.4f}, fused {dev['fused']:.4f}.", ""]
+              "", f"- Each at its best scale: ranker ({ranker_done.get('head', 'cls')} head) "
+              f"{dev['ranker']:.4f}, initial retriever {dev['initial']:.4f}; their fusion "
+              f"{dev['fused']:.4f}.", ""]
   return lines
 
 

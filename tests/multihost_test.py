@@ -52,7 +52,9 @@ def _run_two_processes(config_file, workdir, task, log_dir, timeout=600, extra=(
 def _selected_params(out_dir, bert):
   """The stage's selected parameters, loaded as later stages load them, onto this process's 4
   devices (whatever topology saved them)."""
-  model, _ = models.load_cross_encoder(ml_collections.ConfigDict(dict(init=str(bert), dtype="float32")))
+  head = json.loads((out_dir / "done.json").read_text())["head"]
+  model, _ = models.load_cross_encoder(ml_collections.ConfigDict(dict(init=str(bert), dtype="float32")),
+                                       head=head)
   step = train.restore_params(model, str(out_dir))
   return step, jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
 
@@ -106,7 +108,13 @@ def test_train_ranker_reaches_the_same_parameters(runs):
   # Only process 0 wrote the metrics log, each step once, with the same losses.
   metrics = [[json.loads(line) for line in open(wd / "ranker" / "metrics.jsonl")] for wd in (single, multi)]
   done = [json.loads((wd / "ranker" / "done.json").read_text()) for wd in (single, multi)]
+  # Fitted figures (the residual head's starting scale, the dev ListMLEs) agree to round-off.
+  fitted = [{k: d.pop(k) for k in ("initial_scale", "dev_listmle") if k in d} for d in done]
   assert done[0] == done[1] and done[1]["selected_step"] == step_b
+  assert fitted[0].keys() == fitted[1].keys() == {"initial_scale", "dev_listmle"}
+  np.testing.assert_allclose(fitted[0]["initial_scale"], fitted[1]["initial_scale"], rtol=1e-4)
+  for key, value in fitted[0]["dev_listmle"].items():
+    np.testing.assert_allclose(value, fitted[1]["dev_listmle"][key], rtol=1e-3)
   # The selected (best dev) step may come before the last one.
   assert [m["step"] for m in metrics[1]] == list(range(1, done[1]["total_steps"] + 1))
   np.testing.assert_allclose([m["train/loss"] for m in metrics[0]],
