@@ -25,7 +25,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -136,22 +135,26 @@ class CandidateLists:
     return out
 
 
+def _embed(model: models.DualEncoder, batch: dict, rng) -> tuple[jax.Array, jax.Array]:
+  """(query embeddings [B, H], candidate embeddings [B, L, H]) of a batch of candidate lists."""
+  r_q, r_d = (None, None) if rng is None else tuple(jax.random.split(rng))
+  q = model.encode(batch["query_ids"], jnp.zeros_like(batch["query_ids"]), batch["query_mask"],
+                   tower="query", dropout_rng=r_q)
+  if "cand_emb" in batch:
+    return q, batch["cand_emb"]
+  b, l, t = batch["cand_ids"].shape
+  ids = batch["cand_ids"].reshape(b * l, t)
+  return q, model.encode(ids, jnp.zeros_like(ids), batch["cand_mask"].reshape(b * l, t),
+                         tower="doc", dropout_rng=r_d).reshape(b, l, -1)
+
+
 def distill_loss(model: models.DualEncoder, batch: dict, rng, *, section,
                  teacher_temperature: float | None = None) -> jax.Array:
   """[B] per-query loss of the retriever against the teacher over its candidate list.
 
   `teacher_temperature` overrides `section.teacher_temperature` (the value `auto` resolved to).
   """
-  r_q, r_d = (None, None) if rng is None else tuple(jax.random.split(rng))
-  q = model.encode(batch["query_ids"], jnp.zeros_like(batch["query_ids"]), batch["query_mask"],
-                   tower="query", dropout_rng=r_q)
-  if "cand_emb" in batch:
-    cand = batch["cand_emb"]
-  else:
-    b, l, t = batch["cand_ids"].shape
-    ids = batch["cand_ids"].reshape(b * l, t)
-    cand = model.encode(ids, jnp.zeros_like(ids), batch["cand_mask"].reshape(b * l, t),
-                        tower="doc", dropout_rng=r_d).reshape(b, l, -1)
+  q, cand = _embed(model, batch, rng)
   scores = losses.scores_from_embeddings(q, cand)
   if uses_listmle(section):
     loss = losses.listmle(scores / section.student_temperature, batch["ranking"], batch["mask"],
@@ -211,22 +214,23 @@ def teacher_scores(config, workdir: str, dataset, pairs):
   return scores, fusion
 
 
-def dev_llm_listmle(model: models.DualEncoder, dev_ex: CandidateLists, section) -> float | None:
-  """Mean ListMLE of the LLM's rankings of the dev lists under the retriever's scores divided by
-  the student temperature: one dev figure every recipe is compared by, whatever its loss."""
+def dev_llm_listmle(model: models.DualEncoder, dev_ex: CandidateLists, top_k: int) -> float | None:
+  """The ListMLE of the LLM's rankings of the dev lists under the retriever's scores, at their
+  best scale, over the trusted prefix cut to `top_k` (> 0; the trust `ranker.top_k` gives the
+  teacher's order): one dev figure every recipe is compared by, whatever its loss."""
   if not len(dev_ex):
     return None
-  sec = ml_collections.ConfigDict(dict(section.to_dict(), teacher="llm", llm_loss="listmle",
-                                       in_batch_weight=0.0))
   graphdef, state = nnx.split(model)
-  loss = jax.jit(lambda st, b: distill_loss(nnx.merge(graphdef, st), b, None, section=sec))
-  total = count = 0.0
-  for start in range(0, len(dev_ex), section.batch_size):
-    idx = np.arange(start, min(start + section.batch_size, len(dev_ex)))
-    batch = dev_ex.batch(np.pad(idx, (0, section.batch_size - len(idx)), constant_values=-1))
-    total += float((np.asarray(loss(state, batch)) * batch["weight"]).sum())
-    count += float(batch["weight"].sum())
-  return total / count
+  score = jax.jit(lambda st, b: losses.scores_from_embeddings(*_embed(nnx.merge(graphdef, st), b, None)))
+  size = 32
+  scores = []
+  for start in range(0, len(dev_ex), size):
+    idx = np.arange(start, min(start + size, len(dev_ex)))
+    batch = dev_ex.batch(np.pad(idx, (0, size - len(idx)), constant_values=-1))
+    scores.append(np.asarray(score(state, batch))[:len(idx)])
+  prefix = np.minimum(dev_ex.prefix, top_k) if top_k > 0 else dev_ex.prefix
+  _, loss = ranker_lib.fit_weights([np.concatenate(scores)], [20.0], dev_ex.ranking, dev_ex.mask, prefix)
+  return loss
 
 
 def deep_lists(config, workdir: str, labels, depth: int) -> list[dict]:
@@ -329,7 +333,7 @@ def run(config, workdir: str) -> None:
     del encoder, initial_doc_emb
   mesh = sharding.make_mesh()
   out_dir = output_dir(config, workdir)
-  dev_before = dev_llm_listmle(model, dev_llm, section)
+  dev_before = dev_llm_listmle(model, dev_llm, config.ranker.top_k)
   model, summary = train.train_loop(
       model=model, loss_fn=functools.partial(distill_loss, section=section,
                                              teacher_temperature=temperature),
@@ -343,5 +347,5 @@ def run(config, workdir: str) -> None:
                                       "ranker_fusion": fusion and dataclasses.asdict(fusion),
                                       "train_queries": len(train_ex), "dev_queries": len(dev_ex),
                                       "dev_llm_listmle": {"initial": dev_before,
-                                                          "trained": dev_llm_listmle(model, dev_llm, section)},
+                                                          "trained": dev_llm_listmle(model, dev_llm, config.ranker.top_k)},
                                       **extra})

@@ -198,18 +198,18 @@ def fit_fusion(ce: np.ndarray, initial: np.ndarray, ranking: np.ndarray, mask: n
   ce, initial = np.asarray(ce, np.float32), np.asarray(initial, np.float32)
   # Start the initial retriever's weight at the scale where its scores spread like the ranker's.
   scale = float(np.std(ce[mask]) / max(float(np.std(initial[mask])), 1e-6))
-  (b0,), initial_only = _fit_weights([initial], [scale], ranking, mask, prefix)
-  (a0,), ranker_only = _fit_weights([ce], [1.0], ranking, mask, prefix)
+  (b0,), initial_only = fit_weights([initial], [scale], ranking, mask, prefix)
+  (a0,), ranker_only = fit_weights([ce], [1.0], ranking, mask, prefix)
   # The fused fit starts from the better of the two alone, so it can only improve on it.
   x0 = [a0, 0.0] if ranker_only <= initial_only else [0.0, b0]
-  (a, b), fused = _fit_weights([ce, initial], x0, ranking, mask, prefix)
+  (a, b), fused = fit_weights([ce, initial], x0, ranking, mask, prefix)
   as_is = float(losses.listmle(jnp.asarray(ce), jnp.asarray(ranking), jnp.asarray(mask),
                                jnp.asarray(prefix)).mean())
   return Fusion(float(a), float(b)), {"ranker": ranker_only, "initial": initial_only, "fused": fused,
                                       "ranker_as_is": as_is}
 
 
-def _fit_weights(features, x0, ranking, mask, prefix):
+def fit_weights(features, x0, ranking, mask, prefix):
   """(w, loss): the weights minimising the mean ListMLE of sum_i w_i * features[i] (convex in w)."""
   from scipy import optimize
 
@@ -326,7 +326,7 @@ def initial_scale(config, train_labels, initial: InitialScores) -> tuple[float, 
       train_labels, initial, list_size=section.list_size, use_prefix=section.prefix_only,
       top_k=section.top_k)
   x0 = 1.0 / max(float(np.std(scores[mask])), 1e-6)
-  (weight,), loss = _fit_weights([scores], [x0], ranking, mask, prefix)
+  (weight,), loss = fit_weights([scores], [x0], ranking, mask, prefix)
   if not weight > 0:
     raise ValueError(f"the initial retriever's scores rank the teacher's training lists backwards "
                      f"(best ListMLE scale {weight:.4g} <= 0): the residual ranker cannot start "
@@ -364,15 +364,15 @@ def score_pairs(config, workdir: str, dataset, model: models.CrossEncoder,
 
 def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labels,
                        initial: InitialScores, doc_embeddings) -> dict:
-  """Fits and writes ranker/fusion.json on the dev queries' full teacher rankings.
+  """Fits and writes ranker/fusion.json on the dev queries' teacher rankings.
 
   Every candidate the teacher ranked for a dev query takes part (not only the ranker's training
-  list), with the trusted prefix: the fused score is what distillation will soften over the
-  candidate lists, so it is fitted to the teacher's whole order. Returns the dev ListMLE of the
-  ranker alone, of the initial retriever (at its best scale) and of the fusion.
+  list): the fused score is what distillation will soften over the candidate lists. The ranking
+  is trusted as far as in training (the ranked prefix, cut to `ranker.top_k` when set). Returns
+  the dev ListMLE of the ranker alone, of the initial retriever and of the fusion.
   """
   init_arr, ranking, mask, prefix, pairs, (rows, cols) = _label_arrays(
-      dev_labels, initial, use_prefix=config.ranker.prefix_only)
+      dev_labels, initial, use_prefix=config.ranker.prefix_only, top_k=config.ranker.top_k)
   ce = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc="ranker dev scores",
                    doc_embeddings=doc_embeddings)
   ce_arr = np.zeros(mask.shape, np.float32)

@@ -1,0 +1,69 @@
+"""Dev figures of trained retrievers, to choose recipes without the test queries.
+
+  .venv/bin/python benchmarks/recipes.py --config=configs/scifact.py \
+      --config.data.dir=../shared/data/scifact --config.seed=0 \
+      --runs=distilled:runs/s0/retriever:depth0,distilled:runs/s0_d50/retriever:depth50
+
+For each run (system:retriever directory:recipe name) the ListMLE of the LLM's rankings of the
+dev queries (the seed's dev slice of labels/labels.jsonl in the directory's workdir) under the
+retriever's scores, at their best scale, over the prefix `ranker.top_k` trusts
+(`distill.dev_llm_listmle`), before and after training, as `distill` records it in done.json; and
+per system the recipe with the lowest. Prints JSON.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from interdistill_jax import data as data_lib
+from interdistill_jax import assets, distill, retrieval, tokenization, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The config the runs were trained with.")
+_RUNS = flags.DEFINE_list("runs", [], "system:retriever_dir:recipe, ...")
+
+
+def dev_figures(config, out_dir: str) -> dict:
+  workdir = os.path.dirname(os.path.abspath(out_dir))
+  dataset = retrieval.load_dataset(config)
+  labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
+  done = train.read_done(out_dir)
+  kept = labels
+  if done["teacher"] == "qrels":  # its dev slice was drawn from the queries it kept
+    _, kept = distill.qrels_scores(labels, dataset.qrels(config.label.split), config.distill.list_size)
+  _, dev_qids = train.dev_split([r["qid"] for r in kept], config.distill.dev_fraction, config.seed)
+  by_qid = {r["qid"]: r for r in labels}
+  encoder = retrieval.Encoder.from_config(config)
+  docids, doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
+  tokenizer = tokenization.Tokenizer(assets.model_dir(config.model.init))
+  lists = distill.CandidateLists(
+      [by_qid[q] for q in dev_qids], dataset, tokenizer, list_size=config.distill.list_size,
+      max_query_length=config.model.max_query_length, doc_index={d: i for i, d in enumerate(docids)},
+      doc_emb=doc_emb, teacher_scores=None, doc_tokens=None, buckets=config.encode.buckets)
+  return {"initial": distill.dev_llm_listmle(distill.build_student(config, done["towers"])[0], lists,
+                                             config.ranker.top_k),
+          "trained": distill.dev_llm_listmle(distill.load_distilled(config, out_dir)[0], lists,
+                                             config.ranker.top_k)}
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  rows = []
+  for run in _RUNS.value:
+    system, out_dir, recipe = run.split(":")
+    rows.append({"system": system, "recipe": recipe, "dir": out_dir,
+                 "dev_llm_listmle": dev_figures(config, out_dir)})
+  chosen = {}
+  for r in rows:
+    best = chosen.get(r["system"])
+    if best is None or r["dev_llm_listmle"]["trained"] < best["dev_llm_listmle"]["trained"]:
+      chosen[r["system"]] = r
+  print(json.dumps({"benchmark": "recipes", "seed": config.seed, "runs": rows,
+                    "chosen": {s: r["recipe"] for s, r in chosen.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
