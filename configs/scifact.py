@@ -6,13 +6,17 @@ the teacher's first choice (top-1 ListMLE) among the initial top 10, on 96-token
 epochs (546 steps of 4 queries x 10 pairs) at a learning rate of 1e-4. The packaged MiniLM is a
 bi-encoder, so the ranker takes the residual head (`ranker.head="auto"`): the bi-encoder score
 plus a joint [CLS] head that starts at zero, trained end to end, so it starts as the initial
-retriever and learns the interactions on top (a plain [CLS] head from this checkpoint re-ranked
-far below the initial retriever and only helped fused with it). The ranker alone teaches
-(`ranker.fuse_initial="none"`; its dev fusion is still fitted and reported as `ranker_fused`).
-The query tower is distilled from it over the top 20 (the corpus is encoded once), with the
-teacher temperature matched to the initial retriever's sharpness, for 8 epochs at 5e-5 (184
-steps, a few minutes); the ranker re-ranks the top 100 for its own evaluation. With a real
-cross-encoder checkpoint, set ranker.model.init (the "auto" head is then its classifier).
+retriever (a plain [CLS] head from this checkpoint re-ranked far below the initial retriever).
+What it learns on top is small, so the ranker's dev fusion with the initial retriever teaches
+(`ranker.fuse_initial="fit"`), over each training query's top 50 candidates, all scored by the
+ranker (`distill.depth=50`): of the ranker alone or fused, over the 20 labelled candidates or the
+top 50, the lowest dev ListMLE of the teacher's rankings (benchmarks/recipes.py, seed 0;
+benchmarks/results/scifact_recipes_s0.json). The query tower is distilled (the corpus is encoded
+once), with the teacher temperature matched to the initial retriever's sharpness, for 8 epochs at
+5e-5 (184 steps); the ranker re-ranks the top 100 for its own evaluation. The no-ranker ablation
+(`distill.teacher=llm`) learns the LLM rankings by KL to a rank-based target
+(`distill.llm_loss="kl"`: lower dev ListMLE than ListMLE training at the same settings). With a
+real cross-encoder checkpoint, set ranker.model.init (the "auto" head is then its classifier).
 
   python -m interdistill_jax.main --config=configs/scifact.py --config.data.dir=../shared/data/scifact
 
@@ -53,8 +57,10 @@ def get_config(arg=None):
   config.ranker.epochs = 3.0
   config.ranker.optim.learning_rate = 1e-4
   config.ranker.eval_every = config.ranker.checkpoint_every = 60
-  config.ranker.fuse_initial = "none"
+  config.ranker.fuse_initial = "fit"
   config.distill.list_size = 20
+  config.distill.depth = 50
+  config.distill.llm_loss = "kl"
   config.distill.towers = "query"
   config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy
   config.distill.epochs = 8.0
