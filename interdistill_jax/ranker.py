@@ -327,10 +327,12 @@ def initial_scale(config, train_labels, initial: InitialScores) -> tuple[float, 
       top_k=section.top_k)
   x0 = 1.0 / max(float(np.std(scores[mask])), 1e-6)
   (weight,), loss = fit_weights([scores], [x0], ranking, mask, prefix)
-  if not weight > 0:
-    raise ValueError(f"the initial retriever's scores rank the teacher's training lists backwards "
-                     f"(best ListMLE scale {weight:.4g} <= 0): the residual ranker cannot start "
-                     "from them; check the candidates and labels, or set ranker.head='cls'")
+  if not weight > 1e-3 * x0:
+    logging.warning("The initial retriever's scores do not predict the teacher's order on the "
+                    "training lists (best ListMLE scale %.4g): the residual ranker starts with a "
+                    "near-zero bi-encoder term (%.4g) and must learn the teacher from its joint head",
+                    weight, 1e-3 * x0)
+    weight = 1e-3 * x0
   return float(weight), loss
 
 

@@ -403,3 +403,19 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   assert np.abs(np.asarray(grads.classifier.kernel[...])).max() > 0
   assert np.abs(np.asarray(grads.query_tower.layers[0].query.kernel[...])).max() > 0
   assert abs(float(grads.log_scale[...])) > 0
+
+
+def test_residual_start_when_the_initial_order_does_not_predict_the_teacher(tiny, caplog):
+  """A teacher that reverses the initial order: the bi-encoder term starts near zero, said loudly."""
+  import logging
+  bert, data_dir = tiny
+  config = _config(bert, data_dir)
+  config.ranker.top_k = 0
+  records = [{"qid": f"q{i}", "docids": ["a", "b", "c"], "ranking": ["c", "b", "a"], "ranked_prefix": 3}
+             for i in range(4)]
+  initial = ranker.InitialScores({f"q{i}": {"a": 0.9, "b": 0.5, "c": 0.1} for i in range(4)}, "test")
+  with caplog.at_level(logging.WARNING):
+    scale, _ = ranker.initial_scale(config, records, initial)
+  assert 0 < scale < 0.01 and "do not predict the teacher's order" in caplog.text
+  records = [dict(r, ranking=["a", "b", "c"]) for r in records]  # the teacher agrees: a real scale
+  assert ranker.initial_scale(config, records, initial)[0] > 1.0
