@@ -86,12 +86,8 @@ class CandidateLists:
     # Batches are cut to a bucketed length: one compiled step per bucket, not per length.
     self.buckets = tuple(sorted(buckets))
     self.qids = [r["qid"] for r in labels]
-    self.query_ids = np.zeros((q, max_query_length), np.int32)
-    self.query_len = np.zeros((q,), np.int32)
-    for i, ids in enumerate(tokenizer.encode([dataset.queries[x].text for x in self.qids],
-                                             max_query_length)):
-      self.query_ids[i, :len(ids)] = ids
-      self.query_len[i] = len(ids)
+    self.query_ids, self.query_len = tokenization.padded_ids(
+        tokenizer, [dataset.queries[x].text for x in self.qids], max_query_length)
     self.cand = np.zeros((q, l), np.int64)
     self.mask = np.zeros((q, l), bool)
     self.teacher = np.zeros((q, l), np.float32)

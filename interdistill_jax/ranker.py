@@ -120,12 +120,8 @@ class ListwiseExamples:
     self.query_ids = self.query_len = self.cand_emb = None
     if doc_embeddings is not None:
       self.query_buckets = tokenization.buckets_up_to(buckets, max_query_length)
-      self.query_ids = np.zeros((q, max_query_length), np.int32)
-      self.query_len = np.zeros((q,), np.int32)
-      for i, ids in enumerate(tokenizer.encode([dataset.queries[x].text for x in self.qids],
-                                               max_query_length)):
-        self.query_ids[i, :len(ids)] = ids
-        self.query_len[i] = len(ids)
+      self.query_ids, self.query_len = tokenization.padded_ids(
+          tokenizer, [dataset.queries[x].text for x in self.qids], max_query_length)
       emb = doc_embeddings(candidates) if candidates else np.zeros((0, 1), np.float32)
       self.cand_emb = np.zeros((q, l, emb.shape[1]), np.float32)
       if candidates:

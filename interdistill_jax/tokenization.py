@@ -77,6 +77,16 @@ class Tokenizer:
     return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32)) for e in encs]
 
 
+def padded_ids(tokenizer: "Tokenizer", texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ids [N, max_length] int32, right-padded with 0, lengths [N] int32) of `texts`."""
+  ids = np.zeros((len(texts), max_length), np.int32)
+  lengths = np.zeros((len(texts),), np.int32)
+  for i, seq in enumerate(tokenizer.encode(texts, max_length) if texts else []):
+    ids[i, :len(seq)] = seq
+    lengths[i] = len(seq)
+  return ids, lengths
+
+
 def buckets_up_to(buckets: Sequence[int], max_length: int) -> list[int]:
   """The sorted buckets below `max_length`, then `max_length` itself: the lengths batches take."""
   return [b for b in sorted(buckets) if b < max_length] + [max_length]
