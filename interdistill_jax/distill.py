@@ -30,8 +30,8 @@ from absl import logging
 from flax import nnx
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import losses, models, ranker as ranker_lib, retrieval, sharding
-from interdistill_jax import tokenization, train
+from interdistill_jax import fusion as fusion_lib, losses, models, ranker as ranker_lib, retrieval
+from interdistill_jax import sharding, tokenization, train
 
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
 
@@ -204,9 +204,9 @@ def teacher_scores(config, workdir: str, dataset, pairs):
   (`ranker.fuse_initial`)."""
   scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs, name="teacher_scores",
                                          desc="ranker scores")
-  fusion = ranker_lib.load_fusion(config, workdir)
+  fusion = fusion_lib.load_fusion(config, workdir)
   if fusion is not None:  # the ranker as fitted: a * ranker + b * initial retriever
-    scores = fusion(scores, ranker_lib.InitialScores.encoded(config, workdir, dataset, pairs)(pairs))
+    scores = fusion(scores, fusion_lib.InitialScores.encoded(config, workdir, dataset, pairs)(pairs))
   return scores, fusion
 
 
@@ -225,14 +225,14 @@ def dev_llm_listmle(model: models.DualEncoder, dev_ex: CandidateLists, top_k: in
     batch = dev_ex.batch(np.pad(idx, (0, size - len(idx)), constant_values=-1))
     scores.append(np.asarray(score(state, batch))[:len(idx)])
   prefix = np.minimum(dev_ex.prefix, top_k) if top_k > 0 else dev_ex.prefix
-  _, loss = ranker_lib.fit_weights([np.concatenate(scores)], [20.0], dev_ex.ranking, dev_ex.mask, prefix)
+  _, loss = fusion_lib.fit_weights([np.concatenate(scores)], [20.0], dev_ex.ranking, dev_ex.mask, prefix)
   return loss
 
 
 def deep_lists(config, workdir: str, labels, depth: int) -> list[dict]:
   """Each labelled query's top `depth` candidates of the run `label` read (the ranker scores them
   all: it is the cheap teacher), as label-shaped records without an LLM ranking."""
-  run = ranker_lib.InitialScores.of_labels(config, workdir).run
+  run = fusion_lib.InitialScores.of_labels(config, workdir).run
   out = []
   for r in labels:
     docids = data_lib.ranked(run[r["qid"]])[:depth]

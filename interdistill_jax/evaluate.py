@@ -81,8 +81,8 @@ def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.R
   alone; "ranker_fused": by its fusion with the initial retriever fitted on the dev queries
   (`ranker/fusion.json`), which is the distillation's teacher when `ranker.fuse_initial="fit"`.
   """
-  from interdistill_jax import ranker as ranker_lib
-  fusion = ranker_lib.read_fusion(workdir)
+  from interdistill_jax import fusion as fusion_lib, ranker as ranker_lib
+  fusion = fusion_lib.read_fusion(workdir)
   depth = config.eval.rerank_depth
   pairs = [(qid, d) for qid in queries for d in data_lib.ranked(base_run[qid])[:depth]]
   scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs,
@@ -90,7 +90,7 @@ def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.R
                                          desc="ranker re-ranking")
   systems = {"ranker": scores}
   if fusion is not None:
-    initial = ranker_lib.InitialScores(base_run, "the baseline run")(pairs)
+    initial = fusion_lib.InitialScores(base_run, "the baseline run")(pairs)
     systems["ranker_fused"] = fusion(scores, initial)
   runs = {}
   for system, values in systems.items():

@@ -366,8 +366,8 @@ def _export_ranker(config, workdir: str, info: dict) -> Exported:
               init=model_config.init, repo_id=config.export.repo_id_ranker)
   fusion = None
   if trained:
-    from interdistill_jax import ranker  # noqa: PLC0415 (training code only when trained)
-    fusion = ranker.load_fusion(config, workdir)
+    from interdistill_jax import fusion as fusion_lib  # noqa: PLC0415 (training code only when trained)
+    fusion = fusion_lib.load_fusion(config, workdir)
   if fusion is not None:
     card["fusion"] = {"ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
                       "initial": _init_text(config.model.init)}

@@ -13,14 +13,13 @@ teacher's training lists best, and learns the query-passage interactions on top.
 
 After training, `a * ranker + b * initial retriever` is fitted by ListMLE on the dev slice
 (`ranker/fusion.json`, with the dev ListMLE of the ranker, of the initial retriever and of the
-fusion). `ranker.fuse_initial="fit"` makes that fused score the ranker wherever it scores
+fusion; the fit and the initial retriever's scores are in `fusion.py`). `ranker.fuse_initial="fit"` makes that fused score the ranker wherever it scores
 (distillation, evaluation); "none" keeps the ranker alone, and `evaluate` reports the fusion
 beside it as `ranker_fused`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -35,7 +34,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import losses, models, retrieval, sharding, tokenization, train
+from interdistill_jax import fusion, losses, models, retrieval, sharding, tokenization, train
 
 
 class PairScorer:
@@ -168,170 +167,6 @@ def listmle_loss(model: models.CrossEncoder, batch: dict, rng) -> jax.Array:
   return losses.listmle(scores, batch["ranking"], batch["mask"], batch["prefix"])
 
 
-FUSION_FILE = "fusion.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Fusion:
-  """The fused score: ce_weight * ranker score + initial_weight * initial retriever score."""
-
-  ce_weight: float
-  initial_weight: float
-
-  def __call__(self, ce, initial):
-    return self.ce_weight * np.asarray(ce, np.float64) + self.initial_weight * np.asarray(initial, np.float64)
-
-
-def fit_fusion(ce: np.ndarray, initial: np.ndarray, ranking: np.ndarray, mask: np.ndarray,
-               prefix: np.ndarray) -> tuple[Fusion, dict]:
-  """The weights minimising the mean ListMLE of `a * ce + b * initial` over the lists [Q, L].
-
-  ListMLE is convex in the scores and the scores are linear in (a, b), so L-BFGS finds the
-  global minimum. Returns the fusion and the dev ListMLE of the ranker alone and of the initial
-  retriever alone, each at its best scale (so the two compare orders, not sharpness), of the
-  ranker at its own scale ("ranker_as_is") and of the fusion.
-  """
-  ce, initial = np.asarray(ce, np.float32), np.asarray(initial, np.float32)
-  # Start the initial retriever's weight at the scale where its scores spread like the ranker's.
-  scale = float(np.std(ce[mask]) / max(float(np.std(initial[mask])), 1e-6))
-  (b0,), initial_only = fit_weights([initial], [scale], ranking, mask, prefix)
-  (a0,), ranker_only = fit_weights([ce], [1.0], ranking, mask, prefix)
-  # The fused fit starts from the better of the two alone, so it can only improve on it.
-  x0 = [a0, 0.0] if ranker_only <= initial_only else [0.0, b0]
-  (a, b), fused = fit_weights([ce, initial], x0, ranking, mask, prefix)
-  as_is = float(losses.listmle(jnp.asarray(ce), jnp.asarray(ranking), jnp.asarray(mask),
-                               jnp.asarray(prefix)).mean())
-  return Fusion(float(a), float(b)), {"ranker": ranker_only, "initial": initial_only, "fused": fused,
-                                      "ranker_as_is": as_is}
-
-
-def fit_weights(features, x0, ranking, mask, prefix):
-  """(w, loss): the weights minimising the mean ListMLE of sum_i w_i * features[i] (convex in w)."""
-  from scipy import optimize
-
-  feats = jnp.stack([jnp.asarray(f, jnp.float32) for f in features])
-  ranking, mask, prefix = jnp.asarray(ranking), jnp.asarray(mask), jnp.asarray(prefix)
-  value_and_grad = jax.jit(jax.value_and_grad(
-      lambda w: losses.listmle(jnp.tensordot(w, feats, 1), ranking, mask, prefix).mean()))
-
-  def f(x):
-    v, g = value_and_grad(jnp.asarray(x, jnp.float32))
-    return float(v), np.asarray(g, np.float64)
-
-  res = optimize.minimize(f, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B")
-  if not np.all(np.isfinite(res.x)):
-    raise FloatingPointError(f"ranker fusion: the fit diverged ({res.message})")
-  return res.x, float(res.fun)
-
-
-def read_fusion(workdir: str) -> Fusion | None:
-  """The fusion `train_ranker` fitted on the dev queries (None when there were none)."""
-  path = os.path.join(workdir, "ranker", FUSION_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    info = json.load(f)
-  return Fusion(info["ce_weight"], info["initial_weight"])
-
-
-def load_fusion(config, workdir: str) -> Fusion | None:
-  """The fusion the ranker scores with: the fitted one when `ranker.fuse_initial` is "fit"."""
-  if check_fuse_initial(config.ranker.fuse_initial) == "none":
-    return None
-  fusion = read_fusion(workdir)
-  if fusion is None:
-    raise FileNotFoundError(f"{os.path.join(workdir, 'ranker', FUSION_FILE)} not found: "
-                            "ranker.fuse_initial is 'fit' but the ranker in "
-                            f"{workdir}/ranker has no fitted fusion (it had no dev queries: set "
-                            "ranker.dev_fraction > 0 and run train_ranker again)")
-  return fusion
-
-
-def check_fuse_initial(value: str) -> str:
-  if value not in ("none", "fit"):
-    raise ValueError(f"ranker.fuse_initial must be 'none' or 'fit', got {value!r}")
-  return value
-
-
-class InitialScores:
-  """The initial retriever's score of (qid, docid) pairs, looked up in a run read from `source`."""
-
-  def __init__(self, run: data_lib.Run, source: str):
-    self.run, self.source = run, source
-
-  @classmethod
-  def of_labels(cls, config, workdir: str) -> "InitialScores":
-    """The run `label` read its candidates from: every labelled pair is in it."""
-    path = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
-    return cls(data_lib.read_trec_run(path), path)
-
-  @classmethod
-  def encoded(cls, config, workdir: str, dataset, pairs,
-              doc_embeddings: retrieval.CorpusEmbeddings | None = None) -> "InitialScores":
-    """The initial retriever's scores of `pairs`, computed from its embeddings (any labelled
-    pair, whichever run its candidates came from)."""
-    encoder = retrieval.Encoder.from_config(config)
-    qids = sorted({q for q, _ in pairs})
-    q_emb = encoder.encode([dataset.queries[q].text for q in qids], tower="query")
-    doc_embeddings = doc_embeddings or retrieval.CorpusEmbeddings.of(config, workdir, encoder, dataset)
-    row = {q: i for i, q in enumerate(qids)}
-    dots = np.einsum("nh,nh->n", q_emb[[row[q] for q, _ in pairs]],
-                     doc_embeddings([d for _, d in pairs]))
-    run: data_lib.Run = {}
-    for (q, d), v in zip(pairs, dots.tolist()):
-      run.setdefault(q, {})[d] = v
-    return cls(run, "the initial retriever's embeddings")
-
-  def __call__(self, pairs) -> np.ndarray:
-    out = np.zeros(len(pairs))
-    for i, (q, d) in enumerate(pairs):
-      try:
-        out[i] = self.run[q][d]
-      except KeyError:
-        raise KeyError(f"{self.source}: no initial score for query {q!r}, document {d!r}") from None
-    return out
-
-
-def _label_arrays(records, initial: InitialScores, *, list_size: int = 0, use_prefix: bool,
-                  top_k: int = 0):
-  """Label records as [Q, L] arrays: initial scores, ranking, mask; [Q] trusted prefix; and the
-  (qid, docid) pairs with their (row, column). `list_size` 0 keeps every candidate; `top_k` > 0
-  trusts only the teacher's first k positions, as in ranker training."""
-  lists = [data_lib.truncate_label(r, list_size or len(r["docids"]), use_prefix=use_prefix)
-           for r in records]
-  q, width = len(lists), list_size or max(len(docids) for docids, _, _ in lists)
-  ranking, mask = np.zeros((q, width), np.int32), np.zeros((q, width), bool)
-  prefix = np.array([min(p, top_k) if top_k > 0 else p for _, _, p in lists], np.int32)
-  pairs, where = [], []
-  for i, (record, (docids, order, _)) in enumerate(zip(records, lists)):
-    ranking[i, :len(order)] = order
-    mask[i, :len(docids)] = True
-    pairs += [(record["qid"], d) for d in docids]
-    where += [(i, j) for j in range(len(docids))]
-  rows, cols = np.array(where).T
-  scores = np.zeros((q, width), np.float32)
-  scores[rows, cols] = initial(pairs)
-  return scores, ranking, mask, prefix, pairs, (rows, cols)
-
-
-def initial_scale(config, train_labels, initial: InitialScores) -> tuple[float, float]:
-  """(scale, train ListMLE): the initial retriever's best ListMLE scale on the ranker's training
-  lists, where the residual head's bi-encoder score starts."""
-  section = config.ranker
-  scores, ranking, mask, prefix, _, _ = _label_arrays(
-      train_labels, initial, list_size=section.list_size, use_prefix=section.prefix_only,
-      top_k=section.top_k)
-  x0 = 1.0 / max(float(np.std(scores[mask])), 1e-6)
-  (weight,), loss = fit_weights([scores], [x0], ranking, mask, prefix)
-  if not weight > 1e-3 * x0:
-    logging.warning("The initial retriever's scores do not predict the teacher's order on the "
-                    "training lists (best ListMLE scale %.4g): the residual ranker starts with a "
-                    "near-zero bi-encoder term (%.4g) and must learn the teacher from its joint head",
-                    weight, 1e-3 * x0)
-    weight = 1e-3 * x0
-  return float(weight), loss
-
-
 def initial_doc_embeddings(config, workdir: str, dataset) -> retrieval.CorpusEmbeddings:
   """The initial retriever's passage embeddings (the residual head's frozen passage side)."""
   return retrieval.CorpusEmbeddings.of(config, workdir, retrieval.Encoder.from_config(config), dataset)
@@ -361,7 +196,7 @@ def score_pairs(config, workdir: str, dataset, model: models.CrossEncoder,
 
 
 def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labels,
-                       initial: InitialScores, doc_embeddings) -> dict:
+                       initial: fusion.InitialScores, doc_embeddings) -> dict:
   """Fits and writes ranker/fusion.json on the dev queries' teacher rankings.
 
   Every candidate the teacher ranked for a dev query takes part (not only the ranker's training
@@ -369,26 +204,26 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   is trusted as far as in training (the ranked prefix, cut to `ranker.top_k` when set). Returns
   the dev ListMLE of the ranker alone, of the initial retriever and of the fusion.
   """
-  init_arr, ranking, mask, prefix, pairs, (rows, cols) = _label_arrays(
+  init_arr, ranking, mask, prefix, pairs, (rows, cols) = fusion.label_arrays(
       dev_labels, initial, use_prefix=config.ranker.prefix_only, top_k=config.ranker.top_k)
   ce = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc="ranker dev scores",
                    doc_embeddings=doc_embeddings)
   ce_arr = np.zeros(mask.shape, np.float32)
   ce_arr[rows, cols] = ce
-  fusion, dev_loss = fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
+  fit, dev_loss = fusion.fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
   logging.info("Ranker on %d dev queries, ListMLE of the teacher's rankings (each at its best "
                "scale): ranker %.4f, initial retriever %.4f, fused %.4f (%.4f * ranker + %.4f * "
                "initial)", len(dev_labels),
-               dev_loss["ranker"], dev_loss["initial"], dev_loss["fused"], fusion.ce_weight,
-               fusion.initial_weight)
+               dev_loss["ranker"], dev_loss["initial"], dev_loss["fused"], fit.ce_weight,
+               fit.initial_weight)
   if dev_loss["ranker"] >= dev_loss["initial"]:
     logging.warning("The ranker alone fits the teacher's dev rankings WORSE than the initial "
                     "retriever (ListMLE %.4f >= %.4f): it has not learned what the teacher knows",
                     dev_loss["ranker"], dev_loss["initial"])
-  path = os.path.join(workdir, "ranker", FUSION_FILE)
+  path = os.path.join(workdir, "ranker", fusion.FUSION_FILE)
   if jax.process_index() == 0:
     data_lib.write_json(path, {
-        "ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
+        "ce_weight": fit.ce_weight, "initial_weight": fit.initial_weight,
         "initial_run": initial.source, "dev_queries": len(dev_labels), "dev_pairs": len(pairs),
         "dev_listmle": dev_loss})
   if jax.process_count() > 1:  # every process reads it next (distill, evaluate)
@@ -470,7 +305,7 @@ def run(config, workdir: str) -> None:
   """Task `train_ranker`: labels/labels.jsonl -> ranker/checkpoints, ranker/metrics.jsonl,
   ranker/fusion.json (with the dev ListMLE of the ranker and of the initial retriever)."""
   section = config.ranker
-  check_fuse_initial(section.fuse_initial)
+  fusion.check_fuse_initial(section.fuse_initial)
   dataset = retrieval.load_dataset(config)
   labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
   if not labels:
@@ -487,13 +322,13 @@ def run(config, workdir: str) -> None:
   model, ckpt = models.load_cross_encoder(section.model, seed=config.seed, head=section.head)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
   doc_embeddings = initial_doc_embeddings(config, workdir, dataset)
-  initial = InitialScores.encoded(config, workdir, dataset,
+  initial = fusion.InitialScores.encoded(config, workdir, dataset,
                                   [(r["qid"], d) for r in labels for d in r["docids"]], doc_embeddings)
   extra = {"head": "residual" if model.residual else "cls", "fuse_initial": section.fuse_initial}
   if not model.residual:
     doc_embeddings = None  # the examples need no passage embeddings
   else:
-    scale, loss = initial_scale(config, train_labels, initial)
+    scale, loss = fusion.initial_scale(config, train_labels, initial)
     model.log_scale[...] = jnp.log(jnp.float32(scale))
     extra["initial_scale"] = scale
     logging.info("Residual ranker: starts as %.4f * the initial retriever's score (its best "
@@ -508,7 +343,7 @@ def run(config, workdir: str) -> None:
                extra["head"], len(train_ex), len(dev_ex), section.list_size, section.max_length)
   mesh = sharding.make_mesh()
   out_dir = os.path.join(workdir, "ranker")
-  stale = os.path.join(out_dir, FUSION_FILE)  # an earlier ranker's fit must not outlive it
+  stale = os.path.join(out_dir, fusion.FUSION_FILE)  # an earlier ranker's fit must not outlive it
   if jax.process_index() == 0 and os.path.exists(stale):
     os.remove(stale)
   model, summary = train.train_loop(

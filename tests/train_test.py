@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from interdistill_jax import defaults, models, ranker, sharding, tokenization, train
+from interdistill_jax import defaults, fusion, models, ranker, sharding, tokenization, train
 from interdistill_jax import data as data_lib
 from tests import fixtures
 
@@ -292,10 +292,10 @@ def test_fusion_fit_recovers_plackett_luce_weights():
   # Sorting score + Gumbel noise samples a Plackett-Luce ranking of softmax(score).
   ranking = np.argsort(-(1.0 * ce + 3.0 * initial + rng.gumbel(size=(q, l))), axis=1).astype(np.int32)
   mask = np.ones((q, l), bool)
-  fusion, dev = ranker.fit_fusion(ce, initial, ranking, mask, np.full((q,), l, np.int32))
-  assert abs(fusion.ce_weight - 1.0) < 0.08 and abs(fusion.initial_weight - 3.0) < 0.15
+  fit, dev = fusion.fit_fusion(ce, initial, ranking, mask, np.full((q,), l, np.int32))
+  assert abs(fit.ce_weight - 1.0) < 0.08 and abs(fit.initial_weight - 3.0) < 0.15
   assert dev["fused"] < dev["initial"] < dev["ranker"]
-  np.testing.assert_allclose(fusion([2.0], [0.5]), [2.0 * fusion.ce_weight + 0.5 * fusion.initial_weight])
+  np.testing.assert_allclose(fit([2.0], [0.5]), [2.0 * fit.ce_weight + 0.5 * fit.initial_weight])
 
 
 def _write_candidates(workdir, labels, depth=10):
@@ -320,7 +320,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
   _write_candidates(tmp_path, labels)
   with pytest.raises(FileNotFoundError, match="fusion.json not found"):
-    ranker.load_fusion(config, str(tmp_path))
+    fusion.load_fusion(config, str(tmp_path))
   ranker.run(config, str(tmp_path))
   done = train.read_done(str(tmp_path / "ranker"))
   assert done["fuse_initial"] == "fit" and done["head"] == head
@@ -343,7 +343,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   report = (tmp_path / "eval" / "report.md").read_text()
   assert f"ranker ({head} head)" in report and "| ranker_fused |" in report
   config.ranker.fuse_initial = "none"  # the ranker alone ignores the fitted fusion
-  assert ranker.load_fusion(config, str(tmp_path)) is None
+  assert fusion.load_fusion(config, str(tmp_path)) is None
   from interdistill_jax import hf_export
   config.ranker.fuse_initial = "fit"
   hf_export.run(config, str(tmp_path))  # the exported ranker carries its fusion, and says so
@@ -413,9 +413,9 @@ def test_residual_start_when_the_initial_order_does_not_predict_the_teacher(tiny
   config.ranker.top_k = 0
   records = [{"qid": f"q{i}", "docids": ["a", "b", "c"], "ranking": ["c", "b", "a"], "ranked_prefix": 3}
              for i in range(4)]
-  initial = ranker.InitialScores({f"q{i}": {"a": 0.9, "b": 0.5, "c": 0.1} for i in range(4)}, "test")
+  initial = fusion.InitialScores({f"q{i}": {"a": 0.9, "b": 0.5, "c": 0.1} for i in range(4)}, "test")
   with caplog.at_level(logging.WARNING):
-    scale, _ = ranker.initial_scale(config, records, initial)
+    scale, _ = fusion.initial_scale(config, records, initial)
   assert 0 < scale < 0.01 and "do not predict the teacher's order" in caplog.text
   records = [dict(r, ranking=["a", "b", "c"]) for r in records]  # the teacher agrees: a real scale
-  assert ranker.initial_scale(config, records, initial)[0] > 1.0
+  assert fusion.initial_scale(config, records, initial)[0] > 1.0
