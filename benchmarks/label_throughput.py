@@ -21,7 +21,7 @@ import urllib.request
 
 from absl import logging
 
-from interdistill_jax import data, defaults, labeling
+from interdistill_jax import data, defaults, labeling, layout
 
 WORDS = "apple banana cherry grape lemon mango orange peach pear plum kiwi lime".split()
 
@@ -42,10 +42,10 @@ def _dataset(root: str, num_queries: int, num_docs: int = 400, per_query: int = 
 
 def _workdir(base: str, name: str, root: str, num_queries: int) -> str:
   workdir = os.path.join(base, name)
-  os.makedirs(os.path.join(workdir, "candidates"), exist_ok=True)
+  os.makedirs(os.path.dirname(layout.candidates(workdir, "train")), exist_ok=True)
   with open(os.path.join(root, "candidates.trec")) as f:
     lines = [l for l in f if int(l.split()[0][1:]) < num_queries]
-  with open(os.path.join(workdir, "candidates", "train.trec"), "w") as f:
+  with open(layout.candidates(workdir, "train"), "w") as f:
     f.writelines(lines)
   return workdir
 
@@ -62,7 +62,7 @@ def _label(root: str, workdir: str, url: str, concurrency: int) -> dict:
                              concurrency=concurrency, timeout=30.0))
   config.label.num_candidates = 20
   labeling.run(config, workdir)
-  with open(os.path.join(workdir, "labels", "stats.json")) as f:
+  with open(layout.label_stats(workdir)) as f:
     return json.load(f)
 
 
@@ -88,7 +88,7 @@ def main() -> None:
                                 "seconds": stats["seconds"],
                                 "calls_per_second": round(stats["calls"]["answered"] / stats["seconds"], 2)}
       workdir = os.path.join(base, "c32")
-      os.remove(os.path.join(workdir, "labels", "labels.jsonl"))
+      os.remove(layout.labels(workdir))
       before = _server_stats(url)["requests"]
       t = time.monotonic()
       warm = _label(root, workdir, url, 32)

@@ -13,6 +13,8 @@ import sys
 
 from absl import app, flags
 
+from interdistill_jax import layout
+
 _WORKDIR = flags.DEFINE_string("workdir", "runs/scifact", "A workdir where `pipeline` finished.")
 _COMMAND = flags.DEFINE_string("command", "", "The command line that produced the workdir.")
 _NOTE = flags.DEFINE_string("note", "", "Anything else the record should say.")
@@ -26,11 +28,11 @@ def _json(path):
     return json.load(f)
 
 
-def _stage(workdir, sub):
-  done = _json(os.path.join(workdir, sub, "done.json"))
+def _stage(stage_dir):
+  done = _json(layout.done(stage_dir))
   if done is None:
     return None
-  path = os.path.join(workdir, sub, "metrics.jsonl")
+  path = os.path.join(stage_dir, "metrics.jsonl")
   dev = []
   if os.path.exists(path):
     with open(path) as f:
@@ -44,22 +46,22 @@ def main(argv):
   systems = {}
   for system in ("baseline", "ranker", "ranker_fused", "ranker_ce", "distilled", "direct",
                  "supervised"):
-    r = _json(os.path.join(wd, "eval", f"{system}.json"))
+    r = _json(layout.eval_file(wd, f"{system}.json"))
     if r is not None:
       systems[system] = {k: r["metrics"][k] for k in _METRICS if k in r["metrics"]}
       systems[system]["num_queries"] = r["num_queries"]
-  compare = _json(os.path.join(wd, "eval", "compare.json")) or {}
-  stats = _json(os.path.join(wd, "labels", "stats.json")) or {}
+  compare = _json(layout.eval_file(wd, "compare.json")) or {}
+  stats = _json(layout.label_stats(wd)) or {}
   print(json.dumps({
       "benchmark": "pipeline", "workdir": wd, "command": _COMMAND.value, "note": _NOTE.value,
       "systems": systems,
       "vs_baseline": {s: {m: compare[s][m] for m in ("ndcg@10", "recall@100") if m in compare[s]}
                       for s in compare},
       "teacher": {k: stats.get(k) for k in ("teacher", "quality") if k in stats},
-      "ranker": _stage(wd, "ranker"), "ranker_fusion": _json(os.path.join(wd, "ranker", "fusion.json")),
-      "distill": _stage(wd, "retriever"),
-      "direct": _stage(wd, "retriever_direct"),
-      "supervised": _stage(wd, "retriever_supervised"),
+      "ranker": _stage(layout.ranker_dir(wd)), "ranker_fusion": _json(layout.fusion(wd)),
+      "distill": _stage(layout.system_dir(wd, "distilled")),
+      "direct": _stage(layout.system_dir(wd, "direct")),
+      "supervised": _stage(layout.system_dir(wd, "supervised")),
   }, indent=1))
 
 

@@ -19,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, distill, retrieval, tokenization, train
+from interdistill_jax import assets, distill, layout, retrieval, tokenization, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the runs were trained with.")
 _RUNS = flags.DEFINE_list("runs", [], "system:retriever_dir:recipe, ...")
@@ -28,8 +28,8 @@ _RUNS = flags.DEFINE_list("runs", [], "system:retriever_dir:recipe, ...")
 def dev_figures(config, out_dir: str) -> dict:
   workdir = os.path.dirname(os.path.abspath(out_dir))
   dataset = retrieval.load_dataset(config)
-  labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
-  done = train.read_done(out_dir)
+  labels = data_lib.load_labels(layout.labels(workdir))
+  done = layout.read_done(out_dir)
   kept = labels
   if done["teacher"] == "qrels":  # its dev slice was drawn from the queries it kept
     _, kept = distill.qrels_scores(labels, dataset.qrels(config.label.split), config.distill.list_size)

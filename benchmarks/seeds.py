@@ -16,11 +16,12 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from interdistill_jax import layout
+
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Finished workdirs, one per seed.")
 _COMMAND = flags.DEFINE_string("command", "", "The command lines that produced the workdirs.")
 _NOTE = flags.DEFINE_string("note", "", "Anything else the record should say.")
 _METRICS = ("ndcg@10", "recall@100", "mrr@10")
-_RETRIEVERS = {"distilled": "retriever", "direct": "retriever_direct", "supervised": "retriever_supervised"}
 
 
 def _json(path):
@@ -32,22 +33,22 @@ def _json(path):
 
 def _seed(wd: str) -> dict:
   out = {"workdir": wd, "systems": {}, "vs_baseline": {}, "dev": {}}
-  for name in sorted(os.listdir(os.path.join(wd, "eval"))):
+  for name in sorted(os.listdir(layout.eval_dir(wd))):
     if name.endswith(".json") and name != "compare.json":
-      r = _json(os.path.join(wd, "eval", name))
+      r = _json(layout.eval_file(wd, name))
       out["systems"][r["system"]] = {m: r["metrics"][m] for m in _METRICS if m in r["metrics"]}
-  for system, per_metric in (_json(os.path.join(wd, "eval", "compare.json")) or {}).items():
+  for system, per_metric in (_json(layout.eval_file(wd, "compare.json")) or {}).items():
     out["vs_baseline"][system] = {m: {k: per_metric[m][k] for k in ("diff", "ci_low", "ci_high", "p_value")}
                                   for m in ("ndcg@10", "recall@100") if m in per_metric}
-  ranker = _json(os.path.join(wd, "ranker", "done.json")) or {}
+  ranker = _json(layout.done(layout.ranker_dir(wd))) or {}
   if "dev_listmle" in ranker:
     out["dev"]["ranker"] = dict(ranker["dev_listmle"], head=ranker.get("head"))
-  for system, sub in _RETRIEVERS.items():
-    done = _json(os.path.join(wd, sub, "done.json"))
+  for system in layout.SYSTEMS:
+    done = _json(layout.done(layout.system_dir(wd, system)))
     if done:
       out["dev"][system] = {k: done.get(k) for k in ("dev_llm_listmle", "teacher", "llm_loss",
                                                      "list_size", "teacher_temperature", "selected_step")}
-  stats = _json(os.path.join(wd, "labels", "stats.json")) or {}
+  stats = _json(layout.label_stats(wd)) or {}
   out["teacher_audit"] = stats.get("quality")
   return out
 

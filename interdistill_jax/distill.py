@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -30,27 +29,22 @@ from absl import logging
 from flax import nnx
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import fusion as fusion_lib, losses, models, ranker as ranker_lib, retrieval
+from interdistill_jax import fusion as fusion_lib, layout, losses, models, ranker as ranker_lib, retrieval
 from interdistill_jax import sharding, tokenization, train
 
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
 
 
-# evaluate's system name -> the directory its retriever is trained in, by `distill.teacher`.
-SYSTEMS = {"distilled": "retriever", "direct": "retriever_direct", "supervised": "retriever_supervised"}
-_TEACHERS = {"ranker": "distilled", "llm": "direct", "qrels": "supervised"}
-
-
 def check_teacher(section) -> str:
-  if section.teacher not in _TEACHERS:
-    raise ValueError(f"distill.teacher must be one of {sorted(_TEACHERS)}, got {section.teacher!r}")
+  layout.check_teacher(section.teacher)
   if section.llm_loss not in ("listmle", "kl"):
     raise ValueError(f"distill.llm_loss must be 'listmle' or 'kl', got {section.llm_loss!r}")
   return section.teacher
 
 
 def output_dir(config, workdir: str) -> str:
-  return os.path.join(workdir, SYSTEMS[_TEACHERS[check_teacher(config.distill)]])
+  check_teacher(config.distill)
+  return layout.retriever_dir(workdir, config.distill.teacher)
 
 
 def uses_listmle(section) -> bool:
@@ -69,7 +63,7 @@ def build_student(config, towers: str) -> tuple[models.DualEncoder, models.Check
 
 def load_distilled(config, out_dir: str) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
   """A finished distillation's selected retriever, with its done.json."""
-  info = train.read_done(out_dir)
+  info = layout.read_done(out_dir)
   model, ckpt, trainable = build_student(config, info["towers"])
   step = train.restore_params(model, out_dir, trainable=trainable)
   logging.info("Retriever from %s (step %d)", out_dir, step)
@@ -269,7 +263,7 @@ def run(config, workdir: str) -> None:
   section = config.distill
   teacher = check_teacher(section)
   dataset = retrieval.load_dataset(config)
-  labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
+  labels = data_lib.load_labels(layout.labels(workdir))
   scores = fusion = None
   extra = {}
   records, width = labels, section.list_size  # the lists the retriever trains on

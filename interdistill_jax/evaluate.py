@@ -24,7 +24,7 @@ import jax
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import metrics, reader, report, retrieval, tokenization
+from interdistill_jax import layout, metrics, reader, report, retrieval, tokenization
 
 COMPARED = ("ndcg@10", "recall@100", "mrr@10", "top1_acc", "top5_acc", "top20_acc", "top100_acc")
 
@@ -58,10 +58,10 @@ def dataset_name(config, dataset: data_lib.Dataset) -> str:
 
 
 def write_system(workdir: str, result: dict, per_query: dict, run: data_lib.Run) -> None:
-  out = os.path.join(workdir, "eval")
-  data_lib.write_json(os.path.join(out, f"{result['system']}.json"), result)
-  data_lib.write_json(os.path.join(out, "per_query", f"{result['system']}.json"), per_query)
-  data_lib.write_trec_run(os.path.join(out, f"{result['system']}.trec"), run, tag=result["system"])
+  system = result["system"]
+  data_lib.write_json(layout.eval_file(workdir, f"{system}.json"), result)
+  data_lib.write_json(layout.eval_file(workdir, os.path.join("per_query", f"{system}.json")), per_query)
+  data_lib.write_trec_run(layout.eval_file(workdir, f"{system}.trec"), run, tag=system)
 
 
 def compare(per_query: dict[str, dict], baseline: str = "baseline", seed: int = 0) -> dict:
@@ -127,13 +127,12 @@ def run(config, workdir: str) -> None:
   docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
   q = encoder.encode([x.text for x in queries.values()], tower="query", desc=f"encode {split} queries")
   runs = {"baseline": retrieval.search_run(index, docids, list(queries), q, config.eval.depth)}
-  if os.path.exists(os.path.join(workdir, "ranker", "done.json")):
+  if layout.is_done(layout.ranker_dir(workdir)):
     runs.update(_rerank(config, workdir, dataset, queries, runs["baseline"]))
-  from interdistill_jax import distill
-  for system, sub in distill.SYSTEMS.items():
-    if os.path.exists(os.path.join(workdir, sub, "done.json")):
-      runs[system] = _distilled_run(config, workdir, os.path.join(workdir, sub), dataset, queries,
-                                    encoder, (docids, index))
+  for system in layout.SYSTEMS:
+    if layout.is_done(layout.system_dir(workdir, system)):
+      runs[system] = _distilled_run(config, workdir, layout.system_dir(workdir, system), dataset,
+                                    queries, encoder, (docids, index))
   results, per_query = [], {}
   for system, run_ in runs.items():
     result, per_query[system] = system_result(dataset, name, split, system, run_, config.eval)
@@ -146,7 +145,7 @@ def run(config, workdir: str) -> None:
       write_system(workdir, result, per_query[system], run_)
   comparison = compare(per_query, seed=config.seed)
   if jax.process_index() == 0:
-    data_lib.write_json(os.path.join(workdir, "eval", "compare.json"), comparison)
+    data_lib.write_json(layout.eval_file(workdir, "compare.json"), comparison)
     text = report.write(workdir, results, comparison)
     logging.info("Wrote %s/eval/report.md\n%s", workdir, text)
   logging.info("%s", json.dumps({r["system"]: r["metrics"].get("ndcg@10") for r in results}))

@@ -17,10 +17,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import losses, retrieval
-
-
-FUSION_FILE = "fusion.json"
+from interdistill_jax import layout, losses, retrieval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +75,7 @@ def fit_weights(features, x0, ranking, mask, prefix):
 
 def read_fusion(workdir: str) -> Fusion | None:
   """The fusion `train_ranker` fitted on the dev queries (None when there were none)."""
-  path = os.path.join(workdir, "ranker", FUSION_FILE)
+  path = layout.fusion(workdir)
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
@@ -92,7 +89,7 @@ def load_fusion(config, workdir: str) -> Fusion | None:
     return None
   fusion = read_fusion(workdir)
   if fusion is None:
-    raise FileNotFoundError(f"{os.path.join(workdir, 'ranker', FUSION_FILE)} not found: "
+    raise FileNotFoundError(f"{layout.fusion(workdir)} not found: "
                             "ranker.fuse_initial is 'fit' but the ranker in "
                             f"{workdir}/ranker has no fitted fusion (it had no dev queries: set "
                             "ranker.dev_fraction > 0 and run train_ranker again)")
@@ -114,7 +111,7 @@ class InitialScores:
   @classmethod
   def of_labels(cls, config, workdir: str) -> "InitialScores":
     """The run `label` read its candidates from: every labelled pair is in it."""
-    path = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
+    path = layout.candidates(workdir, config.label.split)
     return cls(data_lib.read_trec_run(path), path)
 
   @classmethod

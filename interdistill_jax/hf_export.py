@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import model_cards, models
+from interdistill_jax import layout, model_cards, models
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _TOKENIZER_FILES = ("vocab.txt", "special_tokens_map.json")
@@ -247,12 +247,12 @@ RESIDUAL_QUERY_TOWER = "query_tower"
 
 def export_labels(workdir: str, out_dir: str, *, card: dict) -> str | None:
   """labels.jsonl, stats.json and a data set card in `out_dir`; None when there are no labels."""
-  src = os.path.join(workdir, "labels", "labels.jsonl")
+  src = layout.labels(workdir)
   if not os.path.exists(src):
     return None
   with _staged_dir(out_dir) as tmp:
     shutil.copyfile(src, os.path.join(tmp, "labels.jsonl"))
-    stats = os.path.join(workdir, "labels", "stats.json")
+    stats = layout.label_stats(workdir)
     if os.path.exists(stats):
       shutil.copyfile(stats, os.path.join(tmp, "stats.json"))
     data_lib.atomic_write_text(os.path.join(tmp, "README.md"), model_cards.labels_card(card))
@@ -308,9 +308,10 @@ def push_to_hub(export_config, exported: Sequence[Exported]) -> dict[str, str]:
 
 def _trained_model(config, workdir: str,
                    which: str) -> models.DualEncoder | models.CrossEncoder | None:
-  """The model trained in `{workdir}/{which}` ("retriever" or "ranker"); None when not trained."""
-  out_dir = os.path.join(workdir, which)
-  if not os.path.exists(os.path.join(out_dir, "done.json")):
+  """The model trained in this workdir, `which` "retriever" (the distilled one) or "ranker";
+  None when not trained."""
+  out_dir = layout.ranker_dir(workdir) if which == "ranker" else layout.system_dir(workdir, "distilled")
+  if not layout.is_done(out_dir):
     if os.path.exists(os.path.join(out_dir, "checkpoints")):
       raise RuntimeError(f"{out_dir} has checkpoints but no done.json: the {which} stage did not "
                          "finish; rerun it (it resumes) before exporting")
@@ -337,11 +338,11 @@ def _export_retriever(config, workdir: str, info: dict) -> Exported:
     weights = (f"initial weights of {_init_text(config.model.init)} "
                "(no trained retriever in this experiment)")
     logging.warning("Exporting the retriever's INITIAL weights (%s): %s does not exist", source,
-                    os.path.join(workdir, "retriever", "checkpoints"))
+                    os.path.join(layout.retriever_dir(workdir, "ranker"), "checkpoints"))
   card = dict(info, weights=weights, trained=trained, title="Distilled dense retriever",
               base_model=config.export.base_model or model_cards.hub_id(config.model.init),
               init=config.model.init, repo_id=config.export.repo_id_retriever)
-  path = export_dual_encoder(model, source, os.path.join(workdir, "export", "retriever"), card=card,
+  path = export_dual_encoder(model, source, layout.export_dir(workdir, "retriever"), card=card,
                              max_seq_length=config.model.max_doc_length,
                              max_query_length=config.model.max_query_length)
   return Exported("retriever", path, trained)
@@ -360,7 +361,7 @@ def _export_ranker(config, workdir: str, info: dict) -> Exported:
     weights = (f"initial weights of {_init_text(model_config.init)}, classification head "
                "untrained (no trained ranker in this experiment)")
     logging.warning("Exporting the ranker's INITIAL weights (%s; untrained head): %s does not exist",
-                    source, os.path.join(workdir, "ranker", "checkpoints"))
+                    source, os.path.join(layout.ranker_dir(workdir), "checkpoints"))
   card = dict(info, weights=weights, trained=trained, title="Cross-encoder ranker",
               base_model=config.export.base_model or model_cards.hub_id(model_config.init),
               init=model_config.init, repo_id=config.export.repo_id_ranker)
@@ -371,10 +372,10 @@ def _export_ranker(config, workdir: str, info: dict) -> Exported:
   if fusion is not None:
     card["fusion"] = {"ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
                       "initial": _init_text(config.model.init)}
-  out_dir = os.path.join(workdir, "export", "ranker")
+  out_dir = layout.export_dir(workdir, "ranker")
   path = export_cross_encoder(model, source, out_dir, card=card, max_length=config.ranker.max_length)
   if fusion is not None:
-    shutil.copyfile(os.path.join(workdir, "ranker", "fusion.json"), os.path.join(out_dir, "fusion.json"))
+    shutil.copyfile(layout.fusion(workdir), os.path.join(out_dir, "fusion.json"))
   return Exported("ranker", path, trained)
 
 
@@ -387,10 +388,14 @@ def run(config, workdir: str) -> None:
     return
   info = model_cards.card_info(config, workdir)
   exported = [_export_retriever(config, workdir, info), _export_ranker(config, workdir, info)]
-  labels = export_labels(workdir, os.path.join(workdir, "export", "labels"),
+  labels = export_labels(workdir, layout.export_dir(workdir, "labels"),
                          card=dict(info, repo_id=config.export.repo_id_labels))
   if labels:
     exported.append(Exported("labels", labels, True))
+  pushed = {}
   if config.export.push_to_hub:
     pushed = push_to_hub(config.export, exported)
     logging.info("Pushed to the Hub: %s", pushed or "nothing")
+  data_lib.write_json(layout.done(layout.export_dir(workdir)), {
+      "exported": {item.kind: {"path": item.path, "trained": item.trained} for item in exported},
+      "pushed": pushed})

@@ -33,17 +33,13 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from interdistill_jax import assets, data, metrics
+from interdistill_jax import assets, data, layout, metrics
 from interdistill_jax import teachers
 from interdistill_jax.teachers import pricing
 from interdistill_jax.teachers.cache import Cache
 
 # Provenance fields that must match for a resumed run to extend existing labels.
 _RESUME_FIELDS = ("backend", "model", "prompt_version", "mode")
-
-
-def labels_dir(workdir: str) -> str:
-  return os.path.join(workdir, "labels")
 
 
 def load_candidates(path: str, num_candidates: int, max_queries: int = 0) -> dict[str, list[str]]:
@@ -249,7 +245,7 @@ def teacher_audit(records: list[dict], qrels=None) -> dict[str, Any] | None:
 
 def recorded_audit(workdir: str) -> dict[str, Any] | None:
   """The teacher audit `label` recorded in labels/stats.json (None when absent)."""
-  path = os.path.join(labels_dir(workdir), "stats.json")
+  path = layout.label_stats(workdir)
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
@@ -372,9 +368,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   else:
     logging.info("label: process %d leaves the teacher to process 0 and waits for its labels",
                  jax.process_index())
-  out = labels_dir(workdir)
-  for name in ("labels.jsonl", "stats.json"):
-    _share_file(os.path.join(out, name))
+  for path in (layout.labels(workdir), layout.label_stats(workdir)):
+    _share_file(path)
 
 
 def _share_file(path: str) -> None:
@@ -398,12 +393,11 @@ def _share_file(path: str) -> None:
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  out = labels_dir(workdir)
-  paths = {"labels": os.path.join(out, "labels.jsonl"), "cache": os.path.join(out, "llm_cache.sqlite"),
-           "stats": os.path.join(out, "stats.json"),
-           "partial_stats": os.path.join(out, "stats.partial.json")}
+  out = layout.labels_dir(workdir)
+  paths = {"labels": layout.labels(workdir), "cache": layout.label_cache(workdir),
+           "stats": layout.label_stats(workdir), "partial_stats": layout.label_partial_stats(workdir)}
   dataset = data.load_beir(assets.ensure_dataset(config.data), config.data.corpus_file)
-  run_path = os.path.join(workdir, "candidates", f"{config.label.split}.trec")
+  run_path = layout.candidates(workdir, config.label.split)
   candidates = load_candidates(run_path, config.label.num_candidates, config.label.max_queries)
   for qid, docids in candidates.items():
     if qid not in dataset.queries:

@@ -15,6 +15,7 @@ from typing import Any
 from absl import logging
 
 from interdistill_jax import data as data_lib
+from interdistill_jax import layout
 
 PAPER = "https://arxiv.org/abs/2406.12169"
 PACKAGED_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -58,8 +59,8 @@ def card_info(config, workdir: str) -> dict:
   (backend, model, ... or None without labels), `num_labelled_queries` (int or None),
   `label_stats` (flattened scalars of labels/stats.json), `evals` (eval/*.json results), `license`.
   """
-  labels_path = os.path.join(workdir, "labels", "labels.jsonl")
-  stats_path = os.path.join(workdir, "labels", "stats.json")
+  labels_path = layout.labels(workdir)
+  stats_path = layout.label_stats(workdir)
   stats = _read_json(stats_path) if os.path.exists(stats_path) else None
   stats = stats if isinstance(stats, dict) else {}
   num_labelled, teacher = None, stats.get("teacher")
@@ -76,7 +77,7 @@ def card_info(config, workdir: str) -> dict:
     teacher = {k: teacher[k] for k in ("backend", "model", "prompt_version", "mode", "simulated")
                if k in teacher}
   evals = []
-  for path in sorted(glob.glob(os.path.join(workdir, "eval", "*.json"))):
+  for path in sorted(glob.glob(layout.eval_file(workdir, "*.json"))):
     result = _read_json(path)
     if isinstance(result, dict) and isinstance(result.get("metrics"), dict):
       evals.append(result)

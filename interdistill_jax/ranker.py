@@ -34,7 +34,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import fusion, losses, models, retrieval, sharding, tokenization, train
+from interdistill_jax import fusion, layout, losses, models, retrieval, sharding, tokenization, train
 
 
 class PairScorer:
@@ -220,7 +220,7 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
     logging.warning("The ranker alone fits the teacher's dev rankings WORSE than the initial "
                     "retriever (ListMLE %.4f >= %.4f): it has not learned what the teacher knows",
                     dev_loss["ranker"], dev_loss["initial"])
-  path = os.path.join(workdir, "ranker", fusion.FUSION_FILE)
+  path = layout.fusion(workdir)
   if jax.process_index() == 0:
     data_lib.write_json(path, {
         "ce_weight": fit.ce_weight, "initial_weight": fit.initial_weight,
@@ -251,10 +251,10 @@ def dev_batches_fn(examples, batch_size: int, mesh):
 
 def load_trained_ranker(config, workdir: str) -> tuple[models.CrossEncoder, tokenization.Tokenizer]:
   """The ranker `train_ranker` selected in this workdir (frozen for distillation/evaluation)."""
-  info = train.read_done(os.path.join(workdir, "ranker"))
+  info = layout.read_done(layout.ranker_dir(workdir))
   model, ckpt = models.load_cross_encoder(config.ranker.model, seed=config.seed,
                                           head=info.get("head", "cls"))
-  step = train.restore_params(model, os.path.join(workdir, "ranker"))
+  step = train.restore_params(model, layout.ranker_dir(workdir))
   logging.info("Ranker from %s/ranker (%s head, step %d)", workdir, info.get("head", "cls"), step)
   return model, tokenization.Tokenizer(ckpt.dir)
 
@@ -262,7 +262,7 @@ def load_trained_ranker(config, workdir: str) -> tuple[models.CrossEncoder, toke
 def _ranker_identity(config, workdir: str) -> str:
   """Names the trained ranker and how it reads pairs: its done.json (less the dev figures
   measured after training, which describe it) and its pair length."""
-  done = train.read_done(os.path.join(workdir, "ranker"))
+  done = layout.read_done(layout.ranker_dir(workdir))
   done.pop("dev_listmle", None)
   text = json.dumps(done, sort_keys=True) + f"|{config.ranker.max_length}"
   return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -276,7 +276,7 @@ def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str,
   from disk. The cache holds the ranker's identity (its done.json and pair length): a retrained
   ranker, or another `ranker.max_length`, scores afresh.
   """
-  path = os.path.join(workdir, "ranker", f"{name}.npz")
+  path = layout.ranker_scores(workdir, name)
   ident = _ranker_identity(config, workdir)
   if os.path.exists(path):
     cached = np.load(path)
@@ -307,12 +307,12 @@ def run(config, workdir: str) -> None:
   section = config.ranker
   fusion.check_fuse_initial(section.fuse_initial)
   dataset = retrieval.load_dataset(config)
-  labels = data_lib.load_labels(os.path.join(workdir, "labels", "labels.jsonl"))
+  labels = data_lib.load_labels(layout.labels(workdir))
   if not labels:
-    raise ValueError(f"{workdir}/labels/labels.jsonl has no labelled queries")
+    raise ValueError(f"{layout.labels(workdir)} has no labelled queries")
   from interdistill_jax import labeling  # noqa: PLC0415 (the teacher's code only for its audit)
   labeling.check_teacher(labeling.recorded_audit(workdir), config.label.weak_teacher,
-                         os.path.join(workdir, "labels", "stats.json"))
+                         layout.label_stats(workdir))
   train_qids, dev_qids = train.dev_split([r["qid"] for r in labels], section.dev_fraction, config.seed)
   by_qid = {r["qid"]: r for r in labels}
   train_labels, dev_labels = [by_qid[q] for q in train_qids], [by_qid[q] for q in dev_qids]
@@ -342,8 +342,8 @@ def run(config, workdir: str) -> None:
   logging.info("Ranker (%s head): %d train and %d dev queries, lists of %d, %d tokens",
                extra["head"], len(train_ex), len(dev_ex), section.list_size, section.max_length)
   mesh = sharding.make_mesh()
-  out_dir = os.path.join(workdir, "ranker")
-  stale = os.path.join(out_dir, fusion.FUSION_FILE)  # an earlier ranker's fit must not outlive it
+  out_dir = layout.ranker_dir(workdir)
+  stale = layout.fusion(workdir)  # an earlier ranker's fit must not outlive it
   if jax.process_index() == 0 and os.path.exists(stale):
     os.remove(stale)
   model, summary = train.train_loop(

@@ -6,6 +6,7 @@ import json
 import os
 
 from interdistill_jax import data as data_lib
+from interdistill_jax import layout
 
 _KEYS = ("ndcg@10", "recall@100", "mrr@10", "map@10", "top1_acc", "top5_acc", "top20_acc",
          "top100_acc")
@@ -44,10 +45,10 @@ def _plots(workdir: str, results: list[dict]) -> list[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  out_dir = os.path.join(workdir, "eval")
+  out_dir = layout.eval_dir(workdir)
   written = []
-  curves = {name: _read_metrics(os.path.join(workdir, name, "metrics.jsonl"))
-            for name in ("ranker", "retriever", "retriever_direct", "retriever_supervised")}
+  stage_dirs = [layout.ranker_dir(workdir), *(layout.system_dir(workdir, s) for s in layout.SYSTEMS)]
+  curves = {os.path.basename(d): _read_metrics(os.path.join(d, "metrics.jsonl")) for d in stage_dirs}
   curves = {k: v for k, v in curves.items() if v}
   if curves:
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
@@ -118,13 +119,13 @@ def _read_json(path: str) -> dict | None:
 def write(workdir: str, results: list[dict], comparison: dict) -> str:
   """Writes eval/report.md (and its plots); returns the markdown."""
   parts = [f"# Evaluation: {results[0]['dataset']} / {results[0]['split']}", "", table(results), ""]
-  stats = _read_json(os.path.join(workdir, "labels", "stats.json")) or {}
-  parts += teacher_section(stats.get("quality"), _read_json(os.path.join(workdir, "ranker", "done.json")))
+  stats = _read_json(layout.label_stats(workdir)) or {}
+  parts += teacher_section(stats.get("quality"), _read_json(layout.done(layout.ranker_dir(workdir))))
   if comparison:
     parts += ["## Against the baseline (paired bootstrap, 10,000 resamples)", "",
               _comparison_table(comparison), ""]
   for path in _plots(workdir, results):
     parts.append(f"![{os.path.basename(path)}]({os.path.basename(path)})")
   text = "\n".join(parts) + "\n"
-  data_lib.atomic_write_text(os.path.join(workdir, "eval", "report.md"), text)
+  data_lib.atomic_write_text(layout.report(workdir), text)
   return text

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, models, sharding, tokenization
+from interdistill_jax import assets, layout, models, sharding, tokenization
 
 
 class Encoder:
@@ -232,7 +232,7 @@ def corpus_path(config, dataset: data_lib.Dataset) -> str:
 def corpus_embeddings(config, workdir: str, encoder: Encoder,
                       dataset: data_lib.Dataset) -> tuple[list[str], np.ndarray]:
   """(docids, [N, H]) of the data set's corpus, through the workdir's embedding cache."""
-  cache = os.path.join(workdir, "embeddings") if config.encode.cache else None
+  cache = layout.embeddings_dir(workdir) if config.encode.cache else None
   return encoder.encode_corpus(dataset.corpus, cache, corpus_id(corpus_path(config, dataset)))
 
 
@@ -266,7 +266,7 @@ def corpus_shards(config, workdir: str, encoder: Encoder, dataset: data_lib.Data
   from interdistill_jax import shards
   path = corpus_path(config, dataset)
   cid = corpus_id(path)
-  directory = os.path.join(workdir, "embeddings",
+  directory = os.path.join(layout.embeddings_dir(workdir),
                            f"shards-{encoder.cache_key(cid, config.encode.shard_dtype)}")
   return shards.encode_to_shards(
       encoder.on_local_devices(), path, directory, shard_size=config.encode.shard_size,
@@ -309,7 +309,7 @@ def run(config, workdir: str) -> None:
     return
   docids, index = corpus_index(config, workdir, encoder, dataset)  # once, for every split
   for split in splits:
-    out = os.path.join(workdir, "candidates", f"{split}.trec")
+    out = layout.candidates(workdir, split)
     queries = dataset.split_queries(split)
     q_emb = encoder.encode([q.text for q in queries.values()], tower="query",
                            desc=f"encode {split} queries")

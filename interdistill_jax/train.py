@@ -28,7 +28,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import sharding
+from interdistill_jax import layout, sharding
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -268,7 +268,7 @@ def _truncate_metrics(path: str, step: int) -> None:
 
 def restore_params(model: nnx.Module, out_dir: str, *, trainable: Any = nnx.Param) -> int:
   """Loads a finished stage's selected parameters into `model`; returns their step."""
-  info = read_done(out_dir)
+  info = layout.read_done(out_dir)
   _, params, _ = nnx.split(model, trainable, ...)
   # Placed on this run's devices, whatever topology saved them (a pod's checkpoint loads on a laptop).
   abstract = _abstract(params, sharding.make_mesh())
@@ -280,19 +280,11 @@ def restore_params(model: nnx.Module, out_dir: str, *, trainable: Any = nnx.Para
   return info["selected_step"]
 
 
-def read_done(out_dir: str) -> dict:
-  done = os.path.join(out_dir, "done.json")
-  if not os.path.exists(done):
-    raise FileNotFoundError(f"{done} not found: the stage has not finished in this workdir")
-  with open(done) as f:
-    return json.load(f)
-
-
 def write_done(out_dir: str, summary: dict, extra: dict | None = None) -> None:
   """Marks a stage finished (last, atomically): the pipeline skips it from then on."""
   info = dict(summary, **(extra or {}))
   if jax.process_index() == 0:
-    data_lib.write_json(os.path.join(out_dir, "done.json"), info)
+    data_lib.write_json(layout.done(out_dir), info)
 
 
 def dev_split(qids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -1,11 +1,12 @@
 """The teacher audit and the reference systems' targets: what each teacher teaches, said loudly."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
 
-from interdistill_jax import distill, labeling, report
+from interdistill_jax import distill, labeling, layout, report
 
 
 def _record(qid, docids, ranking, prefix=None):
@@ -70,4 +71,4 @@ def test_qrels_target_grades_and_drops_lists_without_a_judged_candidate():
   assert scores[("q1", "b")] == 2.0 and scores[("q1", "a")] == 0.0 and scores[("q2", "a")] == 0.0
   with pytest.raises(ValueError, match="distill.teacher"):
     distill.check_teacher(type("S", (), {"teacher": "gold", "llm_loss": "kl"})())
-  np.testing.assert_equal(distill.SYSTEMS["supervised"], "retriever_supervised")
+  assert layout.retriever_dir("w", "qrels") == os.path.join("w", "retriever_supervised")

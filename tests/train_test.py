@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from interdistill_jax import defaults, fusion, models, ranker, sharding, tokenization, train
+from interdistill_jax import defaults, fusion, layout, models, ranker, sharding, tokenization, train
 from interdistill_jax import data as data_lib
 from tests import fixtures
 
@@ -201,7 +201,7 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy
   config.distill.depth = 10  # deeper than the teacher's lists of 6: the ranker scores them all
   distill.run(config, str(tmp_path))
-  done = train.read_done(str(tmp_path / "retriever"))
+  done = layout.read_done(str(tmp_path / "retriever"))
   assert done["teacher_temperature"] > 0 and done["list_size"] == 10
   assert np.isfinite([done["dev_llm_listmle"]["initial"], done["dev_llm_listmle"]["trained"]]).all()
   assert len(np.load(tmp_path / "ranker" / "teacher_scores.npz")["scores"]) == 10 * 12
@@ -211,7 +211,7 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   assert pipeline.is_complete("distill", config, str(tmp_path))
   config.distill.teacher = "qrels"  # the gold-label reference, by the same trainer
   distill.run(config, str(tmp_path))
-  assert train.read_done(str(tmp_path / "retriever_supervised"))["teacher"] == "qrels"
+  assert layout.read_done(str(tmp_path / "retriever_supervised"))["teacher"] == "qrels"
   evaluate.run(config, str(tmp_path))
   systems = ("baseline", "ranker", "ranker_fused", "distilled", "direct", "supervised")
   for system in systems:
@@ -322,7 +322,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   with pytest.raises(FileNotFoundError, match="fusion.json not found"):
     fusion.load_fusion(config, str(tmp_path))
   ranker.run(config, str(tmp_path))
-  done = train.read_done(str(tmp_path / "ranker"))
+  done = layout.read_done(str(tmp_path / "ranker"))
   assert done["fuse_initial"] == "fit" and done["head"] == head
   assert (head == "residual") == ("initial_scale" in done)
   info = json.loads((tmp_path / "ranker" / "fusion.json").read_text())
@@ -330,7 +330,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   assert info["dev_listmle"]["fused"] <= min(info["dev_listmle"]["ranker"], info["dev_listmle"]["initial"]) + 1e-5
   assert done["dev_listmle"] == info["dev_listmle"]
   distill.run(config, str(tmp_path))
-  assert train.read_done(str(tmp_path / "retriever"))["ranker_fusion"] == {
+  assert layout.read_done(str(tmp_path / "retriever"))["ranker_fusion"] == {
       "ce_weight": info["ce_weight"], "initial_weight": info["initial_weight"]}
   evaluate.run(config, str(tmp_path))
   fused = data_lib.read_trec_run(tmp_path / "eval" / "ranker_fused.trec")

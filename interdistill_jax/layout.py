@@ -1,0 +1,196 @@
+"""The experiment directory: where every artifact lives, which stage writes it, and when a stage
+is done.
+
+Every module finds its inputs and writes its outputs through these functions; `LAYOUT` is the
+table the README's workdir section is generated from (a test checks the two agree), and `STAGES`
+is what `pipeline` runs and how it knows a stage has finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+# evaluate's system name -> the directory its retriever is trained in; `distill.teacher` -> system.
+SYSTEMS = {"distilled": "retriever", "direct": "retriever_direct", "supervised": "retriever_supervised"}
+TEACHER_SYSTEMS = {"ranker": "distilled", "llm": "direct", "qrels": "supervised"}
+
+DONE = "done.json"
+
+# (path relative to the workdir, the stage that writes it, what it holds). `{x}` is filled in.
+LAYOUT = (
+    ("candidates/{split}.trec", "retrieve",
+     "the initial retriever's top `retrieve.depth` per query of each split (TREC run); the "
+     "retrieve stage is done when every split in `retrieve.splits` has one"),
+    ("embeddings/", "retrieve", "the initial encoder's corpus embeddings (cache, or shards with "
+     "`encode.shard_size`), keyed by encoder and corpus"),
+    ("labels/labels.jsonl", "label", "the teacher's ranking of each training query's candidates"),
+    ("labels/llm_cache.sqlite", "label", "every answered LLM call (a rerun never pays twice)"),
+    ("labels/stats.json", "label", "done marker: counts, tokens, cost and the teacher audit"),
+    ("labels/stats.partial.json", "label", "the same for a run that left queries unlabelled"),
+    ("ranker/checkpoints/", "train_ranker", "Orbax checkpoints: `latest/` to resume, `best/` by dev loss"),
+    ("ranker/metrics.jsonl", "train_ranker", "train and dev loss per logged step"),
+    ("ranker/fusion.json", "train_ranker",
+     "the fusion with the initial retriever fitted on the dev queries, and their dev ListMLE"),
+    ("ranker/done.json", "train_ranker", "done marker: selected step, head, dev figures"),
+    ("ranker/teacher_scores.npz", "distill", "the frozen ranker's scores of the training lists, "
+     "kept with the ranker's identity (a retrained ranker scores afresh)"),
+    ("ranker/rerank_scores_{split}.npz", "evaluate", "the same for the re-ranked evaluation split"),
+    ("retriever/", "distill", "the distilled retriever (`distill.teacher=ranker`): checkpoints/, "
+     "metrics.jsonl, done.json"),
+    ("retriever_direct/", "direct", "the same trainer on the LLM's rankings (`distill.teacher=llm`)"),
+    ("retriever_supervised/", "supervised",
+     "the same trainer on the training queries' gold qrels (`distill.teacher=qrels`)"),
+    ("eval/{system}.json", "evaluate", "each system's metrics on `eval.split`"),
+    ("eval/{system}.trec", "evaluate", "each system's run"),
+    ("eval/per_query/{system}.json", "evaluate", "each system's per-query metrics"),
+    ("eval/compare.json", "evaluate", "paired bootstrap of each system against the baseline"),
+    ("eval/report.md", "evaluate", "done marker: the report, with `training_curves.png` and "
+     "`before_after.png`"),
+    ("eval/rag/", "evaluate", "the reader's answers per system (`reader.enabled`)"),
+    ("eval/reader_cache.sqlite", "evaluate", "every answered reader call"),
+    ("export/retriever/", "export", "the retriever as a sentence-transformers folder"),
+    ("export/ranker/", "export", "the ranker as a cross-encoder folder (+ query_tower/, fusion.json)"),
+    ("export/labels/", "export", "the labels as a Hub data set"),
+    ("export/done.json", "export", "done marker: what was exported and where it was pushed"),
+)
+
+
+def _join(workdir: str, *parts: str) -> str:
+  return os.path.join(workdir, *parts)
+
+
+# --- retrieve -------------------------------------------------------------------------------
+
+def candidates(workdir: str, split: str) -> str:
+  return _join(workdir, "candidates", f"{split}.trec")
+
+
+def embeddings_dir(workdir: str) -> str:
+  return _join(workdir, "embeddings")
+
+
+# --- label ----------------------------------------------------------------------------------
+
+def labels_dir(workdir: str) -> str:
+  return _join(workdir, "labels")
+
+
+def labels(workdir: str) -> str:
+  return _join(workdir, "labels", "labels.jsonl")
+
+
+def label_cache(workdir: str) -> str:
+  return _join(workdir, "labels", "llm_cache.sqlite")
+
+
+def label_stats(workdir: str) -> str:
+  return _join(workdir, "labels", "stats.json")
+
+
+def label_partial_stats(workdir: str) -> str:
+  return _join(workdir, "labels", "stats.partial.json")
+
+
+# --- train_ranker ---------------------------------------------------------------------------
+
+def ranker_dir(workdir: str) -> str:
+  return _join(workdir, "ranker")
+
+
+def fusion(workdir: str) -> str:
+  return _join(workdir, "ranker", "fusion.json")
+
+
+def ranker_scores(workdir: str, name: str) -> str:
+  return _join(workdir, "ranker", f"{name}.npz")
+
+
+# --- distill (and its ablations) ------------------------------------------------------------
+
+def check_teacher(teacher: str) -> str:
+  if teacher not in TEACHER_SYSTEMS:
+    raise ValueError(f"distill.teacher must be one of {sorted(TEACHER_SYSTEMS)}, got {teacher!r}")
+  return teacher
+
+
+def system_dir(workdir: str, system: str) -> str:
+  """The directory the retriever of evaluate's `system` ("distilled", "direct", ...) trains in."""
+  return _join(workdir, SYSTEMS[system])
+
+
+def retriever_dir(workdir: str, teacher: str) -> str:
+  """The directory `distill` writes with `distill.teacher=teacher`."""
+  return system_dir(workdir, TEACHER_SYSTEMS[check_teacher(teacher)])
+
+
+# --- evaluate -------------------------------------------------------------------------------
+
+def eval_dir(workdir: str) -> str:
+  return _join(workdir, "eval")
+
+
+def eval_file(workdir: str, name: str) -> str:
+  return _join(workdir, "eval", name)
+
+
+def report(workdir: str) -> str:
+  return eval_file(workdir, "report.md")
+
+
+# --- export ---------------------------------------------------------------------------------
+
+def export_dir(workdir: str, kind: str | None = None) -> str:
+  return _join(workdir, "export", kind) if kind else _join(workdir, "export")
+
+
+# --- done markers ---------------------------------------------------------------------------
+
+def done(stage_dir: str) -> str:
+  return os.path.join(stage_dir, DONE)
+
+
+def is_done(stage_dir: str) -> bool:
+  return os.path.exists(done(stage_dir))
+
+
+def read_done(stage_dir: str) -> dict:
+  path = done(stage_dir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: the stage has not finished in this workdir")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A pipeline stage: the task it runs, the config values it sets, and its done markers."""
+  task: str
+  outputs: object  # (config, workdir) -> list of paths that exist once the stage has finished
+  overrides: tuple[tuple[str, str], ...] = ()
+
+
+def _distill_stage(teacher: str | None) -> Stage:
+  def outputs(config, workdir):
+    return [done(retriever_dir(workdir, teacher or config.distill.teacher))]
+  return Stage("distill", outputs, (("distill.teacher", teacher),) if teacher else ())
+
+
+STAGES = {
+    "retrieve": Stage("retrieve", lambda c, w: [candidates(w, s) for s in c.retrieve.splits]),
+    "label": Stage("label", lambda c, w: [label_stats(w)]),
+    "train_ranker": Stage("train_ranker", lambda c, w: [done(ranker_dir(w))]),
+    "distill": _distill_stage(None),
+    "direct": _distill_stage("llm"),
+    "supervised": _distill_stage("qrels"),
+    "evaluate": Stage("evaluate", lambda c, w: [report(w)]),
+    "export": Stage("export", lambda c, w: [done(export_dir(w))]),
+}
+
+
+def markdown_table() -> str:
+  """The README's workdir table."""
+  rows = ["| path | written by | what |", "|---|---|---|"]
+  rows += [f"| `{path}` | {stage} | {what} |" for path, stage, what in LAYOUT]
+  return "\n".join(rows)
