@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+
 Qrels = dict[str, dict[str, int]]  # qid -> docid -> graded relevance
 Run = dict[str, dict[str, float]]  # qid -> docid -> score
 
@@ -201,9 +203,29 @@ def read_trec_run(path: str | os.PathLike) -> Run:
   return run
 
 
-def ranked(docs: Mapping[str, float]) -> list[str]:
-  """Docids best first; ties by docid descending, as trec_eval orders them."""
-  return sorted(docs, key=lambda d: (docs[d], d), reverse=True)
+def ranked(scores: Mapping[str, float], depth: int | None = None) -> list[str]:
+  """Docids best first, in the order trec_eval evaluates them: the one ranking order of the
+  package (TREC files, metrics, re-ranking heads, the reader's passages).
+
+  Args:
+    scores: docid -> retrieval score of one query.
+    depth: keep only the first `depth` docids (all when None).
+
+  Returns:
+    Docids sorted by float32 score descending, ties by docid descending
+    (trec_eval sorts docnos in reverse on equal scores). Matching this order
+    exactly is what makes our numbers equal pytrec_eval's on tied scores.
+  """
+  docids = list(scores)
+  values = np.fromiter(scores.values(), dtype=np.float64, count=len(docids))
+  if np.isnan(values).any():
+    raise ValueError("a run score is NaN: the ranking would be undefined")
+  # tolist() turns each float32 back into the exact Python float it stores.
+  keys = values.astype(np.float32).tolist()
+  order = sorted(zip(keys, docids), reverse=True)
+  if depth is not None:
+    order = order[:depth]
+  return [docid for _, docid in order]
 
 
 def write_trec_run(path: str | os.PathLike, run: Run, tag: str) -> None:

@@ -20,35 +20,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import regex
 
-Qrels = Mapping[str, Mapping[str, int]]  # qid -> docid -> graded relevance
-Run = Mapping[str, Mapping[str, float]]  # qid -> docid -> score
+from interdistill_jax import data as data_lib
+
 
 DEFAULT_K_VALUES = (1, 3, 5, 10, 100, 1000)
 _IR_METRICS = ("ndcg", "recall", "mrr", "map", "p")
-
-
-def trec_order(scores: Mapping[str, float], depth: int | None = None) -> list[str]:
-  """Docids best first, in the order trec_eval evaluates them.
-
-  Args:
-    scores: docid -> retrieval score of one query.
-    depth: keep only the first `depth` docids (all when None).
-
-  Returns:
-    Docids sorted by float32 score descending, ties by docid descending
-    (trec_eval sorts docnos in reverse on equal scores). Matching this order
-    exactly is what makes our numbers equal pytrec_eval's on tied scores.
-  """
-  docids = list(scores)
-  values = np.fromiter(scores.values(), dtype=np.float64, count=len(docids))
-  if np.isnan(values).any():
-    raise ValueError("a run score is NaN: the ranking would be undefined")
-  # tolist() turns each float32 back into the exact Python float it stores.
-  keys = values.astype(np.float32).tolist()
-  order = sorted(zip(keys, docids), reverse=True)
-  if depth is not None:
-    order = order[:depth]
-  return [docid for _, docid in order]
 
 
 def _check_k_values(k_values: Iterable[int]) -> tuple[int, ...]:
@@ -101,8 +77,8 @@ def _query_metrics(ranked_rels: np.ndarray, ideal_gains: np.ndarray, num_rel: in
 
 
 def evaluate_run(
-    qrels: Qrels,
-    run: Run,
+    qrels: data_lib.Qrels,
+    run: data_lib.Run,
     k_values: Iterable[int] = DEFAULT_K_VALUES,
     ignore_identical_ids: bool = True,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -141,7 +117,7 @@ def evaluate_run(
     scores = run.get(qid, {})
     if ignore_identical_ids and qid in scores:
       scores = {d: s for d, s in scores.items() if d != qid}
-    ranked_docs = trec_order(scores, depth=ks[-1])
+    ranked_docs = data_lib.ranked(scores, depth=ks[-1])
     ranked_rels = np.fromiter((judged.get(d, 0) for d in ranked_docs), dtype=np.float64,
                               count=len(ranked_docs))
     for name, value in _query_metrics(ranked_rels, ideal, num_rel, ks).items():
@@ -188,7 +164,7 @@ def has_answer(answers: Iterable[str], text: str) -> bool:
 
 
 def answer_accuracy(
-    run: Run,
+    run: data_lib.Run,
     doc_texts: Mapping[str, str],
     answers: Mapping[str, Sequence[str]],
     ks: Iterable[int] = (1, 5, 20, 100),
@@ -196,7 +172,7 @@ def answer_accuracy(
   """Top-k retrieval accuracy for open-domain QA (DPR's `top{k}_acc`).
 
   A query scores 1 at k when one of its top-k documents (trec_eval order, see
-  `trec_order`) contains an answer by `has_answer`. Queries with no usable
+  `data.ranked`) contains an answer by `has_answer`. Queries with no usable
   answer are skipped and counted; a query with answers but missing from the run
   scores 0.
 
@@ -221,7 +197,7 @@ def answer_accuracy(
       skipped += 1
       continue
     first_hit = math.inf
-    for rank, docid in enumerate(trec_order(run.get(qid, {}), depth=ks[-1]), start=1):
+    for rank, docid in enumerate(data_lib.ranked(run.get(qid, {}), depth=ks[-1]), start=1):
       if docid not in token_cache:
         if docid not in doc_texts:
           raise KeyError(f"document {docid!r} ranked for query {qid!r} has no text")

@@ -25,7 +25,7 @@ from absl import logging
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import defaults, metrics, teachers
+from interdistill_jax import defaults, layout, metrics, teachers
 from interdistill_jax.teachers import prompt
 from interdistill_jax.teachers.base import Passage, Request
 from interdistill_jax.teachers.cache import Cache
@@ -78,7 +78,7 @@ def backend_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _top_k(run: data_lib.Run, qid: str, k: int) -> list[str]:
-  return metrics.trec_order(run.get(qid, {}), depth=k)
+  return data_lib.ranked(run.get(qid, {}), depth=k)
 
 
 async def _answer_all(runner: Runner, requests: Mapping[Any, Request],
@@ -175,9 +175,9 @@ def rag_metrics(config: ml_collections.ConfigDict, workdir: str, dataset: data_l
   if not qids:
     logging.warning("reader: no question of %s has answers; no RAG metrics", system)
     return {}, {}
-  out_dir = os.path.join(workdir, "eval", "rag")
+  out_dir = layout.eval_file(workdir, "rag")
   answers, failed, calls, info = asyncio.run(_read(
-      cfg, os.path.join(workdir, "eval", "reader_cache.sqlite"), dataset, queries, run, qids, system,
+      cfg, layout.eval_file(workdir, "reader_cache.sqlite"), dataset, queries, run, qids, system,
       config.seed))
   if failed:
     raise RuntimeError(f"reader: {len(failed)} calls failed for system {system!r} (e.g. "

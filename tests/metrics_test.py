@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from interdistill_jax import data as data_lib
 from interdistill_jax import metrics
 from tests.conftest import run_reference
 
@@ -96,13 +97,13 @@ def test_metrics_equal_pytrec_eval_when_scores_tie(tmp_path):
 
 def test_trec_order_breaks_ties_by_docid_descending():
   scores = {"a": 1.0, "b": 1.0, "c": 2.0, "d": 1.0 + 1e-12}
-  assert metrics.trec_order(scores) == ["c", "d", "b", "a"]
-  assert metrics.trec_order(scores, depth=2) == ["c", "d"]
+  assert data_lib.ranked(scores) == ["c", "d", "b", "a"]
+  assert data_lib.ranked(scores, depth=2) == ["c", "d"]
 
 
 def test_nan_score_is_rejected():
   with pytest.raises(ValueError, match="NaN"):
-    metrics.trec_order({"a": float("nan")})
+    data_lib.ranked({"a": float("nan")})
 
 
 def test_ignore_identical_ids_drops_the_query_matching_itself():
