@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
-from interdistill_jax.teachers.base import Correction, Passage
+from interdistill_jax.teachers.base import Correction, Passage, Request, TokenCounter
 
 # Sun et al. 2023 ("Is ChatGPT Good at Search?"), RankGPT's permutation-generation instructions, in
 # the single-turn layout of RankVicuna / RankZephyr: one user message holds every passage. (RankGPT's
@@ -53,17 +52,17 @@ def build_messages(query: str, passages: Sequence[Passage],
   return messages
 
 
+def messages(request: Request) -> list[dict[str, str]]:
+  """The chat messages (`role`, `content`) to send: the request's `chat`, or the listwise ranking
+  prompt."""
+  if request.chat:
+    return [{"role": role, "content": content} for role, content in request.chat]
+  return build_messages(request.query, request.passages, request.corrections)
+
+
 def ql_prefix(passage: str) -> str:
   """The text a query-likelihood scorer conditions on; the query's tokens follow it."""
   return QL_PREFIX.format(passage=_clean(passage))
-
-
-class TokenCounter(Protocol):
-  """Counts and cuts text in some tokenizer's units."""
-
-  def count(self, text: str) -> int: ...
-
-  def truncate(self, text: str, max_tokens: int) -> str: ...
 
 
 class ApproxTokenCounter:
