@@ -168,7 +168,7 @@ def _train_step(lists, dtype, peak, matmul):
 
 
 def _encode(dtype, attention, texts, dataset, docids, st_cache):
-  from interdistill_jax import defaults, metrics, models, retrieval
+  from interdistill_jax import defaults, metrics, models, retrieval, search
 
   config = defaults.base_config()
   config.model.init = _MODEL.value
@@ -195,7 +195,7 @@ def _encode(dtype, attention, texts, dataset, docids, st_cache):
   if not _MAX_DOCS.value:
     queries = dataset.split_queries("test")
     q = encoder.encode([x.text for x in queries.values()], tower="query")
-    run = retrieval.search_run(retrieval.ExactIndex(emb), docids, list(queries), q, 100)
+    run = search.search_run(search.ExactIndex(emb), docids, list(queries), q, 100)
     out["ours"]["test"] = metrics.evaluate_run(dataset.qrels("test"), run, (10, 100))[0]
   if _REF_PYTHON.value:
     if dtype not in st_cache:  # one reference run per dtype

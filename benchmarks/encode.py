@@ -108,10 +108,10 @@ def _ours_worker(spec: str):
 
 
 def _ndcg(encoder, dataset, doc_emb, docids):
-  from interdistill_jax import metrics, retrieval
+  from interdistill_jax import metrics, search
   queries = dataset.split_queries("test")
   q = encoder.encode([x.text for x in queries.values()], tower="query")
-  run = retrieval.search_run(retrieval.ExactIndex(doc_emb), docids, list(queries), q, 100)
+  run = search.search_run(search.ExactIndex(doc_emb), docids, list(queries), q, 100)
   return metrics.evaluate_run(dataset.qrels("test"), run, (10, 100))[0]
 
 
@@ -160,7 +160,7 @@ def main(argv):
   # Timing is over: from here on this process may use JAX.
   import faiss
   import jax
-  from interdistill_jax import retrieval
+  from interdistill_jax import retrieval, search
   encoders = {name: retrieval.Encoder.from_config(_config(dtype)) for name, dtype in dtypes.items()}
   seconds = {name: sum(r["seconds"] for r in rs) for name, rs in runs.items()}
   result = {"benchmark": "encode", "data": str(_DATA.value), "num_docs": len(texts),
@@ -192,7 +192,7 @@ def main(argv):
   queries = list(dataset.queries.values())
   emb = emb["ours_fp32"]
   q = encoders["ours_fp32"].encode([x.text for x in queries], tower="query")
-  index = retrieval.ExactIndex(emb)
+  index = search.ExactIndex(emb)
   index.search(q, 100)  # compiles every query-block shape this search uses
   t = time.perf_counter()
   _, ours_idx = index.search(q, 100)

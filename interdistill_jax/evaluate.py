@@ -24,7 +24,7 @@ import jax
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, metrics, reader, report, retrieval, tokenization
+from interdistill_jax import layout, metrics, reader, report, retrieval, search, tokenization
 
 COMPARED = ("ndcg@10", "recall@100", "mrr@10", "top1_acc", "top5_acc", "top20_acc", "top100_acc")
 
@@ -115,7 +115,7 @@ def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, bas
   if info["towers"] != "query":  # the passage tower changed: the corpus must be re-encoded
     docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
   q = encoder.encode([x.text for x in queries.values()], tower="query")
-  return retrieval.search_run(index, docids, list(queries), q, config.eval.depth)
+  return search.search_run(index, docids, list(queries), q, config.eval.depth)
 
 
 def run(config, workdir: str) -> None:
@@ -126,7 +126,7 @@ def run(config, workdir: str) -> None:
   encoder = retrieval.Encoder.from_config(config)
   docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
   q = encoder.encode([x.text for x in queries.values()], tower="query", desc=f"encode {split} queries")
-  runs = {"baseline": retrieval.search_run(index, docids, list(queries), q, config.eval.depth)}
+  runs = {"baseline": search.search_run(index, docids, list(queries), q, config.eval.depth)}
   if layout.is_done(layout.ranker_dir(workdir)):
     runs.update(_rerank(config, workdir, dataset, queries, runs["baseline"]))
   for system in layout.SYSTEMS:

@@ -20,13 +20,14 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
+from interdistill_jax import search as search_lib
 from interdistill_jax import sharding
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -139,13 +140,6 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
 
 # --- search ---------------------------------------------------------------------------------
 
-def merge_top_k(scores: Sequence[np.ndarray], indices: Sequence[np.ndarray], k: int):
-  """Per-query top-k of several candidate lists ([Q, k_i] each); ties go to the lower index."""
-  s, i = np.concatenate(scores, 1), np.concatenate(indices, 1)
-  order = np.lexsort((i, -s), axis=1)[:, :k]
-  return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-
-
 class ShardedExactIndex:
   """Exact inner-product search streamed over a shard store, one shard on the devices at a time.
 
@@ -160,22 +154,21 @@ class ShardedExactIndex:
     self.num_docs = store.num_docs
 
   def search(self, query_emb: np.ndarray, k: int):
-    from interdistill_jax import retrieval
     k = min(k, self.num_docs)
     n, p = jax.process_count(), jax.process_index()
     best_s = np.full((len(query_emb), k), -np.inf, np.float32)
     best_i = np.full((len(query_emb), k), np.iinfo(np.int64).max, np.int64)
     for s in range(p, self.store.num_shards, n):
       emb = np.asarray(self.store.embeddings(s), np.float32)
-      index = retrieval.ExactIndex(emb, mesh=self.mesh, block_size=self.block_size)
+      index = search_lib.ExactIndex(emb, mesh=self.mesh, block_size=self.block_size)
       scores, idx = index.search(query_emb, min(k, len(emb)))
-      best_s, best_i = merge_top_k([best_s, scores], [best_i, idx + self.store.offsets[s]], k)
+      best_s, best_i = search_lib.merge_top_k([best_s, scores], [best_i, idx + self.store.offsets[s]], k)
       del index, emb
     if n > 1:
       from jax.experimental import multihost_utils
       all_s = multihost_utils.process_allgather(best_s)  # [n, Q, k]
       all_i = multihost_utils.process_allgather(best_i)
-      best_s, best_i = merge_top_k(list(all_s), list(all_i), k)
+      best_s, best_i = search_lib.merge_top_k(list(all_s), list(all_i), k)
     return best_s, best_i
 
 
@@ -273,7 +266,7 @@ class FaissIndex:
       found = c >= 0  # FAISS pads with -1 when it finds fewer than asked
       emb = self.store.rows(np.where(found, c, 0).ravel()).reshape(*c.shape, -1)
       exact = np.where(found, np.einsum("qh,qch->qc", q, emb), -np.inf)
-      s, i = merge_top_k([exact], [np.where(found, c, np.iinfo(np.int64).max)], k)
+      s, i = search_lib.merge_top_k([exact], [np.where(found, c, np.iinfo(np.int64).max)], k)
       out_s[start:start + len(q)], out_i[start:start + len(q)] = s, i
     return out_s, out_i
 

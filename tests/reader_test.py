@@ -5,6 +5,7 @@ import json
 import pytest
 
 from interdistill_jax import data, defaults, metrics, reader
+from interdistill_jax.teachers import prompt
 from interdistill_jax.teachers.base import Passage, Request
 from interdistill_jax.teachers.testing import Fault, FakeLLMServer
 
@@ -66,8 +67,9 @@ def test_generation_requests_are_keyed_apart_and_ranking_keys_are_unchanged():
   assert set(ranking.key_fields()) == {"query", "passages", "corrections"}
   generation = Request("q", passages, chat=(("user", "hi"),), stop=("\n",))
   assert generation.key_fields()["chat"] == [["user", "hi"]]
-  assert generation.messages() == [{"role": "user", "content": "hi"}]
-  assert ranking.messages()[0]["role"] == "system" and "Rank" in ranking.messages()[1]["content"]
+  assert prompt.messages(generation) == [{"role": "user", "content": "hi"}]
+  ranking_messages = prompt.messages(ranking)
+  assert ranking_messages[0]["role"] == "system" and "Rank" in ranking_messages[1]["content"]
 
 
 def test_reader_scores_scripted_answers_and_a_rerun_makes_no_call(tmp_path):

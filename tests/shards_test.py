@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import defaults, retrieval, shards
+from interdistill_jax import defaults, retrieval, search, shards
 from tests import fixtures
 
 
@@ -85,14 +85,14 @@ def test_streamed_exact_search_equals_in_memory_search(tiny, tmp_path, k):
   store, encoder, dataset = _store(tiny, tmp_path, shard_size=7)
   _, emb = retrieval.corpus_embeddings(tiny, str(tmp_path / "mem"), encoder, dataset)
   q = encoder.encode([x.text for x in dataset.queries.values()], tower="query")
-  s_mem, i_mem = retrieval.ExactIndex(emb).search(q, k)
+  s_mem, i_mem = search.ExactIndex(emb).search(q, k)
   s_sh, i_sh = shards.ShardedExactIndex(store).search(q, k)
   np.testing.assert_array_equal(i_sh, i_mem)
   np.testing.assert_allclose(s_sh, s_mem, atol=1e-6)
 
 
 def test_merge_top_k_breaks_ties_by_lower_index():
-  s, i = shards.merge_top_k([np.array([[1.0, 0.5]]), np.array([[1.0, 0.7]])],
+  s, i = search.merge_top_k([np.array([[1.0, 0.5]]), np.array([[1.0, 0.7]])],
                             [np.array([[7, 1]]), np.array([[3, 2]])], 3)
   assert i.tolist() == [[3, 7, 2]] and s.tolist() == [[1.0, 1.0, 0.7]]
 

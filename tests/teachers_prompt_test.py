@@ -7,10 +7,40 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interdistill_jax.teachers import prompt, teacher, testing
-from interdistill_jax.teachers.base import Correction, Passage
+from interdistill_jax.teachers.base import Answer, Backend, Correction, Passage, Request
 from interdistill_jax.teachers.cache import Cache
 from interdistill_jax.teachers.runner import Runner
 from interdistill_jax.teachers.simulated import SimulatedBackend
+
+
+class WindowBackend(Backend):
+  """Answers a window with `rank_window(candidate ids)` = (an order of the window, how many of it
+  the answer names); the parser repairs the rest."""
+
+  name = "window"
+
+  def __init__(self, rank_window):
+    super().__init__("m")
+    self.rank_window = rank_window
+
+  async def answer(self, request: Request) -> Answer:
+    order, prefix = self.rank_window([int(p.docid) for p in request.passages])
+    return Answer(text=" > ".join(f"[{j + 1}]" for j in order[:prefix]))
+
+
+def _listwise_rank(n, window, stride, rank_window) -> teacher.QueryRanking:
+  """`ListwiseTeacher.rank` of candidates 0..n-1 (docids "0".."n-1") through a `WindowBackend`."""
+
+  async def go():
+    cache = Cache(":memory:")
+    t = teacher.ListwiseTeacher(Runner(WindowBackend(rank_window), cache, concurrency=1),
+                                window=window, stride=stride, counter=prompt.ApproxTokenCounter(),
+                                max_passage_tokens=0)
+    result = await t.rank("q", [Passage(str(i), f"text of {i}") for i in range(n)])
+    cache.close()
+    return result
+
+  return asyncio.run(go())
 
 
 def test_window_spans_run_back_to_front_and_always_reach_the_front():
@@ -35,18 +65,18 @@ def test_sliding_windows_return_the_true_top10_in_order(scores):
     calls.append(len(ids))
     return sorted(range(len(ids)), key=lambda j: -scores[ids[j]]), len(ids)
 
-  order, prefix = prompt.sliding_rank(100, 20, 10, consistent)
+  result = _listwise_rank(100, 20, 10, consistent)
   true_top10 = sorted(range(100), key=lambda i: -scores[i])[:10]
-  assert order[:10] == true_top10
-  assert sorted(order) == list(range(100))
-  assert prefix == 100
+  assert result.order[:10] == true_top10
+  assert sorted(result.order) == list(range(100))
+  assert result.ranked_prefix == 100
   assert calls == [20] * 9
 
 
 @settings(max_examples=25, deadline=None)
 @given(grades=st.permutations(list(range(100))), seed=st.integers(0, 3))
 def test_listwise_teacher_with_a_consistent_backend_finds_the_true_top10(grades, seed):
-  """The same property through the real teacher, runner, cache and parser."""
+  """The same property with the simulated backend."""
   docids = [f"d{i}" for i in range(100)]
   relevance = {"q": {d: g for d, g in zip(docids, grades)}}
 
@@ -72,9 +102,10 @@ def test_a_repaired_window_stops_the_ranked_prefix_where_the_repair_starts():
       return list(range(len(ids))), 3
     return list(range(len(ids))), len(ids)
 
-  order, prefix = prompt.sliding_rank(30, 20, 10, rank_window)
-  assert order == list(range(30))
-  assert prefix == 3
+  result = _listwise_rank(30, 20, 10, rank_window)
+  assert result.order == list(range(30))
+  assert result.ranked_prefix == 3
+  assert result.repaired and result.windows == {"parsed": 1, "repaired": 1}
 
 
 def test_messages_follow_rankgpt_and_round_trip_through_the_fake_server():

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar
-
-if TYPE_CHECKING:
-  from interdistill_jax.teachers import prompt
+from typing import Any, ClassVar, Protocol
 
 LISTWISE = "listwise"
 POINTWISE = "pointwise"
@@ -67,13 +64,6 @@ class Request:
     if self.stop:
       fields["stop"] = list(self.stop)
     return fields
-
-  def messages(self) -> list[dict[str, str]]:
-    """The chat messages (`role`, `content`) to send: `chat`, or the listwise ranking prompt."""
-    if self.chat:
-      return [{"role": role, "content": content} for role, content in self.chat]
-    from interdistill_jax.teachers import prompt  # prompt imports this module
-    return prompt.build_messages(self.query, self.passages, self.corrections)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +118,14 @@ def error_for_status(status: int, message: str, retry_after: float | None) -> Ex
   return PermanentError(message, fatal=status in (401, 403, 404))
 
 
+class TokenCounter(Protocol):
+  """Counts and cuts text in some tokenizer's units."""
+
+  def count(self, text: str) -> int: ...
+
+  def truncate(self, text: str, max_tokens: int) -> str: ...
+
+
 class Backend(abc.ABC):
   """One way of asking an LLM.
 
@@ -158,7 +156,7 @@ class Backend(abc.ABC):
   async def answer(self, request: Request) -> Answer:
     """One call. Raises `TransientError` or `PermanentError`; never retries by itself."""
 
-  def token_counter(self) -> "prompt.TokenCounter | None":
+  def token_counter(self) -> TokenCounter | None:
     """The backend's own tokenizer for passage budgets, if it has one (None: the configured one)."""
     return None
 

@@ -39,7 +39,7 @@ class GeminiBackend(Backend):
   async def answer(self, request: Request) -> Answer:
     import aiohttp
     types = self._types
-    messages = request.messages()
+    messages = prompt.messages(request)
     system = "\n".join(m["content"] for m in messages if m["role"] == "system")
     contents = [types.Content(role="model" if m["role"] == "assistant" else "user",
                               parts=[types.Part(text=m["content"])])

