@@ -210,12 +210,8 @@ def export_cross_encoder(model: models.CrossEncoder, source_dir: str, out_dir: s
     card: experiment facts for README.md (see `card_info`).
     max_length: the tokenizer's model_max_length, which CrossEncoder truncates pairs to.
   """
-  tensors = models.bert_tensors(model.bert, prefix="bert.")
+  tensors = models.cross_encoder_tensors(model)
   host = lambda p: np.asarray(jax.device_get(p[...]), np.float32)  # noqa: E731
-  tensors["bert.pooler.dense.weight"] = host(model.pooler.kernel).T
-  tensors["bert.pooler.dense.bias"] = host(model.pooler.bias)
-  tensors["classifier.weight"] = host(model.classifier.kernel).T  # [1, H]
-  tensors["classifier.bias"] = host(model.classifier.bias)        # [1]
   config = model.bert.cfg.to_hf_dict()
   config.update(architectures=["BertForSequenceClassification"], id2label={"0": "LABEL_0"},
                 label2id={"LABEL_0": 0}, classifier_dropout=None,

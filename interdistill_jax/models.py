@@ -280,6 +280,24 @@ def hf_name_table(cfg: BertConfig) -> list[tuple[str, tuple, bool]]:
   return table
 
 
+def cross_encoder_head_table(prefix: str = "bert.") -> list[tuple[str, tuple, bool]]:
+  """(HF BertForSequenceClassification name, path in our `CrossEncoder`, transpose?) of the head
+  above the encoder: BERT's pooler (under the encoder's `prefix`) and the one-label classifier."""
+  return [(prefix + "pooler.dense.weight", ("pooler", "kernel"), True),
+          (prefix + "pooler.dense.bias", ("pooler", "bias"), False),
+          ("classifier.weight", ("classifier", "kernel"), True),
+          ("classifier.bias", ("classifier", "bias"), False)]
+
+
+def cross_encoder_tensors(model: "CrossEncoder") -> dict[str, np.ndarray]:
+  """The ranker's joint encoder and head as HF BertForSequenceClassification tensors."""
+  tensors = bert_tensors(model.bert, prefix="bert.")
+  for hf_name, path, transpose in cross_encoder_head_table():
+    value = np.asarray(jax.device_get(_get_path(model, path)[...]), np.float32)
+    tensors[hf_name] = np.ascontiguousarray(value.T if transpose else value)
+  return tensors
+
+
 def _get_path(module, path):
   node = module
   for p in path:
@@ -431,10 +449,12 @@ def load_cross_encoder(model_config, *, seed: int = 0, head: str = "cls") -> tup
   if residual:
     load_bert_weights(model.query_tower, tensors, source=ckpt.dir)
   prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
-  if prefix + "pooler.dense.weight" in tensors:
-    model.pooler.kernel[...] = jnp.asarray(tensors[prefix + "pooler.dense.weight"].T)
-    model.pooler.bias[...] = jnp.asarray(tensors[prefix + "pooler.dense.bias"])
-  if has_classifier(tensors) and not residual:
-    model.classifier.kernel[...] = jnp.asarray(tensors["classifier.weight"].T)
-    model.classifier.bias[...] = jnp.asarray(tensors["classifier.bias"])
+  # The pooler when the checkpoint has one; the classifier only for the plain [CLS] head (the
+  # residual head's starts at zero).
+  load_classifier = has_classifier(tensors) and not residual
+  for hf_name, path, transpose in cross_encoder_head_table(prefix):
+    if hf_name not in tensors or (hf_name.startswith("classifier.") and not load_classifier):
+      continue
+    value = np.asarray(tensors[hf_name], np.float32)
+    _get_path(model, path)[...] = jnp.asarray(value.T if transpose else value)
   return model, ckpt
