@@ -26,8 +26,6 @@ from absl import logging
 from interdistill_jax import data as data_lib
 from interdistill_jax import layout, metrics, reader, report, retrieval, search, tokenization
 
-COMPARED = ("ndcg@10", "recall@100", "mrr@10", "top1_acc", "top5_acc", "top20_acc", "top100_acc")
-
 
 def system_result(dataset: data_lib.Dataset, dataset_name: str, split: str, system: str,
                   run: data_lib.Run, eval_config) -> tuple[dict, dict]:
@@ -70,7 +68,7 @@ def compare(per_query: dict[str, dict], baseline: str = "baseline", seed: int = 
   for system, values in per_query.items():
     if system == baseline:
       continue
-    names = [*COMPARED, *sorted(m for m in values if m.startswith("rag."))]
+    names = [*metrics.HEADLINE, *sorted(m for m in values if m.startswith("rag."))]
     out[system] = {m: metrics.paired_bootstrap(per_query[baseline][m], values[m], seed=seed)
                    for m in names if m in values and m in per_query[baseline]}
   return out

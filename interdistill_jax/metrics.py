@@ -24,6 +24,10 @@ from interdistill_jax import data as data_lib
 
 
 DEFAULT_K_VALUES = (1, 3, 5, 10, 100, 1000)
+# The metrics users quote: the report's and model cards' columns, and what `evaluate` compares
+# with the baseline (each present one; QA sets have the accuracies, BEIR sets the rest).
+HEADLINE = ("ndcg@10", "recall@100", "mrr@10", "map@10", "top1_acc", "top5_acc", "top20_acc",
+            "top100_acc")
 _IR_METRICS = ("ndcg", "recall", "mrr", "map", "p")
 
 

@@ -15,12 +15,10 @@ from typing import Any
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout
+from interdistill_jax import layout, metrics
 
 PAPER = "https://arxiv.org/abs/2406.12169"
 PACKAGED_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_CARD_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@10", "top1_acc", "top5_acc",
-                 "top20_acc", "top100_acc")
 _STATS_NOT_IN_CARD = ("cache", "teacher")  # The ledger is long; the teacher has its own rows.
 
 
@@ -137,7 +135,7 @@ def _experiment_sections(card: Mapping) -> list[str]:
   out = ["## Training", ""] + _table(rows)
   evals = card.get("evals") or []
   if evals:
-    keys = [k for k in _CARD_METRICS if any(k in e["metrics"] for e in evals)]
+    keys = [k for k in metrics.HEADLINE if any(k in e["metrics"] for e in evals)]
     keys += sorted({k for e in evals for k in e["metrics"] if k.startswith("rag.")})
     out += ["## Evaluation", "",
             "Retrieval results of the experiment's systems (`eval/*.json`):", "",

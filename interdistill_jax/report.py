@@ -6,15 +6,12 @@ import json
 import os
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout
-
-_KEYS = ("ndcg@10", "recall@100", "mrr@10", "map@10", "top1_acc", "top5_acc", "top20_acc",
-         "top100_acc")
+from interdistill_jax import layout, metrics
 
 
 def table(results: list[dict]) -> str:
   """A markdown table: one row per system, the metrics users quote."""
-  keys = [k for k in _KEYS if any(k in r["metrics"] for r in results)]
+  keys = [k for k in metrics.HEADLINE if any(k in r["metrics"] for r in results)]
   keys += sorted({k for r in results for k in r["metrics"] if k.startswith("rag.") and "@" in k},
                  key=lambda k: (int(k.split("@")[1]), k))
   lines = ["| system | queries | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
