@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -320,6 +320,55 @@ def truncate_label(record: Mapping, list_size: int, *, use_prefix: bool = True
   ranking = [d for d in record["ranking"] if d in kept]
   pos = {d: j for j, d in enumerate(docids)}
   return docids, [pos[d] for d in ranking], sum(d in trusted for d in ranking)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelLists:
+  """Labelled queries as fixed-shape arrays, the one form every listwise loss reads.
+
+  `ranking[i]` indexes `docids[i]` best first, `mask[i]` marks real candidates and `prefix[i]` is
+  how many leading positions of the teacher's order are trusted (ListMLE scores only those).
+  """
+
+  qids: list[str]
+  docids: list[list[str]]
+  ranking: np.ndarray  # [Q, L] int32
+  mask: np.ndarray     # [Q, L] bool
+  prefix: np.ndarray   # [Q] int32
+
+  def __len__(self) -> int:
+    return len(self.qids)
+
+  @property
+  def pairs(self) -> list[tuple[str, str]]:
+    """Every (qid, docid), row by row: the order `where` places them in."""
+    return [(qid, d) for qid, docids in zip(self.qids, self.docids) for d in docids]
+
+  @property
+  def where(self) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of `pairs` in the [Q, L] arrays."""
+    rows = [i for i, docids in enumerate(self.docids) for _ in docids]
+    cols = [j for docids in self.docids for j in range(len(docids))]
+    return np.array(rows, np.int64), np.array(cols, np.int64)
+
+
+def label_lists(records: Sequence[Mapping], list_size: int = 0, *, use_prefix: bool = True,
+                top_k: int = 0) -> LabelLists:
+  """labels.jsonl records cut to `list_size` candidates (0: every candidate, padded to the longest).
+
+  `use_prefix` trusts only the ranked prefix the teacher gave (else its whole order); `top_k` > 0
+  trusts at most its first k positions (top-k ListMLE: every candidate stays in the denominators).
+  """
+  lists = [truncate_label(r, list_size or len(r["docids"]), use_prefix=use_prefix) for r in records]
+  width = list_size or max((len(docids) for docids, _, _ in lists), default=0)
+  q = len(lists)
+  ranking, mask = np.zeros((q, width), np.int32), np.zeros((q, width), bool)
+  prefix = np.array([min(p, top_k) if top_k > 0 else p for _, _, p in lists], np.int32)
+  for i, (docids, order, _) in enumerate(lists):
+    ranking[i, :len(order)] = order
+    mask[i, :len(docids)] = True
+  return LabelLists([r["qid"] for r in records], [docids for docids, _, _ in lists], ranking, mask,
+                    prefix)
 
 
 @dataclasses.dataclass

@@ -71,29 +71,32 @@ def load_distilled(config, out_dir: str) -> tuple[models.DualEncoder, models.Che
 
 
 class CandidateLists:
-  """Per training query: query tokens, candidate docids, teacher scores / ranking, fixed shapes."""
+  """Per training query: query tokens, candidate docids, teacher scores / ranking, fixed shapes.
+
+  The lists come from `data.label_lists`, as the ranker's do: the same trust in the teacher's
+  ranked prefix (`ranker.prefix_only`). `top_k` stays 0 in training (the retriever's ListMLE
+  scores the whole trusted prefix); `dev_llm_listmle` applies `ranker.top_k` to its dev figure.
+  """
 
   def __init__(self, labels, dataset, tokenizer, *, list_size: int, max_query_length: int,
                doc_index: dict[str, int], doc_emb: np.ndarray | None, teacher_scores: dict | None,
-               doc_tokens: tuple | None, buckets: tuple[int, ...] = ()):
+               doc_tokens: tuple | None, buckets: tuple[int, ...] = (), use_prefix: bool = True,
+               top_k: int = 0):
+    lists = data_lib.label_lists(labels, list_size, use_prefix=use_prefix, top_k=top_k)
     q, l = len(labels), list_size
     # Batches are cut to a bucketed length: one compiled step per bucket, not per length.
     self.buckets = tuple(sorted(buckets))
     self.qids = [r["qid"] for r in labels]
     self.query_ids, self.query_len = tokenization.padded_ids(
         tokenizer, [dataset.queries[x].text for x in self.qids], max_query_length)
+    self.ranking, self.mask, self.prefix = lists.ranking, lists.mask, lists.prefix
     self.cand = np.zeros((q, l), np.int64)
-    self.mask = np.zeros((q, l), bool)
     self.teacher = np.zeros((q, l), np.float32)
-    self.ranking = np.zeros((q, l), np.int32)
-    self.prefix = np.zeros((q,), np.int32)
-    for i, r in enumerate(labels):
-      docids, ranking, self.prefix[i] = data_lib.truncate_label(r, l)
-      self.cand[i, :len(docids)] = [doc_index[d] for d in docids]
-      self.mask[i, :len(docids)] = True
-      self.ranking[i, :len(ranking)] = ranking
-      if teacher_scores is not None:
-        self.teacher[i, :len(docids)] = [teacher_scores[(r["qid"], d)] for d in docids]
+    rows, cols = lists.where
+    pairs = lists.pairs
+    self.cand[rows, cols] = [doc_index[d] for _, d in pairs]
+    if teacher_scores is not None:
+      self.teacher[rows, cols] = [teacher_scores[p] for p in pairs]
     self.doc_emb = doc_emb
     self.doc_tokens = doc_tokens  # (ids [N, T], lengths [N]) for towers="both"
 
@@ -238,10 +241,11 @@ def rank_scores(labels, list_size: int) -> dict[tuple[str, str], float]:
   """A score per labelled pair from the LLM ranking alone: the i-th of the trusted prefix scores
   -i, every candidate past it -prefix (tied: the teacher's order there is not trusted)."""
   out = {}
-  for r in labels:
-    docids, ranking, prefix = data_lib.truncate_label(r, list_size)
-    for i, j in enumerate(ranking):
-      out[(r["qid"], docids[j])] = -float(min(i, prefix))
+  lists = data_lib.label_lists(labels, list_size)
+  for qid, docids, ranking, mask, prefix in zip(lists.qids, lists.docids, lists.ranking, lists.mask,
+                                                lists.prefix):
+    for i, j in enumerate(ranking[:mask.sum()]):
+      out[(qid, docids[j])] = -float(min(i, prefix))
   return out
 
 
@@ -305,7 +309,8 @@ def run(config, workdir: str) -> None:
   make = functools.partial(CandidateLists, dataset=dataset, tokenizer=tokenizer,
                            list_size=width, max_query_length=config.model.max_query_length,
                            doc_index=doc_index, doc_emb=doc_emb, teacher_scores=scores,
-                           doc_tokens=doc_tokens, buckets=config.encode.buckets)
+                           doc_tokens=doc_tokens, buckets=config.encode.buckets,
+                           use_prefix=config.ranker.prefix_only)
   train_ex, dev_ex = make([by_qid[q] for q in train_qids]), make([by_qid[q] for q in dev_qids])
   # The LLM's own rankings of the dev queries: the one figure every recipe is compared by.
   labelled = {r["qid"]: r for r in labels}

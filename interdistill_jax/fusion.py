@@ -146,21 +146,11 @@ def label_arrays(records, initial: InitialScores, *, list_size: int = 0, use_pre
   """Label records as [Q, L] arrays: initial scores, ranking, mask; [Q] trusted prefix; and the
   (qid, docid) pairs with their (row, column). `list_size` 0 keeps every candidate; `top_k` > 0
   trusts only the teacher's first k positions, as in ranker training."""
-  lists = [data_lib.truncate_label(r, list_size or len(r["docids"]), use_prefix=use_prefix)
-           for r in records]
-  q, width = len(lists), list_size or max(len(docids) for docids, _, _ in lists)
-  ranking, mask = np.zeros((q, width), np.int32), np.zeros((q, width), bool)
-  prefix = np.array([min(p, top_k) if top_k > 0 else p for _, _, p in lists], np.int32)
-  pairs, where = [], []
-  for i, (record, (docids, order, _)) in enumerate(zip(records, lists)):
-    ranking[i, :len(order)] = order
-    mask[i, :len(docids)] = True
-    pairs += [(record["qid"], d) for d in docids]
-    where += [(i, j) for j in range(len(docids))]
-  rows, cols = np.array(where).T
-  scores = np.zeros((q, width), np.float32)
+  lists = data_lib.label_lists(records, list_size, use_prefix=use_prefix, top_k=top_k)
+  pairs, (rows, cols) = lists.pairs, lists.where
+  scores = np.zeros(lists.mask.shape, np.float32)
   scores[rows, cols] = initial(pairs)
-  return scores, ranking, mask, prefix, pairs, (rows, cols)
+  return scores, lists.ranking, lists.mask, lists.prefix, pairs, (rows, cols)
 
 
 def initial_scale(config, train_labels, initial: InitialScores) -> tuple[float, float]:

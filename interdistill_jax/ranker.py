@@ -90,28 +90,19 @@ class ListwiseExamples:
                buckets: Sequence[int], use_prefix: bool, top_k: int = 0,
                doc_embeddings: Callable[[Sequence[str]], np.ndarray] | None = None,
                max_query_length: int = 64):
+    lists = data_lib.label_lists(labels, list_size, use_prefix=use_prefix, top_k=top_k)
     q, l = len(labels), list_size
-    self.qids = [r["qid"] for r in labels]
+    self.qids = lists.qids
     self.buckets = tokenization.buckets_up_to(buckets, max_length)
     self.ids = np.zeros((q, l, max_length), np.int32)
     self.types = np.zeros((q, l, max_length), np.int32)
     self.lengths = np.zeros((q, l), np.int32)
-    self.ranking = np.zeros((q, l), np.int32)
-    self.mask = np.zeros((q, l), bool)
-    self.prefix = np.zeros((q,), np.int32)
-    firsts, seconds, where, candidates = [], [], [], []
-    for i, record in enumerate(labels):
-      docids, ranking, prefix = data_lib.truncate_label(record, l, use_prefix=use_prefix)
-      # Top-k ListMLE: only the first k positions are scored (all items stay in the denominators).
-      self.prefix[i] = min(prefix, top_k) if top_k > 0 else prefix
-      query = dataset.queries[record["qid"]].text
-      for j, d in enumerate(docids):
-        firsts.append(query)
-        seconds.append(dataset.corpus[d].full_text())
-        where.append((i, j))
-        candidates.append(d)
-      self.ranking[i, :len(ranking)] = ranking
-      self.mask[i, :len(docids)] = True
+    self.ranking, self.mask, self.prefix = lists.ranking, lists.mask, lists.prefix
+    pairs = lists.pairs
+    where = list(zip(*(x.tolist() for x in lists.where)))
+    candidates = [d for _, d in pairs]
+    firsts = [dataset.queries[qid].text for qid, _ in pairs]
+    seconds = [dataset.corpus[d].full_text() for d in candidates]
     for (i, j), (ids, types) in zip(where, tokenizer.encode_pairs(firsts, seconds, max_length)):
       self.ids[i, j, :len(ids)] = ids
       self.types[i, j, :len(ids)] = types
