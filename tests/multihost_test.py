@@ -19,7 +19,6 @@ from flax import nnx
 from interdistill_jax import models, train
 from tests import fixtures
 from tests.conftest import REPO
-from tests.train_test import _config, _write_config_file
 
 # Parameters after training may differ by float round-off: the 2-process run sums gradients across
 # processes in another order. Adam divides by sqrt(v), which turns round-off in near-zero gradient
@@ -64,11 +63,11 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost")
   bert = fixtures.tiny_bert(root / "bert", layers=1, hidden=16, heads=2)
   data_dir = fixtures.tiny_beir(root / "data", num_train=12)
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   config.retrieve.k = 10
   config.encode.batch_size = 8  # several batches per split
   config_file = root / "cfg.py"
-  _write_config_file(config_file, config)
+  fixtures.write_config_file(config_file, config)
   single, multi = root / "single", root / "multi"
   for wd in (single, multi):
     fixtures.write_labels(wd / "labels" / "labels.jsonl", data_dir, list_size=6)

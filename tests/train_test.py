@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
@@ -28,22 +27,6 @@ def tiny(tmp_path_factory):
   return bert, data_dir
 
 
-def _config(bert, data_dir):
-  c = defaults.base_config()
-  c.data.dir = str(data_dir)
-  c.model.init = c.ranker.model.init = str(bert)
-  c.model.max_doc_length = c.ranker.max_length = 32
-  c.encode.buckets = (32,)
-  r = c.ranker
-  r.list_size, r.batch_size, r.epochs, r.dev_fraction = 6, 4, 2.0, 0.25
-  r.eval_every = r.checkpoint_every = 2
-  d = c.distill
-  d.list_size, d.batch_size, d.epochs, d.dev_fraction = 6, 4, 2.0, 0.25
-  d.eval_every = d.checkpoint_every = 2
-  c.eval.depth, c.eval.rerank_depth = 20, 10
-  return c
-
-
 def _examples(config, data_dir, tmp_path):
   labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
   dataset = data_lib.load_beir(data_dir)
@@ -58,7 +41,7 @@ def _params(model):
 
 def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   config.ranker.model.hidden_dropout_prob = 0.0
   examples = _examples(config, data_dir, tmp_path)
   results = []
@@ -89,7 +72,7 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
 
 def test_each_step_compiles_once_per_shape(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   examples = _examples(config, data_dir, tmp_path)
   traces = []
 
@@ -110,7 +93,7 @@ def test_each_step_compiles_once_per_shape(tiny, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   examples = _examples(config, data_dir, tmp_path)
   model, _ = models.load_cross_encoder(config.ranker.model)
   nan_loss = lambda m, b, r: ranker.listmle_loss(m, b, r) * jnp.nan  # noqa: E731
@@ -119,15 +102,6 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
                      num_examples=len(examples), dev_batches=None,
                      loop=ranker.loop_config(config.ranker, 0), optim_config=config.ranker.optim,
                      out_dir=str(tmp_path / "run"))
-
-
-def _write_config_file(path, config):
-  path.write_text(textwrap.dedent(f"""
-      import json
-      import ml_collections
-      def get_config(arg=None):
-        return ml_collections.ConfigDict(json.loads({config.to_json()!r}))
-      """))
 
 
 def _latest_params(out_dir):
@@ -153,11 +127,11 @@ def _tail(workdir, task):
 
 def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   config.ranker.epochs = 4.0
   config.ranker.checkpoint_every = 1
   config_file = tmp_path / "cfg.py"
-  _write_config_file(config_file, config)
+  fixtures.write_config_file(config_file, config)
   full, killed = tmp_path / "full", tmp_path / "killed"
   for wd in (full, killed):
     fixtures.write_labels(wd / "labels" / "labels.jsonl", data_dir, list_size=6)
@@ -193,7 +167,7 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
 
 def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
   _write_candidates(tmp_path, labels)
   from interdistill_jax import distill, evaluate, pipeline
@@ -249,7 +223,7 @@ def _check_ranker_score_caches(config, workdir):
 
 def test_top_k_listmle_scores_only_the_first_k_positions(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
   make = lambda k: ranker.ListwiseExamples(  # noqa: E731
       labels, data_lib.load_beir(data_dir), tokenization.Tokenizer(config.model.init), list_size=6,
@@ -315,7 +289,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   evaluate reports the ranker alone and fused."""
   from interdistill_jax import distill, evaluate
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   config.ranker.head, config.ranker.fuse_initial = head, "fit"
   labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
   _write_candidates(tmp_path, labels)
@@ -380,7 +354,7 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   the joint head."""
   from interdistill_jax import losses, retrieval
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
   dataset, tok = data_lib.load_beir(data_dir), tokenization.Tokenizer(config.model.init)
   model, _ = models.load_cross_encoder(config.ranker.model, head="auto")  # a bi-encoder: residual
@@ -409,7 +383,7 @@ def test_residual_start_when_the_initial_order_does_not_predict_the_teacher(tiny
   """A teacher that reverses the initial order: the bi-encoder term starts near zero, said loudly."""
   import logging
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   config.ranker.top_k = 0
   records = [{"qid": f"q{i}", "docids": ["a", "b", "c"], "ranking": ["c", "b", "a"], "ranked_prefix": 3}
              for i in range(4)]
