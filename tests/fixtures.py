@@ -14,8 +14,12 @@ WORDS = ("protein gene cell virus brain heart drug cancer blood tumor immune the
 
 
 def tiny_bert(directory: pathlib.Path, *, layers=2, hidden=32, heads=4, seed=0, pooling="mean",
-              normalize=True) -> pathlib.Path:
-  """A randomly initialised BERT in Hugging Face layout, with MiniLM's tokenizer files."""
+              normalize=True, hidden_dropout=0.1) -> pathlib.Path:
+  """A randomly initialised BERT in Hugging Face layout, with MiniLM's tokenizer files.
+
+  `hidden_dropout` is the checkpoint's `hidden_dropout_prob`, which no config field overrides
+  (the attention dropout has one: `model.attention_dropout`).
+  """
   from safetensors.numpy import save_file
   directory.mkdir(parents=True, exist_ok=True)
   src = pathlib.Path(assets.packaged_encoder_dir())
@@ -24,7 +28,7 @@ def tiny_bert(directory: pathlib.Path, *, layers=2, hidden=32, heads=4, seed=0, 
   cfg = dict(model_type="bert", architectures=["BertModel"], vocab_size=30522, hidden_size=hidden,
              num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden,
              max_position_embeddings=128, type_vocab_size=2, layer_norm_eps=1e-12,
-             hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, hidden_act="gelu",
+             hidden_dropout_prob=hidden_dropout, attention_probs_dropout_prob=0.1, hidden_act="gelu",
              pad_token_id=0)
   (directory / "config.json").write_text(json.dumps(cfg))
   rng = np.random.default_rng(seed)

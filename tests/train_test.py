@@ -40,9 +40,15 @@ def _params(model):
 
 
 def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
-  bert, data_dir = tiny
+  _, data_dir = tiny
+  # Without dropout, so both runs compute the same function: the hidden dropout is the
+  # checkpoint's (config.json), the attention dropout is overridden by `model.attention_dropout`.
+  bert = fixtures.tiny_bert(tmp_path / "bert", layers=1, hidden=16, heads=2, hidden_dropout=0.0)
   config = fixtures.small_config(bert, data_dir)
-  config.ranker.model.hidden_dropout_prob = 0.0
+  config.ranker.model.attention_dropout = 0.0
+  model, _ = models.load_cross_encoder(config.ranker.model)
+  assert model.dropout == 0.0 and model.bert.cfg.hidden_dropout_prob == 0.0
+  assert {(layer.hidden_dropout, layer.attn_dropout) for layer in model.bert.layers} == {(0.0, 0.0)}
   examples = _examples(config, data_dir, tmp_path)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
