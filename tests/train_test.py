@@ -194,9 +194,12 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   assert train.read_done(str(tmp_path / "retriever_supervised"))["teacher"] == "qrels"
   evaluate.run(config, str(tmp_path))
   systems = ("baseline", "ranker", "ranker_fused", "distilled", "direct", "supervised")
+  qrels = data_lib.load_beir(data_dir).qrels("test")
   for system in systems:
     result = json.loads((tmp_path / "eval" / f"{system}.json").read_text())
-    assert result["num_queries"] == 8 and 0 <= result["metrics"]["ndcg@10"] <= 1
+    assert result["num_queries"] == 8
+    want = _ndcg_at_10(tmp_path / "eval" / f"{system}.trec", qrels)
+    assert result["metrics"]["ndcg@10"] == pytest.approx(want, abs=1e-6), system
   compare = json.loads((tmp_path / "eval" / "compare.json").read_text())
   assert set(compare) == set(systems) - {"baseline"}
   assert (tmp_path / "ranker" / "teacher_scores.npz").exists()
@@ -204,6 +207,18 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   report = (tmp_path / "eval" / "report.md").read_text()
   assert "| distilled |" in report and "95% CI" in report
   _check_ranker_score_caches(config, tmp_path)
+
+
+def _ndcg_at_10(trec_path, qrels):
+  """nDCG@10 of a written run, by hand: with one relevant document per query (tiny_beir) it is the
+  mean of 1 / log2(1 + that document's rank), 0 below rank 10."""
+  assert qrels and all(len(docs) == 1 for docs in qrels.values())
+  rank = {}
+  for line in open(trec_path):
+    qid, _, docid, r, _, _ = line.split()
+    if docid in qrels.get(qid, {}):
+      rank[qid] = int(r)
+  return float(np.mean([1.0 / np.log2(1 + rank[q]) if rank.get(q, 11) <= 10 else 0.0 for q in qrels]))
 
 
 def _check_ranker_score_caches(config, workdir):
