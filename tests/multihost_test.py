@@ -102,7 +102,8 @@ def test_train_ranker_reaches_the_same_parameters(runs):
   step_a, params_a = _selected_params(single / "ranker", bert)
   step_b, params_b = _selected_params(multi / "ranker", bert)
   assert step_a == step_b > 0
-  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+  assert jax.tree.leaves(params_a)
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
     np.testing.assert_allclose(a, b, atol=PARAM_ATOL, rtol=0)
   # Only process 0 wrote the metrics log, each step once, with the same losses.
   metrics = [[json.loads(line) for line in open(wd / "ranker" / "metrics.jsonl")] for wd in (single, multi)]
@@ -112,6 +113,7 @@ def test_train_ranker_reaches_the_same_parameters(runs):
   assert done[0] == done[1] and done[1]["selected_step"] == step_b
   assert fitted[0].keys() == fitted[1].keys() == {"initial_scale", "dev_listmle"}
   np.testing.assert_allclose(fitted[0]["initial_scale"], fitted[1]["initial_scale"], rtol=1e-4)
+  assert fitted[0]["dev_listmle"].keys() == fitted[1]["dev_listmle"].keys() and fitted[0]["dev_listmle"]
   for key, value in fitted[0]["dev_listmle"].items():
     np.testing.assert_allclose(value, fitted[1]["dev_listmle"][key], rtol=1e-3)
   # The selected (best dev) step may come before the last one.

@@ -141,7 +141,9 @@ def test_simulated_teacher_ranks_passages_with_the_answer_first(files, tmp_path)
   config.pipeline.stages = ("retrieve", "label")
   pipeline.run(config, str(tmp_path / "work"))
   dataset = data.load_beir(tmp_path / "data", config.data.corpus_file)
-  for record in data.load_labels(tmp_path / "work" / "labels" / "labels.jsonl"):
+  labels = data.load_labels(tmp_path / "work" / "labels" / "labels.jsonl")
+  assert len(labels) == config.data.qa.num_train == 8
+  for record in labels:
     first = dataset.corpus[record["ranking"][0]].full_text()
     assert metrics.has_answer(dataset.queries[record["qid"]].answers, first)
 

@@ -50,6 +50,7 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
   assert model.dropout == 0.0 and model.bert.cfg.hidden_dropout_prob == 0.0
   assert {(layer.hidden_dropout, layer.attn_dropout) for layer in model.bert.layers} == {(0.0, 0.0)}
   examples = _examples(config, data_dir, tmp_path)
+  assert len(jax.devices()) == 4, jax.devices()  # conftest.py: 4 simulated CPU devices
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices)
@@ -70,9 +71,11 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
   # ~0 (the scalar classifier bias, say) can move that parameter by a sizeable part of a step.
   assert abs(l1 - l4) < 1e-5 and abs(g1 - g4) < 1e-5 * g1
   lr_step = config.ranker.optim.learning_rate
-  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+  leaves = list(zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True))
+  assert leaves
+  for a, b in leaves:
     np.testing.assert_allclose(a, b, atol=lr_step, rtol=0)
-  diffs = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4))]
+  diffs = [np.abs(a - b).max() for a, b in leaves]
   assert np.median(diffs) < 1e-6  # the typical parameter agrees far more closely
 
 
@@ -162,7 +165,8 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
   step_full, params_full = _latest_params(full / "ranker")
   step_killed, params_killed = _latest_params(killed / "ranker")
   assert step_full == step_killed == 12
-  for a, b in zip(jax.tree.leaves(params_full), jax.tree.leaves(params_killed)):
+  assert jax.tree.leaves(params_full)
+  for a, b in zip(jax.tree.leaves(params_full), jax.tree.leaves(params_killed), strict=True):
     np.testing.assert_array_equal(a, b)
   done_full = json.loads((full / "ranker" / "done.json").read_text())
   done_killed = json.loads((killed / "ranker" / "done.json").read_text())
@@ -331,6 +335,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   fused = data_lib.read_trec_run(tmp_path / "eval" / "ranker_fused.trec")
   alone = data_lib.read_trec_run(tmp_path / "eval" / "ranker.trec")
   base = data_lib.read_trec_run(tmp_path / "eval" / "baseline.trec")
+  assert len(fused) == 8 and fused.keys() == alone.keys() == base.keys()
   for qid in fused:
     head_docs = data_lib.ranked(base[qid])[:config.eval.rerank_depth]
     want = [info["ce_weight"] * alone[qid][d] + info["initial_weight"] * base[qid][d] for d in head_docs]
