@@ -271,6 +271,7 @@ def _label_subprocess(config_path, workdir, log_path):
        f"--workdir={workdir}"], cwd=REPO, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow  # two `main` subprocesses
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(dataset, tmp_path, monkeypatch):
   root, workdir = dataset
   log = tmp_path / "label.log"

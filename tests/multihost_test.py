@@ -25,6 +25,8 @@ from tests.conftest import REPO
 # entries into visible steps, hence an absolute tolerance on parameters of O(1e-2) magnitude.
 PARAM_ATOL = 1e-5
 
+pytestmark = pytest.mark.slow  # `main` subprocesses, two of them joined by jax.distributed
+
 
 def _run_single(config_file, workdir, task, timeout=600, extra=()):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")

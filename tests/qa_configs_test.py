@@ -105,6 +105,7 @@ def _check_eval(workdir, systems, server):
   assert "rag.em@1" in report and "top5_acc" in report
 
 
+@pytest.mark.slow  # the whole pipeline, ~45 s
 def test_nq_config_end_to_end_on_dpr_question_files(files, tmp_path):
   root, bert = files
   workdir = tmp_path / "work"

@@ -39,6 +39,7 @@ def _params(model):
   return jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
 
 
+@pytest.mark.slow  # ~30 s: two compilations of the train step
 def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
   _, data_dir = tiny
   # Without dropout, so both runs compute the same function: the hidden dropout is the
@@ -134,6 +135,7 @@ def _tail(workdir, task):
   return (workdir / f"{task}.log").read_text()[-3000:]
 
 
+@pytest.mark.slow  # three `main` subprocesses
 def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
@@ -175,6 +177,7 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
   assert steps == list(range(1, 13))  # the resumed log has each step once
 
 
+@pytest.mark.slow  # end to end: ranker, three distillations, evaluate
 def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
@@ -308,6 +311,7 @@ def _write_candidates(workdir, labels, depth=10):
       f.writelines(f"{r['qid']} Q0 {d} {i + 1} {1.0 - 0.05 * i:.6f} initial\n" for i, d in enumerate(docids))
 
 
+@pytest.mark.slow  # end to end: ranker, fusion, distill, evaluate, export
 @pytest.mark.parametrize("head", ["cls", "residual"])
 def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head):
   """train_ranker fits fusion.json on dev; with fuse_initial="fit" distill uses the fused score;
@@ -374,6 +378,7 @@ def _check_residual_export(config, workdir, out):
   np.testing.assert_allclose(logits + scale * np.einsum("nh,nh->n", q, e), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # ~20 s
 def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   """Before training the residual head's score is exactly scale * <q, e_p> of the bi-encoder
   checkpoint (the joint head starts at 0), in the loss and when scoring; its first step moves
