@@ -8,6 +8,9 @@ from ml_collections import config_flags
 from interdistill_jax import defaults, tasks
 from tests.conftest import REPO
 
+# config_flags loads config files with the deprecated load_module().
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
 # The string arguments (`--config=configs/NAME.py:ARG`) that configs take, besides none.
 CONFIG_ARGS = {"beir": ["/data/beir/nfcorpus"], "nq": ["tfds", "dpr"], "tqa": ["tfds", "dpr"]}
