@@ -1,4 +1,5 @@
 # Quick start:  make demo   (runs the main job offline)   |   make test   (runs the test suite)
+#   make test-fast   (the test suite without the tests marked slow)
 SHELL := /bin/bash
 VENV ?= .venv
 REF_VENV ?= .venv-ref
@@ -12,7 +13,7 @@ PYTHON312 ?= $(call find_python,3.12)
 PYTHON311 ?= $(call find_python,3.11)
 PY := $(VENV)/bin/python
 
-.PHONY: setup venv ref-venv llama test demo bench clean
+.PHONY: setup venv ref-venv llama test test-fast demo bench clean
 
 setup: venv ref-venv llama
 
@@ -44,6 +45,10 @@ $(VENV)/.llama: $(VENV)/.done
 
 test: setup
 	$(PY) -m pytest -q
+
+# Skips the tests marked slow (subprocesses, end-to-end runs, llama.cpp), so no llama build is needed.
+test-fast: venv ref-venv
+	$(PY) -m pytest -q -m "not slow"
 
 DEMO_WORKDIR ?= runs/demo
 demo: venv llama

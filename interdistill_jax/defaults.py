@@ -2,13 +2,22 @@
 
 A field left at its default here is a choice the paper leaves open (DESIGN.md): each is a
 config value, overridable from the command line as `--config.section.field=value`.
+
+Every section is locked (`ConfigDict.lock()`): `configs/*.py`, command-line overrides and code
+may set the fields declared here, and setting any other (a typo) raises an error that names it.
+A new setting is declared here, with its default, before anything sets it.
 """
 
 import ml_collections
 
 
+def _section(fields: dict) -> ml_collections.ConfigDict:
+  """A locked section: its fields can be changed, but none can be added."""
+  return ml_collections.ConfigDict(fields).lock()
+
+
 def data_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       dir="",                  # BEIR-layout directory (corpus.jsonl, queries.jsonl, qrels/).
       name="",                 # Data set name for reports; default: the directory's basename.
       corpus_file="corpus.jsonl",  # Relative to dir, or absolute (a DPR .tsv works too).
@@ -27,7 +36,7 @@ def qa_data_config() -> ml_collections.ConfigDict:
   metadata.answers, splits/{train,test}.txt) in `data.dir`, or under `data.cache_dir` when it is
   empty; `data.corpus_file` is the passage TSV (an absolute path).
   """
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       format="",               # "" (data.dir is BEIR), "tfds" or "dpr" (question<TAB>["answer", ...]).
       tfds_name="natural_questions_open",  # or "trivia_qa/unfiltered.nocontext".
       tfds_data_dir="",        # tensorflow-datasets data_dir ("" = its default).
@@ -40,7 +49,7 @@ def qa_data_config() -> ml_collections.ConfigDict:
 
 
 def model_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       init="",                 # HF directory, Hub id, or "" for the packaged all-MiniLM-L6-v2.
       pooling="",              # "", "mean" or "cls"; "" follows the checkpoint's 1_Pooling config.
       normalize=-1,            # -1 follows the checkpoint (2_Normalize module); 0 or 1 to force.
@@ -57,7 +66,7 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def encode_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       # Global batch (all devices); padded so shapes never change. 0: chosen for the platform,
       # 64 on GPU/TPU, about 1024 tokens per device on CPU (sharding.inference_batch_size).
       batch_size=0,
@@ -72,7 +81,7 @@ def encode_config() -> ml_collections.ConfigDict:
 
 
 def retrieve_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       k=100,                   # Candidates written per query.
       splits=("train", "test"),
       block_size=4096,         # Corpus rows scored per matmul block in exact search.
@@ -87,7 +96,7 @@ def retrieve_config() -> ml_collections.ConfigDict:
 
 
 def eval_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       split="test",
       k_values=(1, 3, 5, 10, 100, 1000),
       answer_ks=(1, 5, 20, 100),  # top-k answer accuracy, for query sets with answers.
@@ -97,7 +106,7 @@ def eval_config() -> ml_collections.ConfigDict:
 
 
 def teacher_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       backend="simulated",     # "openai", "gemini", "llamacpp" or "simulated" (from qrels, not an LLM).
       model="",                # API model name; GGUF path for llamacpp ("" = packaged SmolLM2-135M).
       base_url="",             # OpenAI-compatible server (".../v1") or Gemini endpoint; "" = official.
@@ -128,7 +137,7 @@ def teacher_config() -> ml_collections.ConfigDict:
 
 def reader_config() -> ml_collections.ConfigDict:
   """The reader of retrieval-augmented QA in `evaluate`: a teacher backend used as a generator."""
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       enabled=False,           # QA configs turn it on; needs queries with metadata.answers.
       backend="llamacpp",      # "openai", "gemini" or "llamacpp" (in-process GGUF).
       model="",                # API model name; GGUF path for llamacpp ("" = packaged SmolLM2-135M).
@@ -153,7 +162,7 @@ def reader_config() -> ml_collections.ConfigDict:
 
 
 def label_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       split="train",
       num_candidates=20,       # Top candidates of candidates/{split}.trec shown to the teacher.
       max_queries=0,           # 0 labels every query of the split.
@@ -167,7 +176,7 @@ def label_config() -> ml_collections.ConfigDict:
 
 
 def optim_config(learning_rate: float) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       learning_rate=learning_rate,
       schedule="linear",       # "linear" or "cosine" decay after warmup, or "constant".
       warmup_fraction=0.1,
@@ -178,7 +187,7 @@ def optim_config(learning_rate: float) -> ml_collections.ConfigDict:
 
 def ranker_config() -> ml_collections.ConfigDict:
   model = model_config()
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       model=model,             # Cross-encoder init: "" = the packaged MiniLM.
       # "cls": [CLS] -> linear head (BertForSequenceClassification), for cross-encoder checkpoints;
       # "residual": the bi-encoder score plus a zero-initialised [CLS] head, trained end to end,
@@ -205,7 +214,7 @@ def ranker_config() -> ml_collections.ConfigDict:
 
 
 def distill_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       teacher="ranker",        # "ranker" (Intermediate Distillation, retriever/); "llm" (the
                                # no-ranker ablation on the LLM rankings, retriever_direct/);
                                # "qrels" (gold judgements, retriever_supervised/).
@@ -231,7 +240,7 @@ def distill_config() -> ml_collections.ConfigDict:
 
 
 def export_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return _section(dict(
       push_to_hub=False,       # Upload export/ to the Hub (token from the HF_TOKEN environment variable).
       repo_id_retriever="",    # "owner/name" of the retriever's model repo; "" = not pushed.
       repo_id_ranker="",       # "owner/name" of the ranker's model repo; "" = not pushed.
@@ -259,7 +268,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = eval_config()
   config.reader = reader_config()
   config.export = export_config()
-  config.pipeline = ml_collections.ConfigDict(dict(
+  config.pipeline = _section(dict(
       stages=("retrieve", "evaluate"),
   ))
-  return config
+  return config.lock()

@@ -3,18 +3,23 @@
 import json
 import pathlib
 import shutil
+import textwrap
 
 import numpy as np
 
-from interdistill_jax import assets
+from interdistill_jax import assets, defaults
 
 WORDS = ("protein gene cell virus brain heart drug cancer blood tumor immune therapy dose trial "
          "mouse human liver kidney lung bone muscle neuron signal receptor enzyme").split()
 
 
 def tiny_bert(directory: pathlib.Path, *, layers=2, hidden=32, heads=4, seed=0, pooling="mean",
-              normalize=True) -> pathlib.Path:
-  """A randomly initialised BERT in Hugging Face layout, with MiniLM's tokenizer files."""
+              normalize=True, hidden_dropout=0.1) -> pathlib.Path:
+  """A randomly initialised BERT in Hugging Face layout, with MiniLM's tokenizer files.
+
+  `hidden_dropout` is the checkpoint's `hidden_dropout_prob`, which no config field overrides
+  (the attention dropout has one: `model.attention_dropout`).
+  """
   from safetensors.numpy import save_file
   directory.mkdir(parents=True, exist_ok=True)
   src = pathlib.Path(assets.packaged_encoder_dir())
@@ -23,7 +28,7 @@ def tiny_bert(directory: pathlib.Path, *, layers=2, hidden=32, heads=4, seed=0, 
   cfg = dict(model_type="bert", architectures=["BertModel"], vocab_size=30522, hidden_size=hidden,
              num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden,
              max_position_embeddings=128, type_vocab_size=2, layer_norm_eps=1e-12,
-             hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, hidden_act="gelu",
+             hidden_dropout_prob=hidden_dropout, attention_probs_dropout_prob=0.1, hidden_act="gelu",
              pad_token_id=0)
   (directory / "config.json").write_text(json.dumps(cfg))
   rng = np.random.default_rng(seed)
@@ -109,3 +114,30 @@ def write_labels(path: pathlib.Path, dataset_dir: pathlib.Path, *, list_size=6, 
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
   return records
+
+
+def small_config(bert: pathlib.Path, data_dir: pathlib.Path):
+  """The default config at test size: `bert` for both models, lists of 6, 2 epochs of 4 queries."""
+  c = defaults.base_config()
+  c.data.dir = str(data_dir)
+  c.model.init = c.ranker.model.init = str(bert)
+  c.model.max_doc_length = c.ranker.max_length = 32
+  c.encode.buckets = (32,)
+  r = c.ranker
+  r.list_size, r.batch_size, r.epochs, r.dev_fraction = 6, 4, 2.0, 0.25
+  r.eval_every = r.checkpoint_every = 2
+  d = c.distill
+  d.list_size, d.batch_size, d.epochs, d.dev_fraction = 6, 4, 2.0, 0.25
+  d.eval_every = d.checkpoint_every = 2
+  c.eval.depth, c.eval.rerank_depth = 20, 10
+  return c
+
+
+def write_config_file(path: pathlib.Path, config) -> None:
+  """A configs/*.py-style file whose get_config() returns `config` (for `interdistill_jax.main`)."""
+  path.write_text(textwrap.dedent(f"""
+      import json
+      import ml_collections
+      def get_config(arg=None):
+        return ml_collections.ConfigDict(json.loads({config.to_json()!r}))
+      """))

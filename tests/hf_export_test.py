@@ -111,6 +111,7 @@ def _cosines(a, b) -> np.ndarray:
   return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
+@pytest.mark.slow  # PyTorch and sentence-transformers in a subprocess
 def test_sentence_transformers_embeds_exported_retriever_like_ours(exported, reference):
   theirs = np.asarray(reference["embeddings"])
   assert theirs.shape == exported.embeddings.shape == (100, 384)
@@ -120,6 +121,7 @@ def test_sentence_transformers_embeds_exported_retriever_like_ours(exported, ref
   assert _cosines(reference["original"], exported.embeddings[:10]).min() < 0.999
 
 
+@pytest.mark.slow  # PyTorch and sentence-transformers in a subprocess
 def test_cross_encoder_scores_exported_ranker_like_ours(exported, reference):
   assert reference["activation"] == "Identity"  # predict() returns the raw logit, as ours does.
   theirs = np.asarray(reference["scores"])
@@ -128,12 +130,14 @@ def test_cross_encoder_scores_exported_ranker_like_ours(exported, reference):
   assert np.ptp(exported.scores) > 0.1  # The random head makes scores that can disagree.
 
 
+@pytest.mark.slow  # PyTorch and sentence-transformers in a subprocess
 def test_automodel_loads_retriever_without_missing_or_unexpected_weights(reference):
   info = reference["loading_info"]
   assert info["missing_keys"] == [] and info["unexpected_keys"] == []
   assert info.get("mismatched_keys", []) == []
 
 
+@pytest.mark.slow  # the `exported` fixture: ~20 s
 def test_exported_directories_load_back_into_our_models(exported):
   config = defaults.base_config()
   config.model.init = str(exported.dir / "retriever")
@@ -146,6 +150,7 @@ def test_exported_directories_load_back_into_our_models(exported):
   np.testing.assert_allclose(_score(ranker, exported.tok, exported.pairs), exported.scores, atol=1e-5)
 
 
+@pytest.mark.slow  # the `exported` fixture: ~20 s
 def test_exported_tokenizer_has_no_fixed_padding_or_truncation(exported):
   with open(exported.dir / "retriever" / "tokenizer.json") as f:
     tok = json.load(f)

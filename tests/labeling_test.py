@@ -106,7 +106,9 @@ def test_noiseless_simulated_teacher_puts_the_relevant_document_first(dataset):
     run[f"q{i}"].pop(data.ranked(run[f"q{i}"])[-2], None)
   data.write_trec_run(workdir / "candidates" / "train.trec", run, "init")
   labeling.run(_config(root), str(workdir))
-  for r in _labels(workdir):
+  records = _labels(workdir)
+  assert len(records) == NUM_QUERIES
+  for r in records:
     assert r["ranking"][0] == f"d{(5 * int(r['qid'][1:])) % NUM_DOCS}"
   # One relevant document per query, always ranked first: the teacher's nDCG@10 is 1.
   quality = _stats(workdir)["quality"]
@@ -172,6 +174,7 @@ def test_failure_policies(dataset, policy):
     assert len(records) + stats["queries"]["dropped"] == NUM_QUERIES
     assert not any(r["repaired"] for r in records)
     assert not set(stats["dropped_qids"]) & {r["qid"] for r in records}
+  assert records  # "drop" keeps the queries whose answers parsed
   for r in records:
     assert sorted(r["ranking"]) == sorted(r["docids"])
     if not r["repaired"]:
@@ -268,6 +271,7 @@ def _label_subprocess(config_path, workdir, log_path):
        f"--workdir={workdir}"], cwd=REPO, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow  # two `main` subprocesses
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(dataset, tmp_path, monkeypatch):
   root, workdir = dataset
   log = tmp_path / "label.log"
@@ -334,6 +338,8 @@ def test_optional_scifact_sample(tmp_path):
   data.write_trec_run(tmp_path / "candidates" / "train.trec", run, "random")
   config = _config(root)
   labeling.run(config, str(tmp_path))
-  for r in _labels(tmp_path):
+  records = _labels(tmp_path)
+  assert len(records) == len(run) == 5
+  for r in records:
     relevant = {d for d, g in qrels[r["qid"]].items() if g > 0}
     assert set(r["ranking"][:len(relevant)]) == relevant

@@ -213,6 +213,7 @@ def test_local_forwards_signals(tmp_path, sig, status):
   assert "[proc 0] stopped 0" in out and "[proc 1] stopped 1" in out
 
 
+@pytest.mark.slow  # two JAX processes
 def test_local_two_processes_two_devices_psum(tmp_path):
   """2 processes x 2 simulated CPU devices through local.sh's environment and main.distributed_kwargs."""
   probe = tmp_path / "probe.py"

@@ -66,6 +66,7 @@ def _random_case(seed: int, *, ties: bool, num_queries: int = 30, num_docs: int 
 
 def _assert_matches_reference(ours_per_query, reference, qrels):
   with_relevant = {q for q, docs in qrels.items() if any(r >= 1 for r in docs.values())}
+  assert with_relevant and reference
   assert set(ours_per_query) == set(reference)
   for name, values in ours_per_query.items():
     assert set(values) == with_relevant, name

@@ -46,6 +46,7 @@ def encoder():
                            model_config=config.model, mesh=sharding.make_mesh())
 
 
+@pytest.mark.slow  # PyTorch in a subprocess
 def test_pooled_embeddings_match_pytorch_bert(encoder, tmp_path):
   texts_file = tmp_path / "texts.json"
   texts_file.write_text(json.dumps(TEXTS))

@@ -19,12 +19,13 @@ from flax import nnx
 from interdistill_jax import models, train
 from tests import fixtures
 from tests.conftest import REPO
-from tests.train_test import _config, _write_config_file
 
 # Parameters after training may differ by float round-off: the 2-process run sums gradients across
 # processes in another order. Adam divides by sqrt(v), which turns round-off in near-zero gradient
 # entries into visible steps, hence an absolute tolerance on parameters of O(1e-2) magnitude.
 PARAM_ATOL = 1e-5
+
+pytestmark = pytest.mark.slow  # `main` subprocesses, two of them joined by jax.distributed
 
 
 def _run_single(config_file, workdir, task, timeout=600, extra=()):
@@ -64,11 +65,11 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost")
   bert = fixtures.tiny_bert(root / "bert", layers=1, hidden=16, heads=2)
   data_dir = fixtures.tiny_beir(root / "data", num_train=12)
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   config.retrieve.k = 10
   config.encode.batch_size = 8  # several batches per split
   config_file = root / "cfg.py"
-  _write_config_file(config_file, config)
+  fixtures.write_config_file(config_file, config)
   single, multi = root / "single", root / "multi"
   for wd in (single, multi):
     fixtures.write_labels(wd / "labels" / "labels.jsonl", data_dir, list_size=6)
@@ -103,7 +104,8 @@ def test_train_ranker_reaches_the_same_parameters(runs):
   step_a, params_a = _selected_params(single / "ranker", bert)
   step_b, params_b = _selected_params(multi / "ranker", bert)
   assert step_a == step_b > 0
-  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+  assert jax.tree.leaves(params_a)
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
     np.testing.assert_allclose(a, b, atol=PARAM_ATOL, rtol=0)
   # Only process 0 wrote the metrics log, each step once, with the same losses.
   metrics = [[json.loads(line) for line in open(wd / "ranker" / "metrics.jsonl")] for wd in (single, multi)]
@@ -113,6 +115,7 @@ def test_train_ranker_reaches_the_same_parameters(runs):
   assert done[0] == done[1] and done[1]["selected_step"] == step_b
   assert fitted[0].keys() == fitted[1].keys() == {"initial_scale", "dev_listmle"}
   np.testing.assert_allclose(fitted[0]["initial_scale"], fitted[1]["initial_scale"], rtol=1e-4)
+  assert fitted[0]["dev_listmle"].keys() == fitted[1]["dev_listmle"].keys() and fitted[0]["dev_listmle"]
   for key, value in fitted[0]["dev_listmle"].items():
     np.testing.assert_allclose(value, fitted[1]["dev_listmle"][key], rtol=1e-3)
   # The selected (best dev) step may come before the last one.

@@ -105,6 +105,7 @@ def _check_eval(workdir, systems, server):
   assert "rag.em@1" in report and "top5_acc" in report
 
 
+@pytest.mark.slow  # the whole pipeline, ~45 s
 def test_nq_config_end_to_end_on_dpr_question_files(files, tmp_path):
   root, bert = files
   workdir = tmp_path / "work"
@@ -141,7 +142,9 @@ def test_simulated_teacher_ranks_passages_with_the_answer_first(files, tmp_path)
   config.pipeline.stages = ("retrieve", "label")
   pipeline.run(config, str(tmp_path / "work"))
   dataset = data.load_beir(tmp_path / "data", config.data.corpus_file)
-  for record in data.load_labels(tmp_path / "work" / "labels" / "labels.jsonl"):
+  labels = data.load_labels(tmp_path / "work" / "labels" / "labels.jsonl")
+  assert len(labels) == config.data.qa.num_train == 8
+  for record in labels:
     first = dataset.corpus[record["ranking"][0]].full_text()
     assert metrics.has_answer(dataset.queries[record["qid"]].answers, first)
 

@@ -130,6 +130,7 @@ def test_the_simulated_backend_is_not_a_reader():
     reader.backend_config(config.reader)
 
 
+@pytest.mark.slow  # llama.cpp, ~25 s
 def test_smollm2_reader_answers_in_one_short_line(tmp_path):
   pytest.importorskip("llama_cpp")
   from interdistill_jax.teachers import llamacpp_backend

@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
+pytestmark = pytest.mark.slow  # llama.cpp
 
 from interdistill_jax import defaults  # noqa: E402
 from interdistill_jax import teachers  # noqa: E402

@@ -149,6 +149,7 @@ def test_rpm_spaces_call_starts(tmp_path):
     await asyncio.gather(*(runner.answer(_request(f"q{i}")) for i in range(5)))
 
   _run(go())
+  assert len(backend.starts) == 5
   gaps = [b - a for a, b in zip(backend.starts, backend.starts[1:])]
   assert all(g >= 0.09 for g in gaps), gaps
 

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
@@ -28,22 +27,6 @@ def tiny(tmp_path_factory):
   return bert, data_dir
 
 
-def _config(bert, data_dir):
-  c = defaults.base_config()
-  c.data.dir = str(data_dir)
-  c.model.init = c.ranker.model.init = str(bert)
-  c.model.max_doc_length = c.ranker.max_length = 32
-  c.encode.buckets = (32,)
-  r = c.ranker
-  r.list_size, r.batch_size, r.epochs, r.dev_fraction = 6, 4, 2.0, 0.25
-  r.eval_every = r.checkpoint_every = 2
-  d = c.distill
-  d.list_size, d.batch_size, d.epochs, d.dev_fraction = 6, 4, 2.0, 0.25
-  d.eval_every = d.checkpoint_every = 2
-  c.eval.depth, c.eval.rerank_depth = 20, 10
-  return c
-
-
 def _examples(config, data_dir, tmp_path):
   labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
   dataset = data_lib.load_beir(data_dir)
@@ -56,11 +39,19 @@ def _params(model):
   return jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
 
 
+@pytest.mark.slow  # ~30 s: two compilations of the train step
 def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
-  bert, data_dir = tiny
-  config = _config(bert, data_dir)
-  config.ranker.model.hidden_dropout_prob = 0.0
+  _, data_dir = tiny
+  # Without dropout, so both runs compute the same function: the hidden dropout is the
+  # checkpoint's (config.json), the attention dropout is overridden by `model.attention_dropout`.
+  bert = fixtures.tiny_bert(tmp_path / "bert", layers=1, hidden=16, heads=2, hidden_dropout=0.0)
+  config = fixtures.small_config(bert, data_dir)
+  config.ranker.model.attention_dropout = 0.0
+  model, _ = models.load_cross_encoder(config.ranker.model)
+  assert model.dropout == 0.0 and model.bert.cfg.hidden_dropout_prob == 0.0
+  assert {(layer.hidden_dropout, layer.attn_dropout) for layer in model.bert.layers} == {(0.0, 0.0)}
   examples = _examples(config, data_dir, tmp_path)
+  assert len(jax.devices()) == 4, jax.devices()  # conftest.py: 4 simulated CPU devices
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices)
@@ -81,15 +72,17 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
   # ~0 (the scalar classifier bias, say) can move that parameter by a sizeable part of a step.
   assert abs(l1 - l4) < 1e-5 and abs(g1 - g4) < 1e-5 * g1
   lr_step = config.ranker.optim.learning_rate
-  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+  leaves = list(zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True))
+  assert leaves
+  for a, b in leaves:
     np.testing.assert_allclose(a, b, atol=lr_step, rtol=0)
-  diffs = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4))]
+  diffs = [np.abs(a - b).max() for a, b in leaves]
   assert np.median(diffs) < 1e-6  # the typical parameter agrees far more closely
 
 
 def test_each_step_compiles_once_per_shape(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   examples = _examples(config, data_dir, tmp_path)
   traces = []
 
@@ -110,7 +103,7 @@ def test_each_step_compiles_once_per_shape(tiny, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   examples = _examples(config, data_dir, tmp_path)
   model, _ = models.load_cross_encoder(config.ranker.model)
   nan_loss = lambda m, b, r: ranker.listmle_loss(m, b, r) * jnp.nan  # noqa: E731
@@ -119,15 +112,6 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
                      num_examples=len(examples), dev_batches=None,
                      loop=ranker.loop_config(config.ranker, 0), optim_config=config.ranker.optim,
                      out_dir=str(tmp_path / "run"))
-
-
-def _write_config_file(path, config):
-  path.write_text(textwrap.dedent(f"""
-      import json
-      import ml_collections
-      def get_config(arg=None):
-        return ml_collections.ConfigDict(json.loads({config.to_json()!r}))
-      """))
 
 
 def _latest_params(out_dir):
@@ -151,13 +135,14 @@ def _tail(workdir, task):
   return (workdir / f"{task}.log").read_text()[-3000:]
 
 
+@pytest.mark.slow  # three `main` subprocesses
 def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   config.ranker.epochs = 4.0
   config.ranker.checkpoint_every = 1
   config_file = tmp_path / "cfg.py"
-  _write_config_file(config_file, config)
+  fixtures.write_config_file(config_file, config)
   full, killed = tmp_path / "full", tmp_path / "killed"
   for wd in (full, killed):
     fixtures.write_labels(wd / "labels" / "labels.jsonl", data_dir, list_size=6)
@@ -182,7 +167,8 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
   step_full, params_full = _latest_params(full / "ranker")
   step_killed, params_killed = _latest_params(killed / "ranker")
   assert step_full == step_killed == 12
-  for a, b in zip(jax.tree.leaves(params_full), jax.tree.leaves(params_killed)):
+  assert jax.tree.leaves(params_full)
+  for a, b in zip(jax.tree.leaves(params_full), jax.tree.leaves(params_killed), strict=True):
     np.testing.assert_array_equal(a, b)
   done_full = json.loads((full / "ranker" / "done.json").read_text())
   done_killed = json.loads((killed / "ranker" / "done.json").read_text())
@@ -191,9 +177,10 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
   assert steps == list(range(1, 13))  # the resumed log has each step once
 
 
+@pytest.mark.slow  # end to end: ranker, three distillations, evaluate
 def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
   _write_candidates(tmp_path, labels)
   from interdistill_jax import distill, evaluate, pipeline
@@ -214,9 +201,12 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   assert layout.read_done(str(tmp_path / "retriever_supervised"))["teacher"] == "qrels"
   evaluate.run(config, str(tmp_path))
   systems = ("baseline", "ranker", "ranker_fused", "distilled", "direct", "supervised")
+  qrels = data_lib.load_beir(data_dir).qrels("test")
   for system in systems:
     result = json.loads((tmp_path / "eval" / f"{system}.json").read_text())
-    assert result["num_queries"] == 8 and 0 <= result["metrics"]["ndcg@10"] <= 1
+    assert result["num_queries"] == 8
+    want = _ndcg_at_10(tmp_path / "eval" / f"{system}.trec", qrels)
+    assert result["metrics"]["ndcg@10"] == pytest.approx(want, abs=1e-6), system
   compare = json.loads((tmp_path / "eval" / "compare.json").read_text())
   assert set(compare) == set(systems) - {"baseline"}
   assert (tmp_path / "ranker" / "teacher_scores.npz").exists()
@@ -224,6 +214,18 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   report = (tmp_path / "eval" / "report.md").read_text()
   assert "| distilled |" in report and "95% CI" in report
   _check_ranker_score_caches(config, tmp_path)
+
+
+def _ndcg_at_10(trec_path, qrels):
+  """nDCG@10 of a written run, by hand: with one relevant document per query (tiny_beir) it is the
+  mean of 1 / log2(1 + that document's rank), 0 below rank 10."""
+  assert qrels and all(len(docs) == 1 for docs in qrels.values())
+  rank = {}
+  for line in open(trec_path):
+    qid, _, docid, r, _, _ = line.split()
+    if docid in qrels.get(qid, {}):
+      rank[qid] = int(r)
+  return float(np.mean([1.0 / np.log2(1 + rank[q]) if rank.get(q, 11) <= 10 else 0.0 for q in qrels]))
 
 
 def _check_ranker_score_caches(config, workdir):
@@ -249,7 +251,7 @@ def _check_ranker_score_caches(config, workdir):
 
 def test_top_k_listmle_scores_only_the_first_k_positions(tiny, tmp_path):
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
   make = lambda k: ranker.ListwiseExamples(  # noqa: E731
       labels, data_lib.load_beir(data_dir), tokenization.Tokenizer(config.model.init), list_size=6,
@@ -309,13 +311,14 @@ def _write_candidates(workdir, labels, depth=10):
       f.writelines(f"{r['qid']} Q0 {d} {i + 1} {1.0 - 0.05 * i:.6f} initial\n" for i, d in enumerate(docids))
 
 
+@pytest.mark.slow  # end to end: ranker, fusion, distill, evaluate, export
 @pytest.mark.parametrize("head", ["cls", "residual"])
 def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head):
   """train_ranker fits fusion.json on dev; with fuse_initial="fit" distill uses the fused score;
   evaluate reports the ranker alone and fused."""
   from interdistill_jax import distill, evaluate
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   config.ranker.head, config.ranker.fuse_initial = head, "fit"
   labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
   _write_candidates(tmp_path, labels)
@@ -336,6 +339,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   fused = data_lib.read_trec_run(tmp_path / "eval" / "ranker_fused.trec")
   alone = data_lib.read_trec_run(tmp_path / "eval" / "ranker.trec")
   base = data_lib.read_trec_run(tmp_path / "eval" / "baseline.trec")
+  assert len(fused) == 8 and fused.keys() == alone.keys() == base.keys()
   for qid in fused:
     head_docs = data_lib.ranked(base[qid])[:config.eval.rerank_depth]
     want = [info["ce_weight"] * alone[qid][d] + info["initial_weight"] * base[qid][d] for d in head_docs]
@@ -374,13 +378,14 @@ def _check_residual_export(config, workdir, out):
   np.testing.assert_allclose(logits + scale * np.einsum("nh,nh->n", q, e), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # ~20 s
 def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   """Before training the residual head's score is exactly scale * <q, e_p> of the bi-encoder
   checkpoint (the joint head starts at 0), in the loss and when scoring; its first step moves
   the joint head."""
   from interdistill_jax import losses, retrieval
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
   dataset, tok = data_lib.load_beir(data_dir), tokenization.Tokenizer(config.model.init)
   model, _ = models.load_cross_encoder(config.ranker.model, head="auto")  # a bi-encoder: residual
@@ -409,7 +414,7 @@ def test_residual_start_when_the_initial_order_does_not_predict_the_teacher(tiny
   """A teacher that reverses the initial order: the bi-encoder term starts near zero, said loudly."""
   import logging
   bert, data_dir = tiny
-  config = _config(bert, data_dir)
+  config = fixtures.small_config(bert, data_dir)
   config.ranker.top_k = 0
   records = [{"qid": f"q{i}", "docids": ["a", "b", "c"], "ranking": ["c", "b", "a"], "ranked_prefix": 3}
              for i in range(4)]
