@@ -134,7 +134,7 @@ def _run_phase(name: str, directory: str) -> dict:
 
 def _scifact(root: str) -> dict:
   """FAISS recall@100 against exact search on SciFact's real embeddings (encoded once, cached)."""
-  from interdistill_jax import defaults, retrieval, shards
+  from interdistill_jax import assets, defaults, retrieval, shards
 
   if not os.path.exists(root):
     return {"skipped": f"{root} not found"}
@@ -143,7 +143,7 @@ def _scifact(root: str) -> dict:
   config.encode.shard_size, config.encode.shard_dtype = 1000, "float16"
   workdir = os.path.join("runs", "bench_index")
   encoder = retrieval.Encoder.from_config(config)
-  dataset = retrieval.load_dataset(config)
+  dataset = assets.load_dataset(config.data)
   store = retrieval.corpus_shards(config, workdir, encoder, dataset)
   queries = [x.text for x in dataset.queries.values()]
   q = encoder.encode(queries, tower="query")

@@ -27,7 +27,7 @@ _RUNS = flags.DEFINE_list("runs", [], "system:retriever_dir:recipe, ...")
 
 def dev_figures(config, out_dir: str) -> dict:
   workdir = os.path.dirname(os.path.abspath(out_dir))
-  dataset = retrieval.load_dataset(config)
+  dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir))
   done = layout.read_done(out_dir)
   kept = labels

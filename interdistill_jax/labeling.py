@@ -396,7 +396,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
   out = layout.labels_dir(workdir)
   paths = {"labels": layout.labels(workdir), "cache": layout.label_cache(workdir),
            "stats": layout.label_stats(workdir), "partial_stats": layout.label_partial_stats(workdir)}
-  dataset = data.load_beir(assets.ensure_dataset(config.data), config.data.corpus_file)
+  dataset = assets.load_dataset(config.data)
   run_path = layout.candidates(workdir, config.label.split)
   candidates = load_candidates(run_path, config.label.num_candidates, config.label.max_queries)
   for qid, docids in candidates.items():

@@ -34,7 +34,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import fusion, layout, losses, models, retrieval, sharding, tokenization, train
+from interdistill_jax import assets, fusion, layout, losses, models, retrieval, sharding, tokenization, train
 
 
 class PairScorer:
@@ -223,23 +223,6 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   return dev_loss
 
 
-def loop_config(section, seed: int) -> train.LoopConfig:
-  return train.LoopConfig(batch_size=section.batch_size, epochs=section.epochs,
-                          eval_every=section.eval_every, checkpoint_every=section.checkpoint_every,
-                          keep_checkpoints=section.keep_checkpoints, seed=seed)
-
-
-def dev_batches_fn(examples, batch_size: int, mesh):
-  batch_size = sharding.round_up(batch_size, sharding.global_batch_multiple(mesh))
-
-  def batches():
-    for start in range(0, len(examples), batch_size):
-      idx = np.arange(start, min(start + batch_size, len(examples)))
-      yield examples.batch(np.pad(idx, (0, batch_size - len(idx)), constant_values=-1))
-
-  return batches if len(examples) else None
-
-
 def load_trained_ranker(config, workdir: str) -> tuple[models.CrossEncoder, tokenization.Tokenizer]:
   """The ranker `train_ranker` selected in this workdir (frozen for distillation/evaluation)."""
   info = layout.read_done(layout.ranker_dir(workdir))
@@ -297,7 +280,7 @@ def run(config, workdir: str) -> None:
   ranker/fusion.json (with the dev ListMLE of the ranker and of the initial retriever)."""
   section = config.ranker
   fusion.check_fuse_initial(section.fuse_initial)
-  dataset = retrieval.load_dataset(config)
+  dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir))
   if not labels:
     raise ValueError(f"{layout.labels(workdir)} has no labelled queries")
@@ -339,8 +322,8 @@ def run(config, workdir: str) -> None:
     os.remove(stale)
   model, summary = train.train_loop(
       model=model, loss_fn=listmle_loss, make_batch=train_ex.batch, num_examples=len(train_ex),
-      dev_batches=dev_batches_fn(dev_ex, section.batch_size, mesh),
-      loop=loop_config(section, config.seed), optim_config=section.optim, out_dir=out_dir, mesh=mesh)
+      dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),
+      loop=train.loop_config(section, config.seed), optim_config=section.optim, out_dir=out_dir, mesh=mesh)
   if dev_labels:
     extra["dev_listmle"] = _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, dev_labels,
                                               initial, doc_embeddings)

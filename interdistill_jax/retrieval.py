@@ -137,10 +137,6 @@ def corpus_id(path: str) -> str:
 
 # --- task `retrieve` ------------------------------------------------------------------------
 
-def load_dataset(config) -> data_lib.Dataset:
-  return data_lib.load_beir(assets.ensure_dataset(config.data), config.data.corpus_file)
-
-
 def corpus_path(config, dataset: data_lib.Dataset) -> str:
   f = config.data.corpus_file
   return f if os.path.isabs(f) else os.path.join(dataset.root, f)
@@ -214,7 +210,7 @@ def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Datas
 
 def run(config, workdir: str) -> None:
   """Task `retrieve`: writes `candidates/{split}.trec` for each split present (qrels or id list)."""
-  dataset = load_dataset(config)
+  dataset = assets.load_dataset(config.data)
   encoder = Encoder.from_config(config)
   splits = [s for s in config.retrieve.splits if dataset.has_split(s)]
   for split in sorted(set(config.retrieve.splits) - set(splits)):

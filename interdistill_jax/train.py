@@ -287,6 +287,25 @@ def write_done(out_dir: str, summary: dict, extra: dict | None = None) -> None:
     data_lib.write_json(layout.done(out_dir), info)
 
 
+def loop_config(section, seed: int) -> LoopConfig:
+  """The loop settings of a training section (`ranker` or `distill`)."""
+  return LoopConfig(batch_size=section.batch_size, epochs=section.epochs,
+                    eval_every=section.eval_every, checkpoint_every=section.checkpoint_every,
+                    keep_checkpoints=section.keep_checkpoints, seed=seed)
+
+
+def dev_batches_fn(examples, batch_size: int, mesh):
+  """Dev batches of `examples` (padded with -1 rows to the mesh's batch multiple), or None."""
+  batch_size = sharding.round_up(batch_size, sharding.global_batch_multiple(mesh))
+
+  def batches():
+    for start in range(0, len(examples), batch_size):
+      idx = np.arange(start, min(start + batch_size, len(examples)))
+      yield examples.batch(np.pad(idx, (0, batch_size - len(idx)), constant_values=-1))
+
+  return batches if len(examples) else None
+
+
 def dev_split(qids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
   """(train, dev) qids: a seeded slice of the *training* queries for checkpoint selection."""
   qids = sorted(qids)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import defaults, retrieval, search, shards
+from interdistill_jax import assets, defaults, retrieval, search, shards
 from tests import fixtures
 
 
@@ -30,7 +30,7 @@ def _store(config, workdir, shard_size=12, dtype="float32"):
   config = config.copy_and_resolve_references()
   config.encode.shard_size, config.encode.shard_dtype = shard_size, dtype
   encoder = retrieval.Encoder.from_config(config)
-  dataset = retrieval.load_dataset(config)
+  dataset = assets.load_dataset(config.data)
   return retrieval.corpus_shards(config, str(workdir), encoder, dataset), encoder, dataset
 
 

@@ -91,10 +91,10 @@ def test_each_step_compiles_once_per_shape(tiny, tmp_path):
     return ranker.listmle_loss(model, batch, rng)
 
   model, _ = models.load_cross_encoder(config.ranker.model)
-  loop = ranker.loop_config(config.ranker, 0)
+  loop = train.loop_config(config.ranker, 0)
   loop.epochs = 3.0
   train.train_loop(model=model, loss_fn=counted_loss, make_batch=examples.batch,
-                   num_examples=len(examples), dev_batches=ranker.dev_batches_fn(examples, 4, sharding.make_mesh()),
+                   num_examples=len(examples), dev_batches=train.dev_batches_fn(examples, 4, sharding.make_mesh()),
                    loop=loop, optim_config=config.ranker.optim, out_dir=str(tmp_path / "run"))
   steps = sum(1 for _ in open(tmp_path / "run" / "metrics.jsonl"))
   assert steps == 9
@@ -110,7 +110,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
   with pytest.raises(train.NonFiniteLossError, match="non-finite loss nan at step 1"):
     train.train_loop(model=model, loss_fn=nan_loss, make_batch=examples.batch,
                      num_examples=len(examples), dev_batches=None,
-                     loop=ranker.loop_config(config.ranker, 0), optim_config=config.ranker.optim,
+                     loop=train.loop_config(config.ranker, 0), optim_config=config.ranker.optim,
                      out_dir=str(tmp_path / "run"))
 
 
