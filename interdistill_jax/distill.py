@@ -30,7 +30,7 @@ from flax import nnx
 
 from interdistill_jax import data as data_lib
 from interdistill_jax import assets, fusion as fusion_lib, layout, losses, models, ranker as ranker_lib, retrieval
-from interdistill_jax import sharding, tokenization, train
+from interdistill_jax import provenance, sharding, tokenization, train
 
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
 
@@ -266,6 +266,7 @@ def run(config, workdir: str) -> None:
   """Task `distill`: ranker (LLM rankings, or gold qrels) -> retriever/checkpoints, metrics.jsonl."""
   section = config.distill
   teacher = check_teacher(section)
+  inputs = provenance.begin(provenance.stage_name("distill", config), config, workdir)
   dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir))
   scores = fusion = None
@@ -343,4 +344,4 @@ def run(config, workdir: str) -> None:
                                       "train_queries": len(train_ex), "dev_queries": len(dev_ex),
                                       "dev_llm_listmle": {"initial": dev_before,
                                                           "trained": dev_llm_listmle(model, dev_llm, config.ranker.top_k)},
-                                      **extra})
+                                      **extra, **inputs})

@@ -24,7 +24,8 @@ import jax
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, layout, metrics, reader, report, retrieval, search, tokenization
+from interdistill_jax import assets, layout, metrics, provenance, reader, report, retrieval, search
+from interdistill_jax import tokenization
 
 
 def system_result(dataset: data_lib.Dataset, dataset_name: str, split: str, system: str,
@@ -118,6 +119,7 @@ def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, bas
 
 def run(config, workdir: str) -> None:
   """Task `evaluate`: eval/*.json, eval/*.trec, eval/compare.json, eval/report.md (+ PNGs)."""
+  inputs = provenance.begin("evaluate", config, workdir)
   dataset = assets.load_dataset(config.data)
   split, name = config.eval.split, dataset_name(config, dataset)
   queries = dataset.split_queries(split)
@@ -145,5 +147,7 @@ def run(config, workdir: str) -> None:
   if jax.process_index() == 0:
     data_lib.write_json(layout.eval_file(workdir, "compare.json"), comparison)
     text = report.write(workdir, results, comparison)
-    logging.info("Wrote %s/eval/report.md\n%s", workdir, text)
+    logging.info("Wrote %s\n%s", layout.report(workdir), text)
+    data_lib.write_json(layout.done(layout.eval_dir(workdir)),
+                        {"systems": [r["system"] for r in results], **inputs})
   logging.info("%s", json.dumps({r["system"]: r["metrics"].get("ndcg@10") for r in results}))

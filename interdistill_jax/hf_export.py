@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, model_cards, models
+from interdistill_jax import layout, model_cards, models, provenance
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _TOKENIZER_FILES = ("vocab.txt", "special_tokens_map.json")
@@ -382,6 +382,7 @@ def run(config, workdir: str) -> None:
                      "repo_id_labels is")
   if jax.process_index() != 0:
     return
+  inputs = provenance.begin("export", config, workdir)
   info = model_cards.card_info(config, workdir)
   exported = [_export_retriever(config, workdir, info), _export_ranker(config, workdir, info)]
   labels = export_labels(workdir, layout.export_dir(workdir, "labels"),
@@ -394,4 +395,4 @@ def run(config, workdir: str) -> None:
     logging.info("Pushed to the Hub: %s", pushed or "nothing")
   data_lib.write_json(layout.done(layout.export_dir(workdir)), {
       "exported": {item.kind: {"path": item.path, "trained": item.trained} for item in exported},
-      "pushed": pushed})
+      "pushed": pushed, **inputs})

@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from interdistill_jax import assets, data, layout, metrics
+from interdistill_jax import assets, data, layout, metrics, provenance
 from interdistill_jax import teachers
 from interdistill_jax.teachers import pricing
 from interdistill_jax.teachers.cache import Cache
@@ -393,6 +393,7 @@ def _share_file(path: str) -> None:
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  inputs = provenance.begin("label", config, workdir)
   out = layout.labels_dir(workdir)
   paths = {"labels": layout.labels(workdir), "cache": layout.label_cache(workdir),
            "stats": layout.label_stats(workdir), "partial_stats": layout.label_partial_stats(workdir)}
@@ -414,7 +415,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
   stats, tally = asyncio.run(_label(config, paths, dataset, candidates))
   complete = not tally.fatal and not tally.failed
   stats_path = paths["stats"] if complete else paths["partial_stats"]
-  data.write_json(stats_path, stats)
+  data.write_json(stats_path, {**stats, **inputs})
   q = stats["queries"]
   logging.info("label: %d labelled this run (%d total), %d dropped, %d failed; %d calls, %d cache hits; "
                "stats in %s", q["labelled"], stats["labels"]["queries"], q["dropped"], q["failed"],

@@ -21,8 +21,11 @@ DONE = "done.json"
 # (path relative to the workdir, the stage that writes it, what it holds). `{x}` is filled in.
 LAYOUT = (
     ("candidates/{split}.trec", "retrieve",
-     "the initial retriever's top `retrieve.depth` per query of each split (TREC run); the "
-     "retrieve stage is done when every split in `retrieve.splits` has one"),
+     "the initial retriever's top `retrieve.k` per query of each split (TREC run)"),
+    ("candidates/done.json", "retrieve", "done marker: the splits written and what they were "
+     "computed from (every done marker records its stage's inputs and their fingerprint)"),
+    ("candidates/inputs.json", "retrieve", "what a started stage is computed from (each stage "
+     "directory has one: a resumed run is checked against it)"),
     ("embeddings/", "retrieve", "the initial encoder's corpus embeddings (cache, or shards with "
      "`encode.shard_size`), keyed by encoder and corpus"),
     ("labels/labels.jsonl", "label", "the teacher's ranking of each training query's candidates"),
@@ -46,14 +49,17 @@ LAYOUT = (
     ("eval/{system}.trec", "evaluate", "each system's run"),
     ("eval/per_query/{system}.json", "evaluate", "each system's per-query metrics"),
     ("eval/compare.json", "evaluate", "paired bootstrap of each system against the baseline"),
-    ("eval/report.md", "evaluate", "done marker: the report, with `training_curves.png` and "
+    ("eval/report.md", "evaluate", "the report, with `training_curves.png` and "
      "`before_after.png`"),
+    ("eval/done.json", "evaluate", "done marker: the systems evaluated and the inputs"),
     ("eval/rag/", "evaluate", "the reader's answers per system (`reader.enabled`)"),
     ("eval/reader_cache.sqlite", "evaluate", "every answered reader call"),
     ("export/retriever/", "export", "the retriever as a sentence-transformers folder"),
     ("export/ranker/", "export", "the ranker as a cross-encoder folder (+ query_tower/, fusion.json)"),
     ("export/labels/", "export", "the labels as a Hub data set"),
     ("export/done.json", "export", "done marker: what was exported and where it was pushed"),
+    ("stale/{stage}-{time}/", "any", "outputs a stage found from other settings, moved aside "
+     "before it started afresh (nothing is deleted)"),
 )
 
 
@@ -62,6 +68,10 @@ def _join(workdir: str, *parts: str) -> str:
 
 
 # --- retrieve -------------------------------------------------------------------------------
+
+def candidates_dir(workdir: str) -> str:
+  return _join(workdir, "candidates")
+
 
 def candidates(workdir: str, split: str) -> str:
   return _join(workdir, "candidates", f"{split}.trec")
@@ -145,6 +155,10 @@ def export_dir(workdir: str, kind: str | None = None) -> str:
   return _join(workdir, "export", kind) if kind else _join(workdir, "export")
 
 
+def stale_dir(workdir: str, stage: str, time: str) -> str:
+  return _join(workdir, "stale", f"{stage}-{time}")
+
+
 # --- done markers ---------------------------------------------------------------------------
 
 def done(stage_dir: str) -> str:
@@ -178,13 +192,13 @@ def _distill_stage(teacher: str | None) -> Stage:
 
 
 STAGES = {
-    "retrieve": Stage("retrieve", lambda c, w: [candidates(w, s) for s in c.retrieve.splits]),
+    "retrieve": Stage("retrieve", lambda c, w: [done(candidates_dir(w))]),
     "label": Stage("label", lambda c, w: [label_stats(w)]),
     "train_ranker": Stage("train_ranker", lambda c, w: [done(ranker_dir(w))]),
     "distill": _distill_stage(None),
     "direct": _distill_stage("llm"),
     "supervised": _distill_stage("qrels"),
-    "evaluate": Stage("evaluate", lambda c, w: [report(w)]),
+    "evaluate": Stage("evaluate", lambda c, w: [done(eval_dir(w))]),
     "export": Stage("export", lambda c, w: [done(export_dir(w))]),
 }
 

@@ -2,9 +2,10 @@
 
 The stages and their done markers are `layout.STAGES`: retrieve, label, train_ranker, distill,
 the ablations `direct` (distillation from the LLM's rankings) and `supervised` (from the gold
-qrels), evaluate and export. A stage is complete when its done markers exist; every stage writes
-them last (atomically), so a run killed at any moment reruns at most the stage it was in, and that
-stage resumes from its own partial state (label cache, checkpoints).
+qrels), evaluate and export. A stage is complete when its done marker exists and records the
+inputs the config gives it now (`provenance`); every stage writes it last (atomically), so a run
+killed at any moment reruns at most the stage it was in, and that stage resumes from its own
+partial state (label cache, checkpoints) when that was started from the same inputs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 
 from absl import logging
 
-from interdistill_jax import layout, tasks
+from interdistill_jax import layout, provenance, tasks
 
 
 def stage(name: str) -> layout.Stage:
@@ -37,17 +38,34 @@ def stage_config(name: str, config):
   return config
 
 
+def state(name: str, config, workdir: str) -> tuple[str, list[str]]:
+  """("missing" | "current" | "stale" | "unrecorded", what changed) of pipeline stage `name`."""
+  cfg = stage_config(name, config)
+  if not all(os.path.exists(p) for p in stage(name).outputs(cfg, workdir)):
+    return "missing", []
+  return provenance.status(provenance.stage_name(name, cfg), cfg, workdir)
+
+
 def is_complete(name: str, config, workdir: str) -> bool:
-  return all(os.path.exists(p) for p in stage(name).outputs(stage_config(name, config), workdir))
+  """Done, and computed from what the config says now (or recorded before inputs were)."""
+  return state(name, config, workdir)[0] in ("current", "unrecorded")
 
 
 def run(config, workdir: str) -> None:
-  """Runs `config.pipeline.stages` in order; finished stages are skipped."""
+  """Runs `config.pipeline.stages` in order: a stage is skipped when its output is current, and
+  rerun when it is missing or stale (then every later stage sees a changed input and reruns)."""
   for name in config.pipeline.stages:
     stage(name)  # every name is checked before anything runs
   for name in config.pipeline.stages:
-    if is_complete(name, config, workdir):
+    current, changes = state(name, config, workdir)
+    if current in ("current", "unrecorded"):
+      if current == "unrecorded":
+        logging.warning("pipeline: %s in %s records no inputs (an older version wrote it): kept, "
+                        "unchecked", name, workdir)
       logging.info("pipeline: %s already complete in %s, skipping", name, workdir)
       continue
+    if current == "stale":
+      logging.warning("pipeline: %s is stale in %s (%s): rerunning it", name, workdir,
+                      "; ".join(changes))
     logging.info("pipeline: running %s", name)
     tasks.resolve(stage(name).task)(stage_config(name, config), workdir)

@@ -34,7 +34,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, fusion, layout, losses, models, retrieval, sharding, tokenization, train
+from interdistill_jax import assets, fusion, layout, losses, models, provenance, retrieval, sharding
+from interdistill_jax import tokenization, train
 
 
 class PairScorer:
@@ -280,6 +281,7 @@ def run(config, workdir: str) -> None:
   ranker/fusion.json (with the dev ListMLE of the ranker and of the initial retriever)."""
   section = config.ranker
   fusion.check_fuse_initial(section.fuse_initial)
+  inputs = provenance.begin("train_ranker", config, workdir)
   dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir))
   if not labels:
@@ -328,4 +330,4 @@ def run(config, workdir: str) -> None:
     extra["dev_listmle"] = _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, dev_labels,
                                               initial, doc_embeddings)
   train.write_done(out_dir, summary, {"train_queries": len(train_ex), "dev_queries": len(dev_ex),
-                                      **extra})
+                                      **extra, **inputs})

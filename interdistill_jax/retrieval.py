@@ -14,7 +14,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, layout, models, search, sharding, shards, tokenization
+from interdistill_jax import assets, layout, models, provenance, search, sharding, shards, tokenization
 
 
 class Encoder:
@@ -209,7 +209,9 @@ def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Datas
 
 
 def run(config, workdir: str) -> None:
-  """Task `retrieve`: writes `candidates/{split}.trec` for each split present (qrels or id list)."""
+  """Task `retrieve`: writes `candidates/{split}.trec` for each split present (qrels or id list),
+  then `candidates/done.json`."""
+  inputs = provenance.begin("retrieve", config, workdir)
   dataset = assets.load_dataset(config.data)
   encoder = Encoder.from_config(config)
   splits = [s for s in config.retrieve.splits if dataset.has_split(s)]
@@ -228,3 +230,5 @@ def run(config, workdir: str) -> None:
     if jax.process_index() == 0:
       data_lib.write_trec_run(out, result, tag="initial")
       logging.info("Wrote %s (%d queries, top %d)", out, len(result), config.retrieve.k)
+  if jax.process_index() == 0:
+    data_lib.write_json(provenance.marker("retrieve", workdir), {"splits": splits, **inputs})

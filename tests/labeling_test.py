@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from interdistill_jax import data, defaults, labeling, teachers
+from interdistill_jax import data, defaults, labeling, layout, teachers
 from interdistill_jax.teachers.testing import Fault, FakeLLMServer
 from tests.conftest import REPO, data_path
 
@@ -143,15 +143,30 @@ def test_resume_skips_written_queries_and_drops_a_cut_last_line(dataset):
   assert stats["labels"]["queries"] == NUM_QUERIES and stats["calls"]["sent"] == 0
 
 
-def test_resume_refuses_labels_from_other_candidates_or_teacher(dataset):
+def test_labels_of_other_settings_are_moved_aside_never_extended(dataset):
   root, workdir = dataset
   labeling.run(_config(root), str(workdir))
+  first = open(layout.labels(str(workdir))).read()
   config = _config(root)
   config.label.num_candidates = 20
+  labeling.run(config, str(workdir))  # another list length: labelled afresh, the old ones kept
+  (moved,) = os.listdir(workdir / "stale")
+  assert moved.startswith("label-") and (workdir / "stale" / moved / "labels.jsonl").read_text() == first
+  records = _labels(workdir)
+  assert len(records) == NUM_QUERIES and {len(r["docids"]) for r in records} == {20}
+  # Labels from before inputs were recorded cannot be told apart by settings: resuming them with
+  # another teacher or other candidates is refused, never mixed.
+  os.remove(os.path.join(layout.labels_dir(str(workdir)), "inputs.json"))
+  stats = _stats(workdir)
+  data.write_json(layout.label_stats(str(workdir)), {k: v for k, v in stats.items()
+                                                     if k not in ("inputs", "fingerprint")})
   with pytest.raises(data.DataError, match="other candidates"):
-    labeling.run(config, str(workdir))
+    labeling.run(_config(root), str(workdir))
+  config = _config(root, model="another-simulation")
+  config.label.num_candidates = 20
   with pytest.raises(data.DataError, match="model"):
-    labeling.run(_config(root, model="another-simulation"), str(workdir))
+    labeling.run(config, str(workdir))
+  assert len(os.listdir(workdir / "stale")) == 1  # nothing more was moved
 
 
 @pytest.mark.parametrize("policy", ["prefix", "retry", "drop"])

@@ -49,8 +49,8 @@ def test_pipeline_runs_stages_in_order_with_their_overrides(tmp_path, monkeypatc
   config.retrieve.splits = ("train",)
   config.pipeline.stages = ("retrieve", "distill", "direct", "supervised", "export")
   workdir = str(tmp_path)
-  os.makedirs(os.path.dirname(layout.candidates(workdir, "train")))
-  open(layout.candidates(workdir, "train"), "w").write("")  # retrieve is done: skipped
+  os.makedirs(layout.candidates_dir(workdir))
+  open(layout.done(layout.candidates_dir(workdir)), "w").write("{}")  # retrieve is done: skipped
   calls = []
 
   def fake(task):
@@ -90,14 +90,16 @@ def test_readme_workdir_table_is_the_layout_table():
 def test_layout_paths_are_in_the_table():
   patterns = [p for p, _, _ in layout.LAYOUT]
   w = "W"
-  paths = [layout.candidates(w, "{split}"), layout.embeddings_dir(w) + "/", layout.labels(w),
+  paths = [layout.candidates(w, "{split}"), layout.done(layout.candidates_dir(w)),
+           layout.embeddings_dir(w) + "/", layout.labels(w),
            layout.label_cache(w), layout.label_stats(w), layout.label_partial_stats(w),
            layout.fusion(w), layout.done(layout.ranker_dir(w)),
            layout.ranker_scores(w, "teacher_scores"), layout.ranker_scores(w, "rerank_scores_{split}"),
            *(layout.system_dir(w, s) + "/" for s in layout.SYSTEMS),
            layout.eval_file(w, "compare.json"), layout.report(w),
            *(layout.export_dir(w, k) + "/" for k in ("retriever", "ranker", "labels")),
-           layout.done(layout.export_dir(w))]
+           layout.done(layout.export_dir(w)), layout.done(layout.eval_dir(w)),
+           layout.stale_dir(w, "{stage}", "{time}") + "/"]
   for path in paths:
     assert os.path.relpath(path, w).replace(os.sep, "/") + ("/" if path.endswith("/") else "") \
         in patterns, path

@@ -1,0 +1,300 @@
+"""What each stage was computed from, so that nothing stale is ever reused.
+
+A stage's *inputs* are the config fields it reads that can change its result, the identity of the
+data set files, and the fingerprints of the upstream stages it consumed. Each stage records its
+inputs and their fingerprint in its done marker. Then:
+
+- `pipeline` reruns a stage whose recorded fingerprint differs from the current one (and so
+  everything downstream of it), and says which fields changed;
+- a single task whose upstream was computed from other settings stops with an error naming the
+  field and both values (`check_upstream`);
+- a stage that starts over outputs left by other settings moves them aside to `stale/` first
+  (`begin`), so a resumed run never mixes two configurations. The LLM call caches stay: a cached
+  answer is keyed by the prompt, so it is reused exactly when it is still right.
+
+Settings that cannot change a result (concurrency, rate limits, retries, inference batch sizes,
+checkpoint cadence, Hub destinations) are `NEUTRAL` and never make a stage stale.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+
+from interdistill_jax import assets, layout
+
+# Config fields that cannot change any stage's result.
+NEUTRAL = frozenset({
+    "data.cache_dir", "data.download_url", "data.name",
+    "encode.batch_size", "encode.cache", "retrieve.block_size",
+    "teacher.concurrency", "teacher.rpm", "teacher.max_retries", "teacher.backoff_base",
+    "teacher.backoff_max", "teacher.max_retry_after", "teacher.timeout",
+    "teacher.price_input_per_mtok", "teacher.price_output_per_mtok", "teacher.n_threads",
+    "label.weak_teacher",
+    "ranker.score_batch_size", "ranker.checkpoint_every", "ranker.keep_checkpoints",
+    "distill.checkpoint_every", "distill.keep_checkpoints",
+    "reader.concurrency", "reader.rpm", "reader.max_retries", "reader.backoff_base",
+    "reader.backoff_max", "reader.max_retry_after", "reader.timeout", "reader.n_threads",
+    "export.push_to_hub", "export.private", "export.repo_id_retriever", "export.repo_id_ranker",
+    "export.repo_id_labels",
+})
+
+# Provenance stages: the pipeline's `distill` is one of the three retriever stages, by teacher.
+RETRIEVER_STAGES = {"distilled": "ranker", "direct": "llm", "supervised": "qrels"}
+
+# stage -> (config sections or fields it reads, upstream stages it always consumes).
+_READS = {
+    "retrieve": (("data", "model", "encode", "retrieve"), ()),
+    "label": (("teacher", "label"), ("retrieve",)),
+    "train_ranker": (("ranker", "seed"), ("label", "retrieve")),
+    "distilled": (("distill", "ranker.prefix_only", "ranker.top_k", "seed"),
+                  ("train_ranker", "label", "retrieve")),
+    "direct": (("distill", "ranker.prefix_only", "ranker.top_k", "seed"), ("label", "retrieve")),
+    "supervised": (("distill", "ranker.prefix_only", "ranker.top_k", "seed"), ("label", "retrieve")),
+    "evaluate": (("eval", "reader", "seed", "data.name"), ("retrieve",)),
+    "export": (("export",), ()),
+}
+# Stages whose outputs evaluate and export read when they exist.
+_OPTIONAL_UPSTREAM = {
+    "evaluate": ("label", "train_ranker", "distilled", "direct", "supervised"),
+    "export": ("label", "train_ranker", "distilled"),
+}
+
+
+class StaleInput(ValueError):
+  """An upstream artifact was computed from other settings than the current config's."""
+
+
+def stage_name(task_stage: str, config) -> str:
+  """The provenance stage of a pipeline stage (`distill` resolves by `distill.teacher`)."""
+  if task_stage == "distill":
+    teacher = layout.check_teacher(config.distill.teacher)
+    return next(name for name, t in RETRIEVER_STAGES.items() if t == teacher)
+  return task_stage
+
+
+def stage_config(name: str, config):
+  """`config` as stage `name` reads it: the retriever stages fix `distill.teacher`."""
+  teacher = RETRIEVER_STAGES.get(name)
+  if teacher is None or config.distill.teacher == teacher:
+    return config
+  config = config.copy_and_resolve_references()
+  config.distill.teacher = teacher
+  return config
+
+
+def marker(name: str, workdir: str) -> str:
+  """The done marker that carries stage `name`'s inputs."""
+  if name in RETRIEVER_STAGES:
+    return layout.done(layout.retriever_dir(workdir, RETRIEVER_STAGES[name]))
+  return {"retrieve": layout.done(layout.candidates_dir(workdir)),
+          "label": layout.label_stats(workdir),
+          "train_ranker": layout.done(layout.ranker_dir(workdir)),
+          "evaluate": layout.done(layout.eval_dir(workdir)),
+          "export": layout.done(layout.export_dir(workdir))}[name]
+
+
+def _flatten(value, prefix: str, out: dict) -> None:
+  if isinstance(value, Mapping) or hasattr(value, "items") and not isinstance(value, (str, bytes)):
+    for key, sub in value.items():
+      _flatten(sub, f"{prefix}.{key}" if prefix else key, out)
+  else:
+    out[prefix] = list(value) if isinstance(value, tuple) else value
+
+
+def config_fields(name: str, config) -> dict:
+  """The result-changing config fields stage `name` reads, flattened (`a.b.c` -> value)."""
+  config = stage_config(name, config)
+  flat = {}
+  for key in _READS[name][0]:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    _flatten(node, key, flat)
+  return {k: v for k, v in sorted(flat.items()) if k not in NEUTRAL}
+
+
+def _data_files(config) -> dict:
+  """Size and mtime of the data set's files (fetched or written first where the config says
+  how): an edited corpus, query or qrels file makes retrieve, and all after it, stale."""
+  root = assets.ensure_dataset(config.data)
+  corpus = config.data.corpus_file
+  paths = [corpus if os.path.isabs(corpus) else os.path.join(root, corpus),
+           os.path.join(root, "queries.jsonl"), *sorted(glob.glob(os.path.join(root, "qrels", "*"))),
+           *sorted(glob.glob(os.path.join(root, "splits", "*")))]
+  out = {}
+  for path in paths:
+    if os.path.isfile(path):
+      st = os.stat(path)
+      out[os.path.relpath(path, root)] = f"{st.st_size}|{st.st_mtime_ns}"
+  return out
+
+
+def read_marker(name: str, workdir: str) -> dict | None:
+  path = marker(name, workdir)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def upstream(name: str, workdir: str) -> tuple[str, ...]:
+  """The stages `name` consumes: its fixed ones, and for evaluate/export those that finished."""
+  fixed = _READS[name][1]
+  optional = tuple(s for s in _OPTIONAL_UPSTREAM.get(name, ()) if read_marker(s, workdir) is not None)
+  return fixed + tuple(s for s in optional if s not in fixed)
+
+
+def inputs(name: str, config, workdir: str) -> dict:
+  """Stage `name`'s inputs now: its config fields, the data files (retrieve), and the recorded
+  fingerprint of each upstream stage (None where that stage has not finished)."""
+  out = {"config": config_fields(name, config)}
+  if name == "retrieve":
+    out["data_files"] = _data_files(config)
+  ups = {}
+  for up in upstream(name, workdir):
+    recorded = read_marker(up, workdir)
+    ups[up] = None if recorded is None else recorded.get("fingerprint", "unrecorded")
+  out["upstream"] = ups
+  return out
+
+
+def fingerprint(stage_inputs: Mapping) -> str:
+  text = json.dumps(stage_inputs, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record(name: str, config, workdir: str) -> dict:
+  """What stage `name` writes into its done marker: {"inputs": ..., "fingerprint": ...}."""
+  stage_inputs = inputs(name, config, workdir)
+  return {"inputs": stage_inputs, "fingerprint": fingerprint(stage_inputs)}
+
+
+def differences(recorded: Mapping, current: Mapping) -> list[str]:
+  """Human-readable differences between recorded and current inputs, most specific first."""
+  out = []
+  rc, cc = recorded.get("config", {}), current.get("config", {})
+  for key in sorted(set(rc) | set(cc)):
+    if rc.get(key, "<absent>") != cc.get(key, "<absent>"):
+      out.append(f"{key}: {rc.get(key, '<absent>')!r} then, {cc.get(key, '<absent>')!r} now")
+  rd, cd = recorded.get("data_files", {}), current.get("data_files", {})
+  for key in sorted(set(rd) | set(cd)):
+    if rd.get(key) != cd.get(key):
+      out.append(f"data file {key} changed")
+  ru, cu = recorded.get("upstream", {}), current.get("upstream", {})
+  for key in sorted(set(ru) | set(cu)):
+    if ru.get(key) != cu.get(key):
+      out.append(f"the {key} stage's output changed (fingerprint {ru.get(key)} then, {cu.get(key)} now)")
+  return out
+
+
+def status(name: str, config, workdir: str) -> tuple[str, list[str]]:
+  """("missing" | "current" | "stale" | "unrecorded", differences) of stage `name`'s output."""
+  recorded = read_marker(name, workdir)
+  if recorded is None:
+    return "missing", []
+  if "fingerprint" not in recorded:
+    return "unrecorded", []
+  current = inputs(name, config, workdir)
+  if recorded["fingerprint"] == fingerprint(current):
+    return "current", []
+  return "stale", differences(recorded.get("inputs", {}), current) or ["its inputs changed"]
+
+
+def check_upstream(name: str, config, workdir: str) -> None:
+  """Stops when an upstream stage stage `name` consumes was computed from other settings (or
+  from another upstream output) than the current config's, naming what changed."""
+  for up in upstream(name, workdir):
+    state, diffs = status(up, config, workdir)
+    if state == "stale":
+      raise StaleInput(
+          f"{marker(up, workdir)} was computed from other settings than this config's: "
+          f"{'; '.join(diffs)}. Rerun `{_task(up)}` (or `pipeline`, which reruns what is stale), "
+          f"or run with the settings it was made with")
+    if state == "unrecorded":
+      from absl import logging  # noqa: PLC0415
+      logging.warning("%s records no inputs (written by an older version): it cannot be checked "
+                      "against this config", marker(up, workdir))
+
+
+def _task(name: str) -> str:
+  if name in RETRIEVER_STAGES:
+    return f"distill --config.distill.teacher={RETRIEVER_STAGES[name]}"
+  return name
+
+
+# What a stage that starts afresh moves aside (never the LLM call caches).
+def _outputs(name: str, workdir: str) -> list[str]:
+  if name == "retrieve":
+    return [layout.candidates_dir(workdir)]
+  if name == "label":
+    return [layout.labels(workdir), layout.label_stats(workdir), layout.label_partial_stats(workdir),
+            started(name, workdir)]
+  if name == "train_ranker":
+    return [layout.ranker_dir(workdir)]
+  if name in RETRIEVER_STAGES:
+    return [layout.retriever_dir(workdir, RETRIEVER_STAGES[name])]
+  if name == "evaluate":
+    keep = {os.path.basename(layout.eval_file(workdir, "reader_cache.sqlite"))}
+    d = layout.eval_dir(workdir)
+    return [os.path.join(d, n) for n in sorted(os.listdir(d)) if n not in keep] if os.path.isdir(d) else []
+  return [layout.export_dir(workdir)]
+
+
+def started(name: str, workdir: str) -> str:
+  """Where a stage writes its inputs when it starts (its resume is checked against them)."""
+  if name == "label":
+    return os.path.join(layout.labels_dir(workdir), "inputs.json")
+  return os.path.join(os.path.dirname(marker(name, workdir)), "inputs.json")
+
+
+def begin(name: str, config, workdir: str) -> dict:
+  """Called as stage `name` starts: checks its upstream, moves aside outputs left by other
+  settings (a finished stale output, or a partial run of another config), and records the
+  inputs it starts from. Returns `record(...)` for its done marker."""
+  check_upstream(name, config, workdir)
+  rec = record(name, config, workdir)
+  path = started(name, workdir)
+  previous = None
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      previous = json.load(f)
+  done = read_marker(name, workdir)
+  left = previous or (done if done and "fingerprint" in done else None)
+  if left is None and any(os.path.exists(p) for p in _outputs(name, workdir)):
+    # Outputs from before inputs were recorded: the stage's own checks decide whether they
+    # resume; recording inputs now would pass them off as this config's.
+    return rec
+  if left is not None and left.get("fingerprint") != rec["fingerprint"]:
+    diffs = differences(left.get("inputs", {}), rec["inputs"]) or ["its inputs changed"]
+    moved = move_aside(name, workdir)
+    from absl import logging  # noqa: PLC0415
+    logging.warning("%s: the outputs in %s came from other settings (%s); moved to %s, starting "
+                    "afresh", name, workdir, "; ".join(diffs), moved)
+  if _is_main_process():
+    from interdistill_jax import data as data_lib  # noqa: PLC0415
+    data_lib.write_json(path, rec)
+  return rec
+
+
+def move_aside(name: str, workdir: str) -> str | None:
+  """Moves stage `name`'s outputs to `stale/<stage>-<time>/` (nothing is deleted)."""
+  paths = [p for p in _outputs(name, workdir) if os.path.exists(p)]
+  if not paths or not _is_main_process():
+    return None
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+  dest = layout.stale_dir(workdir, name, stamp)
+  os.makedirs(dest)
+  for p in paths:
+    shutil.move(p, os.path.join(dest, os.path.basename(p)))
+  return dest
+
+
+def _is_main_process() -> bool:
+  import jax  # noqa: PLC0415 (provenance is read without JAX; only writers need the process index)
+  return jax.process_index() == 0

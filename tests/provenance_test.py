@@ -1,0 +1,158 @@
+"""Stage inputs and fingerprints: what makes a stage stale, and what happens then (no models)."""
+
+import json
+import os
+
+import pytest
+
+from interdistill_jax import defaults, layout, pipeline, provenance, tasks
+
+
+def _config(root):
+  """The default config over a two-line BEIR-layout directory (its files are fingerprinted)."""
+  os.makedirs(root / "qrels", exist_ok=True)
+  (root / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n')
+  (root / "queries.jsonl").write_text('{"_id": "q1", "text": "b"}\n')
+  (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+  config = defaults.base_config()
+  config.data.dir = str(root)
+  config.retrieve.splits = ("train",)
+  return config
+
+
+def _finish(name, config, workdir, extra=None):
+  """Writes stage `name`'s done marker as the stage would, with its recorded inputs."""
+  path = provenance.marker(name, workdir)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({**(extra or {}), **provenance.record(name, config, workdir)}, f)
+
+
+def test_neutral_settings_never_change_a_fingerprint(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  before = {name: provenance.fingerprint(provenance.inputs(name, config, workdir))
+            for name in ("retrieve", "label", "train_ranker", "distilled", "evaluate", "export")}
+  config.teacher.concurrency, config.teacher.rpm, config.encode.batch_size = 64, 100, 7
+  config.ranker.score_batch_size, config.export.push_to_hub, config.label.weak_teacher = 3, True, "stop"
+  after = {name: provenance.fingerprint(provenance.inputs(name, config, workdir)) for name in before}
+  assert after == before
+  config.teacher.sim_noise = 0.43
+  changed = {name: provenance.fingerprint(provenance.inputs(name, config, workdir)) for name in before}
+  assert changed["label"] != before["label"]
+  assert {n for n in before if changed[n] != before[n]} == {"label"}
+
+
+def test_a_changed_setting_makes_the_stage_and_its_downstream_stale(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  config.teacher.sim_noise = 0.38
+  for name in ("retrieve", "label", "train_ranker"):
+    _finish(name, config, workdir)
+  assert [provenance.status(n, config, workdir)[0] for n in ("retrieve", "label", "train_ranker")] \
+      == ["current"] * 3
+  config.teacher.sim_noise = 0.43
+  state, changes = provenance.status("label", config, workdir)
+  assert state == "stale" and changes == ["teacher.sim_noise: 0.38 then, 0.43 now"]
+  # The ranker's own settings did not change, but it was trained on the old labels: once label
+  # reruns (new fingerprint), train_ranker is stale too.
+  assert provenance.status("train_ranker", config, workdir)[0] == "current"
+  _finish("label", config, workdir)
+  state, changes = provenance.status("train_ranker", config, workdir)
+  assert state == "stale" and "the label stage's output changed" in changes[0]
+
+
+def test_a_task_on_a_stale_input_stops_naming_the_field(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  for name in ("retrieve", "label"):
+    _finish(name, config, workdir)
+  config.data.train_split = "dev"  # not read by label; retrieve reads the data section
+  config.model.max_query_length = 32
+  with pytest.raises(provenance.StaleInput) as err:
+    provenance.check_upstream("train_ranker", config, workdir)
+  message = str(err.value)
+  assert "model.max_query_length: 64 then, 32 now" in message
+  assert layout.done(layout.candidates_dir(workdir)) in message and "pipeline" in message
+
+
+def test_begin_moves_stale_outputs_aside_and_keeps_the_call_cache(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  _finish("retrieve", config, workdir)
+  provenance.begin("label", config, workdir)
+  with open(layout.labels(workdir), "w") as f:
+    f.write('{"qid": "q1"}\n')
+  open(layout.label_cache(workdir), "wb").write(b"cache")
+  _finish("label", config, workdir)
+  assert provenance.begin("label", config, workdir)  # same settings: resumes in place
+  assert os.path.exists(layout.labels(workdir))
+  config.teacher.sim_noise = 0.5
+  provenance.begin("label", config, workdir)
+  assert not os.path.exists(layout.labels(workdir)) and not os.path.exists(layout.label_stats(workdir))
+  assert open(layout.label_cache(workdir), "rb").read() == b"cache"
+  (moved,) = os.listdir(os.path.join(workdir, "stale"))
+  assert moved.startswith("label-")
+  assert open(os.path.join(workdir, "stale", moved, "labels.jsonl")).read() == '{"qid": "q1"}\n'
+
+
+def test_a_partial_run_of_other_settings_is_not_resumed(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  for name in ("retrieve", "label"):
+    _finish(name, config, workdir)
+  provenance.begin("train_ranker", config, workdir)
+  os.makedirs(os.path.join(layout.ranker_dir(workdir), "checkpoints", "latest"))  # killed here
+  config.ranker.optim.learning_rate = 5e-5
+  provenance.begin("train_ranker", config, workdir)
+  assert not os.path.exists(os.path.join(layout.ranker_dir(workdir), "checkpoints"))
+  (moved,) = os.listdir(os.path.join(workdir, "stale"))
+  assert os.path.isdir(os.path.join(workdir, "stale", moved, "ranker", "checkpoints", "latest"))
+
+
+def test_pipeline_reruns_what_is_stale_and_only_that(tmp_path, monkeypatch):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  config.pipeline.stages = ("retrieve", "label", "train_ranker", "distill", "direct", "evaluate")
+  ran = []
+
+  def fake(task):
+    def run(cfg, wd):
+      name = provenance.stage_name(task, cfg)
+      ran.append(name)
+      inputs = provenance.begin(name, cfg, wd)
+      path = provenance.marker(name, wd)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "w") as f:
+        json.dump(inputs, f)
+      if name == "evaluate":
+        open(layout.report(wd), "w").write("report")
+    return run
+
+  monkeypatch.setattr(tasks, "resolve", fake)
+  pipeline.run(config, workdir)
+  assert ran == ["retrieve", "label", "train_ranker", "distilled", "direct", "evaluate"]
+  ran.clear()
+  pipeline.run(config, workdir)
+  assert ran == []
+  config.ranker.optim.learning_rate = 5e-5  # the ranker, what it teaches, and the report
+  pipeline.run(config, workdir)
+  assert ran == ["train_ranker", "distilled", "evaluate"]
+  ran.clear()
+  config.teacher.sim_noise = 0.43  # the labels and everything trained on them
+  pipeline.run(config, workdir)
+  assert ran == ["label", "train_ranker", "distilled", "direct", "evaluate"]
+  assert sorted(n.split("-")[0] for n in os.listdir(os.path.join(workdir, "stale"))) == [
+      "direct", "distilled", "distilled", "evaluate", "evaluate", "label", "train_ranker",
+      "train_ranker"]
+
+
+def test_unrecorded_markers_of_older_runs_are_kept(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  os.makedirs(layout.ranker_dir(workdir))
+  open(layout.done(layout.ranker_dir(workdir)), "w").write("{}")
+  assert provenance.status("train_ranker", config, workdir) == ("unrecorded", [])
+  assert pipeline.is_complete("train_ranker", config, workdir)
+
+
+def test_an_edited_data_file_makes_retrieve_stale(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  _finish("retrieve", config, workdir)
+  assert provenance.status("retrieve", config, workdir)[0] == "current"
+  (tmp_path / "data" / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\n")
+  assert provenance.status("retrieve", config, workdir) == (
+      "stale", [f"data file {os.path.join('qrels', 'train.tsv')} changed"])
