@@ -250,7 +250,11 @@ def export_labels(workdir: str, out_dir: str, *, card: dict) -> str | None:
     shutil.copyfile(src, os.path.join(tmp, "labels.jsonl"))
     stats = layout.label_stats(workdir)
     if os.path.exists(stats):
-      shutil.copyfile(stats, os.path.join(tmp, "stats.json"))
+      with open(stats, encoding="utf-8") as f:
+        recorded = json.load(f)
+      # The recorded inputs name this machine's paths; the fingerprint still identifies them.
+      recorded.pop("inputs", None)
+      _write_json(os.path.join(tmp, "stats.json"), recorded)
     data_lib.atomic_write_text(os.path.join(tmp, "README.md"), model_cards.labels_card(card))
   logging.info("Exported the labels to %s", out_dir)
   return out_dir
@@ -371,7 +375,11 @@ def _export_ranker(config, workdir: str, info: dict) -> Exported:
   out_dir = layout.export_dir(workdir, "ranker")
   path = export_cross_encoder(model, source, out_dir, card=card, max_length=config.ranker.max_length)
   if fusion is not None:
-    shutil.copyfile(layout.fusion(workdir), os.path.join(out_dir, "fusion.json"))
+    with open(layout.fusion(workdir), encoding="utf-8") as f:
+      fit = json.load(f)
+    if os.path.isabs(str(fit.get("initial_run"))):  # a path of this machine: relative to the workdir
+      fit["initial_run"] = os.path.relpath(fit["initial_run"], workdir)
+    _write_json(os.path.join(out_dir, "fusion.json"), fit)
   return Exported("ranker", path, trained)
 
 

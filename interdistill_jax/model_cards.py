@@ -19,7 +19,8 @@ from interdistill_jax import layout, metrics
 
 PAPER = "https://arxiv.org/abs/2406.12169"
 PACKAGED_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_STATS_NOT_IN_CARD = ("cache", "teacher")  # The ledger is long; the teacher has its own rows.
+# The ledger is long; the teacher has its own rows; the recorded inputs hold local paths.
+_STATS_NOT_IN_CARD = ("cache", "teacher", "inputs")
 
 
 def _read_json(path: str) -> Any:

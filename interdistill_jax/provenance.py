@@ -59,6 +59,10 @@ _READS = {
     "evaluate": (("eval", "reader", "seed", "data.name"), ("retrieve",)),
     "export": (("export",), ()),
 }
+# Fields of a section a stage does not read: the loss on the LLM's rankings is the direct
+# reference's, the ranker's depth the distilled retriever's.
+_NOT_READ = {"distilled": {"distill.llm_loss"}, "direct": {"distill.depth"},
+             "supervised": {"distill.llm_loss", "distill.depth"}}
 # Stages whose outputs evaluate and export read when they exist.
 _OPTIONAL_UPSTREAM = {
     "evaluate": ("label", "train_ranker", "distilled", "direct", "supervised"),
@@ -116,7 +120,8 @@ def config_fields(name: str, config) -> dict:
     for part in key.split("."):
       node = node[part]
     _flatten(node, key, flat)
-  return {k: v for k, v in sorted(flat.items()) if k not in NEUTRAL}
+  ignored = NEUTRAL | _NOT_READ.get(name, set())
+  return {k: v for k, v in sorted(flat.items()) if k not in ignored}
 
 
 def _data_files(config) -> dict:

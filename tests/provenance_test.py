@@ -156,3 +156,14 @@ def test_an_edited_data_file_makes_retrieve_stale(tmp_path):
   (tmp_path / "data" / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\n")
   assert provenance.status("retrieve", config, workdir) == (
       "stale", [f"data file {os.path.join('qrels', 'train.tsv')} changed"])
+
+
+def test_each_retriever_stage_reads_only_its_own_distill_fields(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  fields = {name: provenance.config_fields(name, config)
+            for name in ("distilled", "direct", "supervised")}
+  assert fields["distilled"]["distill.teacher"] == "ranker" and "distill.llm_loss" not in fields["distilled"]
+  assert fields["direct"]["distill.teacher"] == "llm" and "distill.depth" not in fields["direct"]
+  assert fields["supervised"]["distill.teacher"] == "qrels"
+  assert not {"distill.depth", "distill.llm_loss"} & set(fields["supervised"])
+  assert config.distill.teacher == "ranker"  # the caller's config is never changed
