@@ -105,30 +105,46 @@ def eval_config() -> ml_collections.ConfigDict:
   ))
 
 
-def teacher_config() -> ml_collections.ConfigDict:
-  return _section(dict(
-      backend="simulated",     # "openai", "gemini", "llamacpp" or "simulated" (from qrels, not an LLM).
+def client_config(**defaults) -> dict:
+  """The LLM client's fields, shared by the teacher and the reader, with the `defaults` of the
+  section that differ (a name not declared here is an error)."""
+  fields = dict(
+      # "openai", "gemini", "llamacpp" (in-process GGUF) or "simulated" (from qrels, not an LLM;
+      # the teacher only).
+      backend="simulated",
       model="",                # API model name; GGUF path for llamacpp ("" = packaged SmolLM2-135M).
       base_url="",             # OpenAI-compatible server (".../v1") or Gemini endpoint; "" = official.
       api_version="",          # Gemini API version ("" = the SDK's default).
-      mode="listwise",         # "listwise", or "query_likelihood" (llamacpp only: log P(q | passage)).
       concurrency=8,           # Calls in flight at once.
       rpm=0,                   # Requests per minute; 0 means no limit.
       max_retries=6,           # Per call, on 429 / 5xx / timeouts / lost connections.
       backoff_base=1.0,        # Seconds before the first retry; doubles each retry, with jitter.
       backoff_max=60.0,
       max_retry_after=600.0,   # Longest server-requested (Retry-After) wait honoured, seconds.
-      temperature=0.0,
+      temperature=0.0,         # 0 = greedy.
       max_output_tokens=0,     # 0 = the server's default (llamacpp: enough for one permutation).
       timeout=60.0,            # Seconds per call.
-      window=20,               # Passages per listwise call; longer lists use sliding windows.
-      stride=10,               # Window step, back to front; the top (window - stride) are exact.
       max_passage_tokens=300,  # Each passage cut to this many tokens in the prompt (0 = no cut).
       tokenizer="",            # tokenizer.json for exact budgets; "" = an estimate (llamacpp: its own).
+      # llamacpp context; 0 = sized for the prompts (the teacher's mode, the reader's max(ks)
+      # passages).
+      n_ctx=0,
+      n_threads=0,             # llamacpp CPU threads; 0 = all cores.
+  )
+  unknown = sorted(set(defaults) - set(fields))
+  if unknown:
+    raise KeyError(f"{unknown} are not LLM client fields")
+  return fields | defaults
+
+
+def teacher_config() -> ml_collections.ConfigDict:
+  return _section(dict(
+      **client_config(),
+      mode="listwise",         # "listwise", or "query_likelihood" (llamacpp only: log P(q | passage)).
+      window=20,               # Passages per listwise call; longer lists use sliding windows.
+      stride=10,               # Window step, back to front; the top (window - stride) are exact.
       price_input_per_mtok=-1.0,   # USD per million prompt tokens; < 0 uses teachers/pricing.py.
       price_output_per_mtok=-1.0,  # USD per million completion tokens; < 0 uses the table.
-      n_ctx=0,                 # llamacpp context; 0 = sized for the mode.
-      n_threads=0,             # llamacpp CPU threads; 0 = all cores.
       sim_noise=0.0,           # simulated: std of Gaussian noise added to relevance grades.
       sim_position_bias=0.0,   # simulated: score bonus for the first passage shown, 0 for the last.
       sim_malformed_rate=0.0,  # simulated: fraction of answers that are malformed.
@@ -138,26 +154,14 @@ def teacher_config() -> ml_collections.ConfigDict:
 def reader_config() -> ml_collections.ConfigDict:
   """The reader of retrieval-augmented QA in `evaluate`: a teacher backend used as a generator."""
   return _section(dict(
+      **client_config(
+          backend="llamacpp",      # A reader generates: not "simulated".
+          max_output_tokens=32,    # A short answer.
+          max_passage_tokens=200,  # Each passage is its title, then its text.
+      ),
       enabled=False,           # QA configs turn it on; needs queries with metadata.answers.
-      backend="llamacpp",      # "openai", "gemini" or "llamacpp" (in-process GGUF).
-      model="",                # API model name; GGUF path for llamacpp ("" = packaged SmolLM2-135M).
-      base_url="",             # OpenAI-compatible server (".../v1") or Gemini endpoint; "" = official.
-      api_version="",          # Gemini API version ("" = the SDK's default).
       ks=(1, 5),               # Passages in the prompt: the top k of each system's run.
       max_questions=0,         # First questions of the split read (0 = all with answers).
-      concurrency=8,
-      rpm=0,                   # Requests per minute; 0 means no limit.
-      max_retries=6,
-      backoff_base=1.0,
-      backoff_max=60.0,
-      max_retry_after=600.0,
-      temperature=0.0,         # Greedy.
-      max_output_tokens=32,    # A short answer.
-      timeout=60.0,
-      max_passage_tokens=200,  # Each passage (title + text) cut to this many tokens (0 = no cut).
-      tokenizer="",            # tokenizer.json for exact budgets; "" = an estimate (llamacpp: its own).
-      n_ctx=0,                 # llamacpp context; 0 = sized for max(ks) passages.
-      n_threads=0,             # llamacpp CPU threads; 0 = all cores.
   ))
 
 

@@ -30,12 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
-from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, fusion, layout, losses, models, provenance, retrieval, sharding
-from interdistill_jax import tokenization, train
+from interdistill_jax import assets, fusion, inference, layout, losses, models, provenance
+from interdistill_jax import retrieval, sharding, tokenization, train
 
 
 class PairScorer:
@@ -48,35 +46,23 @@ class PairScorer:
     self.max_length = max_length
     self.batch_size = sharding.inference_batch_size(batch_size, max_length, self.mesh)
     self.buckets = tokenization.buckets_up_to(buckets, max_length)
-    graphdef, state = nnx.split(model)
-    self._state = sharding.put_replicated(state, self.mesh)
-
-    @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(self.mesh))
-    def score(state, ids, types, mask):
-      return nnx.merge(graphdef, state)(ids, types, mask)
-
-    self._score = score
+    self._runner = inference.BucketedRunner(
+        inference.ReplicatedModel(model, self.mesh), _score, batch_size=self.batch_size,
+        buckets=self.buckets, pad_id=tokenizer.pad_id, empty_shape=(0,))
 
   def score(self, queries: Sequence[str], passages: Sequence[str], desc: str = "rank pairs") -> np.ndarray:
     """[N] float32 scores of pairs (queries[i], passages[i])."""
     encoded = self.tokenizer.encode_pairs(queries, passages, self.max_length)
-    ids, types = [e[0] for e in encoded], [e[1] for e in encoded]
-    out = np.zeros(len(ids), np.float32)
-    batches = tokenization.bucketed_batches(ids, self.batch_size, self.buckets,
-                                            self.tokenizer.pad_id, types)
-    total = tokenization.num_batches(len(ids), self.batch_size)
-    for batch in tqdm(batches, total=total, desc=desc, unit="batch", disable=total < 5):
-      arrays = sharding.put_batch((batch.input_ids, batch.token_type_ids, batch.attention_mask),
-                                  self.mesh)
-      s = np.asarray(sharding.to_host(self._score(self._state, *arrays)))
-      valid = batch.index >= 0
-      out[batch.index[valid]] = s[valid]
-    return out
+    return self._runner.run([e[0] for e in encoded], [e[1] for e in encoded], desc=desc)
 
   def score_pairs(self, dataset, pairs: Sequence[tuple[str, str]], desc: str) -> np.ndarray:
     """[N] float32 scores of (qid, docid) pairs of `dataset`: query text, full passage text."""
     return self.score([dataset.queries[q].text for q, _ in pairs],
                       [dataset.corpus[d].full_text() for _, d in pairs], desc=desc)
+
+
+def _score(model: models.CrossEncoder, ids, types, mask) -> jax.Array:
+  return model(ids, types, mask)
 
 
 class ListwiseExamples:

@@ -67,9 +67,7 @@ def backend_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if cfg.backend not in BACKENDS:
     raise ValueError(f"reader.backend must be one of {BACKENDS}, got {cfg.backend!r}")
   out = defaults.teacher_config()
-  for key in out:
-    if key in cfg:
-      out[key] = cfg[key]
+  out.update({key: cfg[key] for key in defaults.client_config()})
   out.mode = "listwise"  # the generating path; the reader's requests carry their own prompt
   if cfg.backend == "llamacpp" and cfg.n_ctx <= 0:
     per_passage = cfg.max_passage_tokens + 32 if cfg.max_passage_tokens > 0 else 512

@@ -10,11 +10,10 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 from absl import logging
-from flax import nnx
-from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, layout, models, provenance, search, sharding, shards, tokenization
+from interdistill_jax import assets, inference, layout, models, provenance, search, sharding
+from interdistill_jax import shards, tokenization
 
 
 class Encoder:
@@ -32,23 +31,19 @@ class Encoder:
         for tower in ("query", "doc")}
     self.model_id = model_id
     self._encode_config, self._model_config = encode_config, model_config
-    self._graphdef, self._host_state = nnx.split(model)
-    self._state = sharding.put_replicated(self._host_state, self.mesh)
-    graphdef = self._graphdef
-    out = sharding.batch_sharding(self.mesh)
-
-    @functools.partial(jax.jit, static_argnames="tower", out_shardings=out)
-    def encode(state, ids, types, mask, tower):
-      return nnx.merge(graphdef, state).encode(ids, types, mask, tower=tower)
-
-    self._encode = encode
+    self._model = inference.ReplicatedModel(model, self.mesh)
+    self._runners = {
+        tower: inference.BucketedRunner(
+            self._model, functools.partial(_encode, tower=tower), batch_size=self.batch_sizes[tower],
+            buckets=self._buckets(tower), pad_id=tokenizer.pad_id, empty_shape=(0, 0))
+        for tower in ("query", "doc")}
 
   def on_local_devices(self) -> "Encoder":
     """The same encoder on this process's devices only: processes can then encode different
     texts at the same time (corpus shards), without waiting for one another."""
     if sharding.is_process_local(self.mesh):
       return self
-    return Encoder(nnx.merge(self._graphdef, self._host_state), self.tokenizer,
+    return Encoder(self._model.host_model(), self.tokenizer,
                    encode_config=self._encode_config, model_config=self._model_config,
                    mesh=sharding.make_mesh(jax.local_devices()), model_id=self.model_id)
 
@@ -64,32 +59,15 @@ class Encoder:
   def _buckets(self, tower: str) -> list[int]:
     return tokenization.buckets_up_to(self.buckets, self._max_length(tower))
 
-  def _run(self, batch: tokenization.Batch, tower: str) -> np.ndarray:
-    arrays = sharding.put_batch((batch.input_ids, batch.token_type_ids, batch.attention_mask),
-                                self.mesh)
-    return np.asarray(sharding.to_host(self._encode(self._state, *arrays, tower=tower)))
-
   def compile(self, tower: str) -> None:
     """Compiles every batch shape `tower` can take (one per bucket), e.g. before timing."""
-    for length in self._buckets(tower):
-      self._run(tokenization.pad_batch([], [], self.batch_sizes[tower], length), tower)
+    self._runners[tower].compile()
 
   def encode(self, texts: Sequence[str], *, tower: str, desc: str | None = None) -> np.ndarray:
     """texts -> [N, H] float32 embeddings, in input order."""
-    buckets = self._buckets(tower)
     seqs = self.tokenizer.encode(texts, self._max_length(tower))
-    out = None
-    batch_size = self.batch_sizes[tower]
-    batches = tokenization.bucketed_batches(seqs, batch_size, buckets, self.tokenizer.pad_id)
-    total = tokenization.num_batches(len(seqs), batch_size)
-    for batch in tqdm(batches, total=total, desc=desc or f"encode {tower}s", unit="batch",
-                      disable=desc is None and total < 5):
-      emb = self._run(batch, tower)
-      if out is None:
-        out = np.zeros((len(seqs), emb.shape[-1]), np.float32)
-      valid = batch.index >= 0
-      out[batch.index[valid]] = emb[valid]
-    return out if out is not None else np.zeros((0, 0), np.float32)
+    return self._runners[tower].run(seqs, desc=desc or f"encode {tower}s",
+                                    show_progress=desc is not None)
 
   def cache_key(self, corpus_id: str, *extra: str) -> str:
     """Names this encoder's embeddings of a corpus on disk (model, corpus, passage length, extra)."""
@@ -119,6 +97,10 @@ class Encoder:
       data_lib.write_json(path[:-4] + ".json", {"model": self.model_id, "corpus": corpus_id,
                                                 "num_docs": len(docids), "dim": int(emb.shape[1])})
     return docids, emb
+
+
+def _encode(model, ids, types, mask, *, tower: str):
+  return model.encode(ids, types, mask, tower=tower)
 
 
 def _weights_id(directory: str, model_config) -> str:

@@ -59,6 +59,17 @@ def test_command_line_overrides_set_declared_fields():
   assert config.ranker.list_size == 10  # the file's own value, kept
 
 
+def test_the_teacher_and_the_reader_declare_the_llm_client_fields_once():
+  client = defaults.client_config()
+  teacher, reader = defaults.teacher_config(), defaults.reader_config()
+  assert set(client) == set(teacher) & set(reader) and len(client) == 17
+  assert all(teacher[k] == v for k, v in client.items())
+  assert {k: reader[k] for k in client if reader[k] != client[k]} == {
+      "backend": "llamacpp", "max_output_tokens": 32, "max_passage_tokens": 200}
+  with pytest.raises(KeyError, match="max_output_token"):
+    defaults.client_config(max_output_token=16)
+
+
 def test_a_misspelt_field_is_an_error_that_names_it(tmp_path):
   config = defaults.base_config()
   with pytest.raises(AttributeError, match='"hidden_dropout_prob" does not exist'):

@@ -130,6 +130,20 @@ def test_the_simulated_backend_is_not_a_reader():
     reader.backend_config(config.reader)
 
 
+def test_the_backend_config_is_the_teacher_section_with_the_readers_client_fields():
+  config = defaults.base_config()
+  config.reader.update(dict(backend="openai", model="m", rpm=7, max_passage_tokens=50, ks=(3,)))
+  out = reader.backend_config(config.reader)
+  teacher = defaults.teacher_config()
+  assert set(out) == set(teacher) and out.is_locked
+  client = defaults.client_config()
+  assert {k: out[k] for k in client} == {k: config.reader[k] for k in client}
+  assert {k: out[k] for k in teacher if k not in client} == {k: teacher[k] for k in teacher
+                                                               if k not in client}
+  config.reader.backend = "llamacpp"  # n_ctx 0: room for max(ks) passages
+  assert reader.backend_config(config.reader).n_ctx == 3 * (50 + 32) + 512
+
+
 @pytest.mark.slow  # llama.cpp, ~25 s
 def test_smollm2_reader_answers_in_one_short_line(tmp_path):
   pytest.importorskip("llama_cpp")

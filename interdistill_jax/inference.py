@@ -1,0 +1,79 @@
+"""Inference on the mesh in fixed-shape batches, one compiled shape per length bucket.
+
+A model's state is replicated over the mesh once (`ReplicatedModel`). A `BucketedRunner` applies
+one jitted function of it to token sequences: sorted by length, cut into batches of `batch_size`
+rows (the last padded), each padded to the smallest bucket that holds its longest sequence, and
+the rows' outputs put back in input order. The corpus encoder (`retrieval.Encoder`) and the pair
+scorer (`ranker.PairScorer`) differ only in how they tokenize and what function they apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from interdistill_jax import sharding, tokenization
+
+
+class ReplicatedModel:
+  """A model's state replicated over the mesh, for runners to share."""
+
+  def __init__(self, model: nnx.Module, mesh: Mesh):
+    self.mesh = mesh
+    self.graphdef, self.host_state = nnx.split(model)
+    self.state = sharding.put_replicated(self.host_state, mesh)
+
+  def host_model(self) -> nnx.Module:
+    """The model again, from the host copy of its state."""
+    return nnx.merge(self.graphdef, self.host_state)
+
+
+class BucketedRunner:
+  """`apply(model, ids, types, mask)` -> [B, ...] over token sequences, outputs in input order."""
+
+  def __init__(self, model: ReplicatedModel, apply: Callable, *, batch_size: int,
+               buckets: Sequence[int], pad_id: int, empty_shape: tuple[int, ...]):
+    self.model = model
+    self.batch_size = batch_size
+    self.buckets = list(buckets)
+    self.pad_id = pad_id
+    self.empty_shape = empty_shape  # what `run` returns for no sequences
+    graphdef = model.graphdef
+
+    def fn(state, ids, types, mask):
+      return apply(nnx.merge(graphdef, state), ids, types, mask)
+
+    self._fn = jax.jit(fn, out_shardings=sharding.batch_sharding(model.mesh))
+
+  def _batch(self, batch: tokenization.Batch) -> np.ndarray:
+    mesh = self.model.mesh
+    arrays = sharding.put_batch((batch.input_ids, batch.token_type_ids, batch.attention_mask), mesh)
+    return np.asarray(sharding.to_host(self._fn(self.model.state, *arrays)))
+
+  def compile(self) -> None:
+    """Compiles every batch shape `run` can take (one per bucket), e.g. before timing."""
+    for length in self.buckets:
+      self._batch(tokenization.pad_batch([], [], self.batch_size, length))
+
+  def run(self, seqs: Sequence[np.ndarray], types: Sequence[np.ndarray] | None = None, *,
+          desc: str, show_progress: bool = False) -> np.ndarray:
+    """Token ids (and token types) of N sequences -> [N, ...] float32 outputs, in input order.
+
+    The progress bar shows from 5 batches on, or always with `show_progress`.
+    """
+    out = None
+    batches = tokenization.bucketed_batches(seqs, self.batch_size, self.buckets, self.pad_id, types)
+    total = tokenization.num_batches(len(seqs), self.batch_size)
+    for batch in tqdm(batches, total=total, desc=desc, unit="batch",
+                      disable=not show_progress and total < 5):
+      y = self._batch(batch)
+      if out is None:
+        out = np.zeros((len(seqs), *y.shape[1:]), np.float32)
+      valid = batch.index >= 0
+      out[batch.index[valid]] = y[valid]
+    return out if out is not None else np.zeros(self.empty_shape, np.float32)
