@@ -1,6 +1,6 @@
 """Offline demo (what `make demo` runs): the whole method on SciFact with packaged models only.
 
-  python -m interdistill_jax.main --config=configs/demo.py --config.data.dir=../shared/data/scifact
+  python -m interdistill_jax.main --config=configs/demo.py [--config.data.dir=/path/to/scifact]
 
 Initial retriever: the packaged all-MiniLM-L6-v2. Teacher: the packaged SmolLM2-135M-Instruct run
 in-process by llama.cpp, ranking 10 candidates of 40 train queries by query likelihood
@@ -22,8 +22,12 @@ def get_config(arg=None):
   config = defaults.base_config()
   config.task = "pipeline"
   config.pipeline.stages = ("retrieve", "label", "train_ranker", "distill", "evaluate")
-  config.data.dir = "../shared/data/scifact"
+  config.data.dir = "~/.cache/interdistill_jax/datasets/scifact"  # `make demo` passes DATA_DIR
   config.data.name = "scifact"
+  # Where data.dir is not a BEIR directory (a fresh machine), the public SciFact zip is fetched
+  # once into data.cache_dir, and the log says so.
+  config.data.download_url = (
+      "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip")
   config.retrieve.splits = ("train",)
   config.retrieve.k = 10
   config.teacher.backend = "llamacpp"

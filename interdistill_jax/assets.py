@@ -68,6 +68,8 @@ def ensure_dataset(data_config) -> str:
   name = os.path.splitext(os.path.basename(data_config.download_url))[0]
   cache = os.path.join(os.path.expanduser(data_config.cache_dir), name)
   if os.path.exists(os.path.join(cache, "queries.jsonl")):
+    logging.log_first_n(logging.INFO, "data.dir=%r is not a BEIR directory; using %s (fetched "
+                        "earlier from %s)", 1, data_config.dir, cache, data_config.download_url)
     return cache
   os.makedirs(os.path.dirname(cache), exist_ok=True)
   archive = cache + ".zip"
