@@ -51,18 +51,30 @@ class Query:
     return list(self.metadata.get("answers", []) or [])
 
 
-def _iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
+def _text_lines(path: str | os.PathLike, opener=open) -> Iterator[tuple[int, str]]:
+  """A UTF-8 text file's lines, numbered from 1: a byte that is not UTF-8 is a DataError that
+  names its line and column, not a decoder's offset into the file."""
+  with opener(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
       try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(obj, dict):
-        raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-      yield lineno, obj
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataError(path, lineno, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                        f"{e.start + 1})") from None
+      yield lineno, line
+
+
+def _iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+  for lineno, line in _text_lines(path):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+      raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    yield lineno, obj
 
 
 def _require_str(obj: dict, key: str, path, lineno: int, *, allow_empty=False) -> str:
@@ -119,21 +131,21 @@ def _iter_dpr_tsv(path: str | os.PathLike) -> Iterator[tuple[int, Document]]:
   import gzip
 
   opener = gzip.open if str(path).endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8", newline="") as f:
-    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
-    header = next(reader, None)
-    if header is None:
-      raise DataError(path, 1, "empty file")
-    if [h.strip().lower() for h in header[:3]] != ["id", "text", "title"]:
-      raise DataError(path, 1, f"expected header 'id<TAB>text<TAB>title', got {header!r}")
-    for row in reader:
-      lineno = reader.line_num
-      if len(row) != 3:
-        raise DataError(path, lineno, f"expected 3 tab-separated fields, got {len(row)}")
-      docid, text, title = row
-      if not docid.strip():
-        raise DataError(path, lineno, "empty passage id")
-      yield lineno, Document(docid, title, text)
+  lines = (line for _, line in _text_lines(path, opener))
+  reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
+  header = next(reader, None)
+  if header is None:
+    raise DataError(path, 1, "empty file")
+  if [h.strip().lower() for h in header[:3]] != ["id", "text", "title"]:
+    raise DataError(path, 1, f"expected header 'id<TAB>text<TAB>title', got {header!r}")
+  for row in reader:
+    lineno = reader.line_num
+    if len(row) != 3:
+      raise DataError(path, lineno, f"expected 3 tab-separated fields, got {len(row)}")
+    docid, text, title = row
+    if not docid.strip():
+      raise DataError(path, lineno, "empty passage id")
+    yield lineno, Document(docid, title, text)
 
 
 def load_queries(path: str | os.PathLike) -> dict[str, Query]:
@@ -158,48 +170,46 @@ def load_queries(path: str | os.PathLike) -> dict[str, Query]:
 def load_qrels(path: str | os.PathLike) -> Qrels:
   """BEIR qrels TSV (header `query-id corpus-id score`) or TREC qrels (`qid 0 docid rel`)."""
   qrels: Qrels = {}
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      parts = line.split("\t") if "\t" in line else line.split()
-      parts = [p.strip() for p in parts]
-      if lineno == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):
-        continue
-      if len(parts) == 3:
-        qid, docid, rel = parts
-      elif len(parts) == 4:
-        qid, _, docid, rel = parts
-      else:
-        raise DataError(path, lineno, f"expected 3 (BEIR) or 4 (TREC) fields, got {len(parts)}")
-      try:
-        relevance = int(float(rel))
-      except ValueError:
-        raise DataError(path, lineno, f"relevance {rel!r} is not a number") from None
-      qrels.setdefault(qid, {})[docid] = relevance
+  for lineno, line in _text_lines(path):
+    if not line.strip():
+      continue
+    parts = line.split("\t") if "\t" in line else line.split()
+    parts = [p.strip() for p in parts]
+    if lineno == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):
+      continue
+    if len(parts) == 3:
+      qid, docid, rel = parts
+    elif len(parts) == 4:
+      qid, _, docid, rel = parts
+    else:
+      raise DataError(path, lineno, f"expected 3 (BEIR) or 4 (TREC) fields, got {len(parts)}")
+    try:
+      relevance = int(float(rel))
+    except ValueError:
+      raise DataError(path, lineno, f"relevance {rel!r} is not a number") from None
+    qrels.setdefault(qid, {})[docid] = relevance
   return qrels
 
 
 def read_trec_run(path: str | os.PathLike) -> Run:
   """TREC run: `qid Q0 docid rank score tag` per line."""
   run: Run = {}
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      parts = line.split()
-      if len(parts) != 6:
-        raise DataError(path, lineno, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}")
-      qid, _, docid, rank, score, _ = parts
-      try:
-        int(rank)
-        value = float(score)
-      except ValueError:
-        raise DataError(path, lineno, f"rank {rank!r} or score {score!r} is not a number") from None
-      docs = run.setdefault(qid, {})
-      if docid in docs:
-        raise DataError(path, lineno, f"document {docid!r} appears twice for query {qid!r}")
-      docs[docid] = value
+  for lineno, line in _text_lines(path):
+    if not line.strip():
+      continue
+    parts = line.split()
+    if len(parts) != 6:
+      raise DataError(path, lineno, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(parts)}")
+    qid, _, docid, rank, score, _ = parts
+    try:
+      int(rank)
+      value = float(score)
+    except ValueError:
+      raise DataError(path, lineno, f"rank {rank!r} or score {score!r} is not a number") from None
+    docs = run.setdefault(qid, {})
+    if docid in docs:
+      raise DataError(path, lineno, f"document {docid!r} appears twice for query {qid!r}")
+    docs[docid] = value
   return run
 
 
@@ -293,15 +303,14 @@ def load_split_ids(path: str | os.PathLike) -> list[str]:
   """A split's query ids, one per line (`splits/{split}.txt`)."""
   qids: list[str] = []
   seen: set[str] = set()
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      qid = line.strip()
-      if not qid:
-        continue
-      if len(qid.split()) != 1:
-        raise DataError(path, lineno, f"expected one query id, got {qid!r}")
-      _check_unique(seen, qid, path, lineno, "query id")
-      qids.append(qid)
+  for lineno, line in _text_lines(path):
+    qid = line.strip()
+    if not qid:
+      continue
+    if len(qid.split()) != 1:
+      raise DataError(path, lineno, f"expected one query id, got {qid!r}")
+    _check_unique(seen, qid, path, lineno, "query id")
+    qids.append(qid)
   return qids
 
 

@@ -4,6 +4,7 @@ Flags, then one call: `config.task` names a function `run(config, workdir)` in `
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -17,6 +18,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory; default runs/<config name>.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() (multi-host TPU/GPU, launch/*.sh).")
+_VERBOSE_ERRORS = flags.DEFINE_bool("verbose_errors", False,
+                                    "Show the Python traceback of an input or config error too.")
+
+# What a user can fix (bad input, a config value, a missing asset, a stale artifact): one line
+# and exit status 1. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 # Set by launch/local.sh for each process; absent on TPU pods / SLURM, where JAX autodetects them.
 DISTRIBUTED_ENV = ("INTERDISTILL_COORDINATOR", "INTERDISTILL_NUM_PROCESSES", "INTERDISTILL_PROCESS_ID")
@@ -38,6 +45,34 @@ def distributed_kwargs(environ=os.environ) -> dict:
           "process_id": int(process_id)}
 
 
+class WorkdirBusy(RuntimeError):
+  """Another run holds the workdir."""
+
+
+def lock_workdir(workdir: str):
+  """Holds `workdir/.lock` for this process's life: a second run on the same workdir refuses,
+  naming the first one's host and pid (the OS frees the lock when a run dies, even by SIGKILL).
+  Returns the open lock file."""
+  import fcntl  # noqa: PLC0415 (POSIX)
+  import socket  # noqa: PLC0415
+  import time  # noqa: PLC0415
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, ".lock")
+  f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until the process ends)
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise WorkdirBusy(f"{workdir} is in use by {holder}; wait for it, or use another --workdir") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+  f.flush()
+  return f
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -53,7 +88,17 @@ def main(argv):
     task = tasks.resolve(config.task)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  task(config, workdir)
+  try:
+    # The peers of a multi-host run share the workdir: process 0 holds it for them all.
+    import jax  # noqa: PLC0415
+    lock = lock_workdir(workdir) if jax.process_index() == 0 else None
+    task(config, workdir)
+  except (WorkdirBusy, *USER_ERRORS) as e:
+    if _VERBOSE_ERRORS.value:
+      raise
+    sys.stderr.write(f"error: {e}\n(--verbose_errors shows the traceback)\n")
+    sys.exit(1)
+  del lock
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ def cache_key(identity: dict[str, Any], request: Request) -> str:
   return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+class CacheError(ValueError):
+  """A call cache that cannot be read (damaged, or not SQLite): names the file."""
+
+
 class Cache:
   """Answers by key, in one SQLite file. Used from one event loop thread."""
 
@@ -44,10 +48,15 @@ class Cache:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     self.path = path
-    self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-    self._db.execute("PRAGMA journal_mode=WAL")
-    self._db.execute("PRAGMA synchronous=NORMAL")
-    self._db.execute(_SCHEMA)
+    try:
+      self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+      self._db.execute("PRAGMA journal_mode=WAL")
+      self._db.execute("PRAGMA synchronous=NORMAL")
+      self._db.execute(_SCHEMA)
+      self._db.execute("SELECT count(*) FROM answers").fetchone()
+    except sqlite3.DatabaseError as e:
+      raise CacheError(f"{path}: not a readable call cache ({e}). Move it away to start an empty "
+                       "one (the calls it held are paid again), or restore it from a copy") from None
 
   def get(self, key: str) -> Answer | None:
     row = self._db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
