@@ -148,8 +148,9 @@ def _record(qid: str, docids: list[str], result: teachers.QueryRanking,
       "ranking": [docids[i] for i in result.order],
       "ranked_prefix": result.ranked_prefix,
       "repaired": result.repaired,
-      "teacher": dict(provenance) | result.summary() | {
-          "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+      # No wall-clock time here: two runs that agree write the same file (the call cache keeps
+      # each answer's time, stats.json the run's).
+      "teacher": dict(provenance) | result.summary(),
   }
 
 
@@ -314,6 +315,7 @@ def _summary(config: ml_collections.ConfigDict, teacher: teachers.Teacher, cache
       },
       "labels": labels,
       "cache": {"answers": len(cache), "ledger": ledger},
+      "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "seconds": round(tally.seconds, 3),
       "queries_per_second": round(num_pending / tally.seconds, 3) if tally.seconds > 0 else None,
       "dropped_qids": tally.dropped,
