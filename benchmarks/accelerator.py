@@ -168,14 +168,14 @@ def _train_step(lists, dtype, peak, matmul):
 
 
 def _encode(dtype, attention, texts, dataset, docids, st_cache):
-  from interdistill_jax import defaults, metrics, models, retrieval, search
+  from interdistill_jax import defaults, metrics, models, retrieval, search, sharding
 
   config = defaults.base_config()
   config.model.init = _MODEL.value
   config.model.dtype = dtype
   config.model.attention = attention
   config.encode.batch_size = _ENC_BATCH.value
-  encoder = retrieval.Encoder.from_config(config)
+  encoder = retrieval.Encoder.from_config(config, mesh=sharding.mesh_from_config(config.mesh))
   # A full pass compiles every bucket shape, so compilation stays outside the timed passes.
   t = time.perf_counter()
   encoder.encode(texts, tower="doc")
@@ -195,7 +195,7 @@ def _encode(dtype, attention, texts, dataset, docids, st_cache):
   if not _MAX_DOCS.value:
     queries = dataset.split_queries("test")
     q = encoder.encode([x.text for x in queries.values()], tower="query")
-    run = search.search_run(search.ExactIndex(emb), docids, list(queries), q, 100)
+    run = search.search_run(search.ExactIndex(emb, mesh=encoder.mesh), docids, list(queries), q, 100)
     out["ours"]["test"] = metrics.evaluate_run(dataset.qrels("test"), run, (10, 100))[0]
   if _REF_PYTHON.value:
     if dtype not in st_cache:  # one reference run per dtype

@@ -175,6 +175,21 @@ def label_config() -> ml_collections.ConfigDict:
   ))
 
 
+def mesh_config() -> ml_collections.ConfigDict:
+  """The device mesh every task builds once (`sharding.mesh_from_config`) and computes on."""
+  return _section(dict(
+      # Devices on the `data` axis (batches split along it): -1 = every device of every host;
+      # n > 0 = the first n devices, on one process only (several processes need every device).
+      data=-1,
+      # Where parameters live: ((regex, layout), ...); the first regex that matches a parameter's
+      # path ("bert/layers/0/ffn_in/kernel") places it, and its optimizer moments with it. Layout
+      # "replicate", "fsdp" (split along its largest dimension that divides over `data`: FSDP /
+      # ZeRO-3), or a PartitionSpec tuple such as (None, "data"). () replicates every parameter;
+      # ((".*", "fsdp"),) shards them all (sharding.param_shardings).
+      param_rules=(),
+  ))
+
+
 def optim_config(learning_rate: float) -> ml_collections.ConfigDict:
   return _section(dict(
       learning_rate=learning_rate,
@@ -257,6 +272,7 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = "evaluate"
   config.seed = 0
+  config.mesh = mesh_config()
   config.data = data_config()
   config.model = model_config()
   config.encode = encode_config()

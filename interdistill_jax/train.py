@@ -62,6 +62,16 @@ class TrainState:
   step: int
 
 
+def state_shardings(params, tx, mesh, param_rules=()) -> TrainState:
+  """Where each leaf of the train state lives: parameters by the rules, each optimizer moment
+  like its parameter, everything else (counts, the step) replicated."""
+  params_sharding = sharding.param_shardings(params, mesh, param_rules)
+  opt_sharding = optax.tree_map_params(
+      tx, lambda _, s: s, jax.eval_shape(tx.init, params), params_sharding,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  return TrainState(params_sharding, opt_sharding, sharding.replicated(mesh))
+
+
 def make_train_step(graphdef, rest, tx, loss_fn: Callable):
   """A jitted step: (params, opt_state, batch, step, rng) -> (params, opt_state, metrics).
 
@@ -137,9 +147,8 @@ class Checkpoints:
     self.best.close()
 
 
-def _abstract(tree, mesh):
-  sharding_ = sharding.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), tree)
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -161,7 +170,7 @@ class LoopConfig:
 
 def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np.ndarray], dict],
                num_examples: int, dev_batches: Callable[[], Iterator[dict]] | None,
-               loop: LoopConfig, optim_config, out_dir: str, mesh=None,
+               loop: LoopConfig, optim_config, out_dir: str, mesh, param_rules=(),
                trainable: Any = nnx.Param) -> tuple[nnx.Module, dict]:
   """Trains `model` in place and returns it with the best dev-loss parameters loaded.
 
@@ -173,26 +182,29 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
     num_examples: size of the training set; steps = ceil(epochs * num_examples / B).
     dev_batches: yields dev batches (same format) for the dev loss, or None.
     out_dir: the stage directory: `checkpoints/`, `metrics.jsonl`, `done.json` go there.
+    mesh: the task's mesh.
+    param_rules: `config.mesh.param_rules`, where the model state lives on the mesh.
 
   Returns:
     (model with the selected parameters, summary dict).
   """
-  mesh = mesh or sharding.make_mesh()
   batch_size = sharding.round_up(loop.batch_size, sharding.global_batch_multiple(mesh))
   steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
   total_steps = max(1, math.ceil(loop.epochs * steps_per_epoch))
   tx, schedule = make_optimizer(optim_config, total_steps)
 
   graphdef, params, rest = nnx.split(model, trainable, ...)
-  params = sharding.put_replicated(params, mesh)
-  rest = sharding.put_replicated(rest, mesh)
+  shardings = state_shardings(params, tx, mesh, param_rules)
+  params = jax.device_put(params, shardings.params)
+  rest = sharding.put_params(rest, mesh, param_rules)
   # Placed like the params, so the first step's input types equal every later step's.
-  opt_state = sharding.put_replicated(jax.jit(tx.init)(params), mesh)
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   state = TrainState(params, opt_state, 0)
 
   ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"), keep=loop.keep_checkpoints,
                       interval=loop.checkpoint_every)
-  restored = ckpts.restore_latest(TrainState(_abstract(params, mesh), _abstract(opt_state, mesh), 0))
+  restored = ckpts.restore_latest(TrainState(_abstract(params, shardings.params),
+                                             _abstract(opt_state, shardings.opt_state), 0))
   if restored is not None:
     state = restored
     logging.info("Resuming from step %d in %s", state.step, out_dir)
@@ -250,7 +262,7 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
     pbar.update(1)
   pbar.close()
   ckpts.close()
-  best, best_step = ckpts.best_params(_abstract(state.params, mesh))
+  best, best_step = ckpts.best_params(_abstract(state.params, shardings.params))
   nnx.update(model, jax.device_get(best))
   summary = {"total_steps": total_steps, "selected_step": int(best_step), "batch_size": batch_size,
              "num_examples": num_examples}
@@ -266,12 +278,14 @@ def _truncate_metrics(path: str, step: int) -> None:
   data_lib.atomic_write_text(path, "".join(keep))
 
 
-def restore_params(model: nnx.Module, out_dir: str, *, trainable: Any = nnx.Param) -> int:
-  """Loads a finished stage's selected parameters into `model`; returns their step."""
+def restore_params(model: nnx.Module, out_dir: str, *, mesh, param_rules=(),
+                   trainable: Any = nnx.Param) -> int:
+  """Loads a finished stage's selected parameters into `model`, placed on `mesh` by the rules;
+  returns their step."""
   info = layout.read_done(out_dir)
   _, params, _ = nnx.split(model, trainable, ...)
   # Placed on this run's devices, whatever topology saved them (a pod's checkpoint loads on a laptop).
-  abstract = _abstract(params, sharding.make_mesh())
+  abstract = _abstract(params, sharding.param_shardings(params, mesh, param_rules))
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(out_dir), "checkpoints", "best"),
                                options=ocp.CheckpointManagerOptions(read_only=True))
   tree = mngr.restore(info["selected_step"], args=ocp.args.StandardRestore({"params": abstract}))

@@ -93,9 +93,10 @@ def test_each_step_compiles_once_per_shape(tiny, tmp_path):
   model, _ = models.load_cross_encoder(config.ranker.model)
   loop = train.loop_config(config.ranker, 0)
   loop.epochs = 3.0
+  mesh = sharding.make_mesh()
   train.train_loop(model=model, loss_fn=counted_loss, make_batch=examples.batch,
-                   num_examples=len(examples), dev_batches=train.dev_batches_fn(examples, 4, sharding.make_mesh()),
-                   loop=loop, optim_config=config.ranker.optim, out_dir=str(tmp_path / "run"))
+                   num_examples=len(examples), dev_batches=train.dev_batches_fn(examples, 4, mesh),
+                   loop=loop, optim_config=config.ranker.optim, out_dir=str(tmp_path / "run"), mesh=mesh)
   steps = sum(1 for _ in open(tmp_path / "run" / "metrics.jsonl"))
   assert steps == 9
   assert len(traces) == 2, traces  # one train step and one eval step, for the one bucket
@@ -111,7 +112,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
     train.train_loop(model=model, loss_fn=nan_loss, make_batch=examples.batch,
                      num_examples=len(examples), dev_batches=None,
                      loop=train.loop_config(config.ranker, 0), optim_config=config.ranker.optim,
-                     out_dir=str(tmp_path / "run"))
+                     out_dir=str(tmp_path / "run"), mesh=sharding.make_mesh())
 
 
 def _latest_params(out_dir):
@@ -178,12 +179,15 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
 
 
 @pytest.mark.slow  # end to end: ranker, three distillations, evaluate
-def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
+def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path, monkeypatch):
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
   _write_candidates(tmp_path, labels)
   from interdistill_jax import distill, evaluate, pipeline
+  meshes = []
+  make_mesh = sharding.make_mesh
+  monkeypatch.setattr(sharding, "make_mesh", lambda *a: meshes.append(make_mesh(*a)) or meshes[-1])
   ranker.run(config, str(tmp_path))
   config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy
   config.distill.depth = 10  # deeper than the teacher's lists of 6: the ranker scores them all
@@ -200,6 +204,7 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   distill.run(config, str(tmp_path))
   assert layout.read_done(str(tmp_path / "retriever_supervised"))["teacher"] == "qrels"
   evaluate.run(config, str(tmp_path))
+  assert len(meshes) == 5  # one mesh per task run (ranker, 3 distillations, evaluate)
   systems = ("baseline", "ranker", "ranker_fused", "distilled", "direct", "supervised")
   qrels = data_lib.load_beir(data_dir).qrels("test")
   for system in systems:
@@ -235,9 +240,9 @@ def _check_ranker_score_caches(config, workdir):
   loads = []
   real_load = ranker.load_trained_ranker
 
-  def counting_load(*args):
+  def counting_load(*args, **kwargs):
     loads.append(args)
-    return real_load(*args)
+    return real_load(*args, **kwargs)
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(ranker, "load_trained_ranker", counting_load)
@@ -363,18 +368,19 @@ def _check_residual_export(config, workdir, out):
   assert "## The residual head" in (out / "README.md").read_text()
   scale = json.loads((out / "residual.json").read_text())["scale"]
   dataset = data_lib.load_beir(config.data.dir)
-  model, tok = ranker.load_trained_ranker(config, str(workdir))
+  mesh = sharding.make_mesh()
+  model, tok = ranker.load_trained_ranker(config, str(workdir), mesh=mesh)
   pairs = [(q, d) for q in sorted(dataset.qrels("train"))[:3] for d in list(dataset.corpus)[:4]]
-  want = ranker.score_pairs(config, str(workdir), dataset, model, tok, pairs, desc="test")
+  want = ranker.score_pairs(config, str(workdir), dataset, model, tok, pairs, desc="test", mesh=mesh)
   exported = defaults.model_config()
   exported.init = str(out)
   joint, _ = models.load_cross_encoder(exported, head="cls")
-  logits = ranker.make_scorer(config, joint, tok).score_pairs(dataset, pairs, desc="test")
+  logits = ranker.make_scorer(config, joint, tok, mesh=mesh).score_pairs(dataset, pairs, desc="test")
   exported.init = str(out / "query_tower")
   tower, _ = models.load_dual_encoder(exported)
-  q = retrieval.Encoder(tower, tok, encode_config=config.encode, model_config=exported).encode(
+  q = retrieval.Encoder(tower, tok, encode_config=config.encode, model_config=exported, mesh=mesh).encode(
       [dataset.queries[q].text for q, _ in pairs], tower="query")
-  e = ranker.initial_doc_embeddings(config, str(workdir), dataset)([d for _, d in pairs])
+  e = ranker.initial_doc_embeddings(config, str(workdir), dataset, mesh=mesh)([d for _, d in pairs])
   np.testing.assert_allclose(logits + scale * np.einsum("nh,nh->n", q, e), want, rtol=1e-4, atol=1e-4)
 
 
@@ -391,7 +397,8 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   model, _ = models.load_cross_encoder(config.ranker.model, head="auto")  # a bi-encoder: residual
   assert model.residual and not np.asarray(model.classifier.kernel[...]).any()
   model.log_scale[...] = jnp.log(jnp.float32(7.0))
-  encoder = retrieval.Encoder.from_config(config)
+  mesh = sharding.make_mesh()
+  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
   emb = retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)
   examples = ranker.ListwiseExamples(labels, dataset, tok, list_size=6, max_length=32, buckets=(32,),
                                      use_prefix=True, doc_embeddings=emb)
@@ -401,7 +408,7 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   want = losses.listmle(jnp.asarray(want_scores), batch["ranking"], batch["mask"], batch["prefix"])
   np.testing.assert_allclose(ranker.listmle_loss(model, batch, None), want, rtol=1e-4, atol=1e-4)
   pairs = [(r["qid"], d) for r in labels[:4] for d in r["docids"]]
-  scores = ranker.score_pairs(config, str(tmp_path), dataset, model, tok, pairs, desc="test",
+  scores = ranker.score_pairs(config, str(tmp_path), dataset, model, tok, pairs, desc="test", mesh=mesh,
                               doc_embeddings=emb)
   np.testing.assert_allclose(scores, want_scores.reshape(-1), rtol=1e-4, atol=1e-4)
   grads = nnx.grad(lambda m: ranker.listmle_loss(m, batch, None).mean())(model)
