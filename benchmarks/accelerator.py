@@ -132,17 +132,15 @@ def _matmul_rates(jnp, n):
 
 
 def _train_step(lists, dtype, peak, matmul):
-  from interdistill_jax import defaults, models, sharding
+  from interdistill_jax import defaults, models
 
   n, t = _LIST_SIZE.value, _LENGTH.value
   config = defaults.base_config()
   config.ranker.model.init = _MODEL.value
   config.ranker.model.dtype = dtype
   config.ranker.model.attention_dropout = _ATTN_DROPOUT.value
-  step, params, opt_state, batch, model, ckpt = ranker_step.build(config.ranker, lists, n, t)
-  batch = sharding.put_batch(batch, sharding.make_mesh())
-  compile_s, times, m = ranker_step.time_steps(step, params, opt_state, batch, warmup=3,
-                                               steps=_STEPS.value)
+  step, state, batch, model, ckpt = ranker_step.build(config.ranker, lists, n, t)
+  compile_s, times, m = ranker_step.time_steps(step, state, batch, warmup=3, steps=_STEPS.value)
   step_s = ranker_step.median(times)
   pairs = lists * n
   flops = ranker_step.flops_per_pair(ckpt.config, t) * pairs

@@ -1,9 +1,14 @@
 """The trainer shared by both stages: optimizer, jitted step, loop, checkpoints, exact resume.
 
-The step is a pure function of (params, opt_state, batch, step): the model is rebuilt
-inside it with `nnx.merge`, randomness is `fold_in(seed key, step)`, and the data order
-is a function of (seed, epoch). A checkpoint therefore only needs params, optimizer
-state and the step for a resumed run to continue exactly as an uninterrupted one.
+The step is a pure function of (state, rest, batch): the train state (params, optimizer state,
+step) goes in and comes out, donated; the model is rebuilt inside it with `nnx.merge` from the
+params and the untrained rest; randomness is `fold_in(seed key, step)`, and the data order is a
+function of (seed, epoch). A checkpoint therefore only needs params, optimizer state and the
+step for a resumed run to continue exactly as an uninterrupted one.
+
+Layout: one mesh (the task's, from `config.mesh`); every global batch is split over the `data`
+axis; params, rest and optimizer state are placed by `config.mesh.param_rules` (replicated by
+default).
 
 Resume order: an existing checkpoint in the stage's directory > the stage's init > scratch.
 """
@@ -55,11 +60,15 @@ def make_optimizer(optim_config, total_steps: int) -> tuple[optax.GradientTransf
   ), schedule
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
+  """What a step updates: the trainable parameters, the optimizer state and the step count
+  (an int32 scalar on the devices, seeding the step's randomness)."""
+
   params: Any
   opt_state: Any
-  step: int
+  step: Any
 
 
 def state_shardings(params, tx, mesh, param_rules=()) -> TrainState:
@@ -72,16 +81,18 @@ def state_shardings(params, tx, mesh, param_rules=()) -> TrainState:
   return TrainState(params_sharding, opt_sharding, sharding.replicated(mesh))
 
 
-def make_train_step(graphdef, rest, tx, loss_fn: Callable):
-  """A jitted step: (params, opt_state, batch, step, rng) -> (params, opt_state, metrics).
+def make_train_step(graphdef, tx, loss_fn: Callable, *, mesh, shardings: TrainState, rest_sharding):
+  """A jitted step: (state, rest, batch, rng) -> (state, metrics).
 
-  `loss_fn(model, batch, rng) -> [B] per-example losses`; the mean is taken over the
-  global batch, so the gradient is the same on 1 or N devices (XLA all-reduces it).
-  Params and optimizer state are donated: the step updates them in place.
+  `rest` is the model's state that is not trained (passed in, not captured as a constant).
+  `loss_fn(model, batch, rng) -> [B] per-example losses`; the mean is taken over the rows of
+  weight 1 of the global batch, so padding rows count for nothing and the gradient is the same
+  on 1 or N devices (XLA all-reduces it). The batch is split over `data`; the state keeps the
+  layout of `shardings` and is donated: the step updates it in place.
   """
 
-  def step_fn(params, opt_state, batch, step, base_rng):
-    rng = jax.random.fold_in(base_rng, step)
+  def step_fn(state, rest, batch, base_rng):
+    rng = jax.random.fold_in(base_rng, state.step)
 
     def loss(p):
       model = nnx.merge(graphdef, p, rest)
@@ -89,19 +100,28 @@ def make_train_step(graphdef, rest, tx, loss_fn: Callable):
       weights = batch["weight"]
       return (per_example * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
-    value, grads = jax.value_and_grad(loss)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+    value, grads = jax.value_and_grad(loss)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": value, "grad_norm": optax.tree.norm(grads)}
+    return TrainState(params, opt_state, state.step + 1), metrics
 
-  return jax.jit(step_fn, donate_argnums=(0, 1))
+  replicated = sharding.replicated(mesh)
+  return jax.jit(step_fn, donate_argnums=0,
+                 in_shardings=(shardings, rest_sharding, sharding.batch_sharding(mesh), replicated),
+                 out_shardings=(shardings, replicated))
 
 
-def make_eval_step(graphdef, rest, loss_fn: Callable):
-  def eval_fn(params, batch):
+def make_eval_step(graphdef, loss_fn: Callable, *, mesh, params_sharding, rest_sharding):
+  """A jitted (params, rest, batch) -> (sum of weighted losses, sum of weights)."""
+
+  def eval_fn(params, rest, batch):
     per_example = loss_fn(nnx.merge(graphdef, params, rest), batch, None)
     return (per_example * batch["weight"]).sum(), batch["weight"].sum()
-  return jax.jit(eval_fn)
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(eval_fn, in_shardings=(params_sharding, rest_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated))
 
 
 class Checkpoints:
@@ -120,20 +140,22 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["dev_loss"],
                                              best_mode="min", multiprocessing_options=sync("best")))
 
-  def save(self, state: TrainState, *, force=False, dev_loss: float | None = None):
+  def save(self, step: int, state: TrainState, *, force=False, dev_loss: float | None = None):
     tree = {"params": state.params, "opt_state": state.opt_state}
-    self.latest.save(state.step, args=ocp.args.StandardSave(tree), force=force)
+    self.latest.save(step, args=ocp.args.StandardSave(tree), force=force)
     if dev_loss is not None:
-      self.best.save(state.step, args=ocp.args.StandardSave({"params": state.params}),
+      self.best.save(step, args=ocp.args.StandardSave({"params": state.params}),
                      metrics={"dev_loss": float(dev_loss)}, force=True)
 
-  def restore_latest(self, abstract: TrainState) -> TrainState | None:
+  def restore_latest(self, abstract: TrainState) -> tuple[int, TrainState] | None:
+    """(step, state laid out as `abstract`) of the latest checkpoint, or None."""
     step = self.latest.latest_step()
     if step is None:
       return None
     tree = self.latest.restore(step, args=ocp.args.StandardRestore(
         {"params": abstract.params, "opt_state": abstract.opt_state}))
-    return TrainState(tree["params"], tree["opt_state"], int(step))
+    return int(step), TrainState(tree["params"], tree["opt_state"],
+                                 jax.device_put(np.int32(step), abstract.step.sharding))
 
   def best_params(self, abstract_params):
     step = self.best.best_step()
@@ -195,64 +217,67 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
 
   graphdef, params, rest = nnx.split(model, trainable, ...)
   shardings = state_shardings(params, tx, mesh, param_rules)
+  rest_sharding = sharding.param_shardings(rest, mesh, param_rules)
   params = jax.device_put(params, shardings.params)
-  rest = sharding.put_params(rest, mesh, param_rules)
-  # Placed like the params, so the first step's input types equal every later step's.
+  rest = jax.device_put(rest, rest_sharding)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  state = TrainState(params, opt_state, 0)
+  state = TrainState(params, opt_state, jax.device_put(np.int32(0), shardings.step))
+  abstract = _abstract(state, shardings)
+  step = 0
 
   ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"), keep=loop.keep_checkpoints,
                       interval=loop.checkpoint_every)
-  restored = ckpts.restore_latest(TrainState(_abstract(params, shardings.params),
-                                             _abstract(opt_state, shardings.opt_state), 0))
+  restored = ckpts.restore_latest(abstract)
   if restored is not None:
-    state = restored
-    logging.info("Resuming from step %d in %s", state.step, out_dir)
+    step, state = restored
+    logging.info("Resuming from step %d in %s", step, out_dir)
 
-  step_fn = make_train_step(graphdef, rest, tx, loss_fn)
-  eval_fn = make_eval_step(graphdef, rest, loss_fn)
-  base_rng = jax.random.key(loop.seed)
+  step_fn = make_train_step(graphdef, tx, loss_fn, mesh=mesh, shardings=shardings,
+                            rest_sharding=rest_sharding)
+  eval_fn = make_eval_step(graphdef, loss_fn, mesh=mesh, params_sharding=shardings.params,
+                           rest_sharding=rest_sharding)
+  base_rng = sharding.put_replicated(jax.random.key(loop.seed), mesh)
   metrics_path = os.path.join(out_dir, "metrics.jsonl")
-  _truncate_metrics(metrics_path, state.step)
+  _truncate_metrics(metrics_path, step)
 
   def dev_loss(params):
     if dev_batches is None:
       return None
     total, count = 0.0, 0.0
     for batch in dev_batches():
-      s, c = eval_fn(params, sharding.put_batch(batch, mesh))
+      s, c = eval_fn(params, rest, sharding.put_batch(batch, mesh))
       total, count = total + float(s), count + float(c)
     return total / max(count, 1.0)
 
-  pbar = tqdm(total=total_steps, initial=state.step, desc=f"train {os.path.basename(out_dir)}",
+  pbar = tqdm(total=total_steps, initial=step, desc=f"train {os.path.basename(out_dir)}",
               unit="step")
   t_last, examples_since = time.perf_counter(), 0
-  while state.step < total_steps:
-    epoch, offset = divmod(state.step, steps_per_epoch)
+  while step < total_steps:
+    epoch, offset = divmod(step, steps_per_epoch)
     order = epoch_order(num_examples, loop.seed, epoch)
     idx = order[offset * batch_size:(offset + 1) * batch_size]
     idx = np.pad(idx, (0, batch_size - len(idx)), constant_values=-1)
     batch = sharding.put_batch(make_batch(idx), mesh)
-    params, opt_state, m = step_fn(state.params, state.opt_state, batch, state.step, base_rng)
-    state = TrainState(params, opt_state, state.step + 1)
+    state, m = step_fn(state, rest, batch, base_rng)
+    step += 1
     examples_since += int((idx >= 0).sum())
     loss = float(m["loss"])
     if not math.isfinite(loss):
       ckpts.close()
-      raise NonFiniteLossError(f"{out_dir}: non-finite loss {loss} at step {state.step}; "
+      raise NonFiniteLossError(f"{out_dir}: non-finite loss {loss} at step {step}; "
                                "lower optim.learning_rate or check the inputs")
-    record = {"step": state.step, "train/loss": loss, "train/grad_norm": float(m["grad_norm"]),
-              "train/lr": float(schedule(state.step - 1)), "epoch": state.step / steps_per_epoch}
-    last = state.step == total_steps
+    record = {"step": step, "train/loss": loss, "train/grad_norm": float(m["grad_norm"]),
+              "train/lr": float(schedule(step - 1)), "epoch": step / steps_per_epoch}
+    last = step == total_steps
     dev = None
-    if loop.eval_every and (state.step % loop.eval_every == 0 or last):
+    if loop.eval_every and (step % loop.eval_every == 0 or last):
       dev = dev_loss(state.params)
       if dev is not None:
         record["dev/loss"] = dev
     if last and dev is None:
       dev = 0.0  # No dev set: the final parameters are the selected ones.
-    if state.step % loop.checkpoint_every == 0 or last or dev is not None:
-      ckpts.save(state, force=last, dev_loss=dev)
+    if step % loop.checkpoint_every == 0 or last or dev is not None:
+      ckpts.save(step, state, force=last, dev_loss=dev)
     now = time.perf_counter()
     record["train/examples_per_s"] = examples_since / max(now - t_last, 1e-9)
     t_last, examples_since = now, 0
@@ -262,7 +287,7 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
     pbar.update(1)
   pbar.close()
   ckpts.close()
-  best, best_step = ckpts.best_params(_abstract(state.params, shardings.params))
+  best, best_step = ckpts.best_params(abstract.params)
   nnx.update(model, jax.device_get(best))
   summary = {"total_steps": total_steps, "selected_step": int(best_step), "batch_size": batch_size,
              "num_examples": num_examples}

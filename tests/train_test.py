@@ -58,13 +58,19 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
     model, _ = models.load_cross_encoder(config.ranker.model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx, _ = train.make_optimizer(config.ranker.optim, total_steps=10)
-    params = sharding.put_replicated(params, mesh)
-    opt_state = tx.init(params)
-    step = train.make_train_step(graphdef, sharding.put_replicated(rest, mesh), tx, ranker.listmle_loss)
+    shardings = train.state_shardings(params, tx, mesh)
+    params = jax.device_put(params, shardings.params)
+    state = train.TrainState(params, jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
+                             jax.device_put(np.int32(0), shardings.step))
+    rest_sharding = sharding.param_shardings(rest, mesh)
+    step = train.make_train_step(graphdef, tx, ranker.listmle_loss, mesh=mesh, shardings=shardings,
+                                 rest_sharding=rest_sharding)
+    rest = jax.device_put(rest, rest_sharding)
     for s in range(3):
       batch = sharding.put_batch(examples.batch(np.arange(4 * s, 4 * s + 4) % len(examples)), mesh)
-      params, opt_state, m = step(params, opt_state, batch, s, jax.random.key(0))
-    results.append((jax.tree.map(np.asarray, params), float(m["loss"]), float(m["grad_norm"])))
+      state, m = step(state, rest, batch, jax.random.key(0))
+    assert int(state.step) == 3
+    results.append((jax.tree.map(np.asarray, state.params), float(m["loss"]), float(m["grad_norm"])))
   (p1, l1, g1), (p4, l4, g4) = results
   # Same math, different reduction order across devices: the loss and the gradient norm agree to
   # float32 round-off. Parameters agree to within one learning-rate step (3e-5) after 3 steps:
