@@ -223,6 +223,9 @@ def ranker_config() -> ml_collections.ConfigDict:
       dev_fraction=0.1,        # Slice of the *training* queries for checkpoint selection.
       eval_every=50,
       checkpoint_every=50,
+      # Steps between fetches of the train metrics (and the NaN check) from the devices; also
+      # fetched at every eval and checkpoint step. metrics.jsonl still has every step.
+      log_every=10,
       keep_checkpoints=2,
       optim=optim_config(3e-5),
   ))
@@ -249,6 +252,7 @@ def distill_config() -> ml_collections.ConfigDict:
       dev_fraction=0.1,
       eval_every=25,
       checkpoint_every=25,
+      log_every=10,            # Steps between fetches of the train metrics (as ranker.log_every).
       keep_checkpoints=2,
       optim=optim_config(2e-5),
   ))

@@ -8,7 +8,8 @@ step for a resumed run to continue exactly as an uninterrupted one.
 
 Layout: one mesh (the task's, from `config.mesh`); every global batch is split over the `data`
 axis; params, rest and optimizer state are placed by `config.mesh.param_rules` (replicated by
-default).
+default). The loop leaves the step's metrics on the devices and fetches them every `log_every`
+steps.
 
 Resume order: an existing checkpoint in the stage's directory > the stage's init > scratch.
 """
@@ -188,6 +189,46 @@ class LoopConfig:
   checkpoint_every: int
   keep_checkpoints: int
   seed: int
+  log_every: int  # steps between fetches of the train metrics from the devices
+
+
+class _Metrics:
+  """Train metrics left on the devices, fetched every `log_every` steps (one host sync for many
+  steps), written one line per step to metrics.jsonl, and checked for a non-finite loss."""
+
+  def __init__(self, path: str, schedule, steps_per_epoch: int, out_dir: str):
+    self.path, self.schedule, self.steps_per_epoch, self.out_dir = path, schedule, steps_per_epoch, out_dir
+    self.pending: list[tuple[int, dict]] = []
+    self.examples, self.t_last = 0, time.perf_counter()
+
+  def add(self, step: int, metrics: dict, examples: int):
+    self.pending.append((step, metrics))
+    self.examples += examples
+
+  def fetch(self) -> tuple[list[dict], float]:
+    """(the pending steps' records, examples/s since the last fetch), in one host sync. A
+    non-finite loss raises, after the records of the steps before it are written."""
+    steps, values = [s for s, _ in self.pending], jax.device_get([m for _, m in self.pending])
+    self.pending = []
+    records = []
+    for step, m in zip(steps, values):
+      loss = float(m["loss"])
+      if not math.isfinite(loss):
+        self.write(records)
+        raise NonFiniteLossError(f"{self.out_dir}: non-finite loss {loss} at step {step}; "
+                                 "lower optim.learning_rate or check the inputs")
+      records.append({"step": step, "train/loss": loss, "train/grad_norm": float(m["grad_norm"]),
+                      "train/lr": float(self.schedule(step - 1)), "epoch": step / self.steps_per_epoch})
+    rate = self.examples / max(time.perf_counter() - self.t_last, 1e-9)
+    self.examples = 0
+    return records, rate
+
+  def restart_clock(self):
+    self.t_last = time.perf_counter()
+
+  def write(self, records: list[dict]):
+    if records and jax.process_index() == 0:
+      data_lib.append_jsonl(self.path, records)
 
 
 def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np.ndarray], dict],
@@ -210,6 +251,8 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
   Returns:
     (model with the selected parameters, summary dict).
   """
+  if loop.log_every < 1:
+    raise ValueError(f"{out_dir}: log_every must be at least 1, got {loop.log_every}")
   batch_size = sharding.round_up(loop.batch_size, sharding.global_batch_multiple(mesh))
   steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
   total_steps = max(1, math.ceil(loop.epochs * steps_per_epoch))
@@ -239,6 +282,7 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
   base_rng = sharding.put_replicated(jax.random.key(loop.seed), mesh)
   metrics_path = os.path.join(out_dir, "metrics.jsonl")
   _truncate_metrics(metrics_path, step)
+  metrics = _Metrics(metrics_path, schedule, steps_per_epoch, out_dir)
 
   def dev_loss(params):
     if dev_batches is None:
@@ -251,42 +295,39 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
 
   pbar = tqdm(total=total_steps, initial=step, desc=f"train {os.path.basename(out_dir)}",
               unit="step")
-  t_last, examples_since = time.perf_counter(), 0
-  while step < total_steps:
-    epoch, offset = divmod(step, steps_per_epoch)
-    order = epoch_order(num_examples, loop.seed, epoch)
-    idx = order[offset * batch_size:(offset + 1) * batch_size]
-    idx = np.pad(idx, (0, batch_size - len(idx)), constant_values=-1)
-    batch = sharding.put_batch(make_batch(idx), mesh)
-    state, m = step_fn(state, rest, batch, base_rng)
-    step += 1
-    examples_since += int((idx >= 0).sum())
-    loss = float(m["loss"])
-    if not math.isfinite(loss):
-      ckpts.close()
-      raise NonFiniteLossError(f"{out_dir}: non-finite loss {loss} at step {step}; "
-                               "lower optim.learning_rate or check the inputs")
-    record = {"step": step, "train/loss": loss, "train/grad_norm": float(m["grad_norm"]),
-              "train/lr": float(schedule(step - 1)), "epoch": step / steps_per_epoch}
-    last = step == total_steps
-    dev = None
-    if loop.eval_every and (step % loop.eval_every == 0 or last):
-      dev = dev_loss(state.params)
+  try:
+    while step < total_steps:
+      epoch, offset = divmod(step, steps_per_epoch)
+      order = epoch_order(num_examples, loop.seed, epoch)
+      idx = order[offset * batch_size:(offset + 1) * batch_size]
+      idx = np.pad(idx, (0, batch_size - len(idx)), constant_values=-1)
+      batch = sharding.put_batch(make_batch(idx), mesh)
+      state, m = step_fn(state, rest, batch, base_rng)
+      step += 1
+      metrics.add(step, m, int((idx >= 0).sum()))
+      pbar.update(1)
+      last = step == total_steps
+      evaluate = bool(loop.eval_every) and (step % loop.eval_every == 0 or last)
+      checkpoint = step % loop.checkpoint_every == 0 or last or (evaluate and dev_batches is not None)
+      if not (step % loop.log_every == 0 or evaluate or checkpoint):
+        continue
+      # Checked before anything is evaluated or saved: no checkpoint holds a non-finite step.
+      records, examples_per_s = metrics.fetch()
+      pbar.set_postfix(loss=f"{records[-1]['train/loss']:.4f}")
+      dev = dev_loss(state.params) if evaluate else None
       if dev is not None:
-        record["dev/loss"] = dev
-    if last and dev is None:
-      dev = 0.0  # No dev set: the final parameters are the selected ones.
-    if step % loop.checkpoint_every == 0 or last or dev is not None:
-      ckpts.save(step, state, force=last, dev_loss=dev)
-    now = time.perf_counter()
-    record["train/examples_per_s"] = examples_since / max(now - t_last, 1e-9)
-    t_last, examples_since = now, 0
-    if jax.process_index() == 0:
-      data_lib.append_jsonl(metrics_path, [record])
-    pbar.set_postfix(loss=f"{loss:.4f}")
-    pbar.update(1)
-  pbar.close()
-  ckpts.close()
+        records[-1]["dev/loss"] = dev
+      # Measured over the steps since the last fetch: on the last of them only.
+      records[-1]["train/examples_per_s"] = examples_per_s
+      if last and dev is None:
+        dev = 0.0  # No dev set: the final parameters are the selected ones.
+      metrics.write(records)  # before the save: a resumed run drops lines past its checkpoint
+      if checkpoint:
+        ckpts.save(step, state, force=last, dev_loss=dev)
+      metrics.restart_clock()
+  finally:
+    pbar.close()
+    ckpts.close()
   best, best_step = ckpts.best_params(abstract.params)
   nnx.update(model, jax.device_get(best))
   summary = {"total_steps": total_steps, "selected_step": int(best_step), "batch_size": batch_size,
@@ -330,7 +371,8 @@ def loop_config(section, seed: int) -> LoopConfig:
   """The loop settings of a training section (`ranker` or `distill`)."""
   return LoopConfig(batch_size=section.batch_size, epochs=section.epochs,
                     eval_every=section.eval_every, checkpoint_every=section.checkpoint_every,
-                    keep_checkpoints=section.keep_checkpoints, seed=seed)
+                    keep_checkpoints=section.keep_checkpoints, seed=seed,
+                    log_every=section.log_every)
 
 
 def dev_batches_fn(examples, batch_size: int, mesh):

@@ -99,13 +99,22 @@ def test_each_step_compiles_once_per_shape(tiny, tmp_path):
   model, _ = models.load_cross_encoder(config.ranker.model)
   loop = train.loop_config(config.ranker, 0)
   loop.epochs = 3.0
+  loop.eval_every = loop.checkpoint_every = 3
+  loop.log_every = 4
   mesh = sharding.make_mesh()
   train.train_loop(model=model, loss_fn=counted_loss, make_batch=examples.batch,
                    num_examples=len(examples), dev_batches=train.dev_batches_fn(examples, 4, mesh),
                    loop=loop, optim_config=config.ranker.optim, out_dir=str(tmp_path / "run"), mesh=mesh)
-  steps = sum(1 for _ in open(tmp_path / "run" / "metrics.jsonl"))
-  assert steps == 9
   assert len(traces) == 2, traces  # one train step and one eval step, for the one bucket
+  # Metrics are fetched every 4 steps and at each eval / checkpoint step (3, 4, 6, 8, 9), and
+  # every step keeps its line; the throughput is measured from one fetch to the next.
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [r["step"] for r in records] == list(range(1, 10))
+  assert all(np.isfinite([r["train/loss"], r["train/grad_norm"], r["train/lr"]]).all() for r in records)
+  assert [r["step"] for r in records if "dev/loss" in r] == [3, 6, 9]
+  assert [r["step"] for r in records if "train/examples_per_s" in r] == [3, 4, 6, 8, 9]
+  assert list(records[2]) == ["step", "train/loss", "train/grad_norm", "train/lr", "epoch", "dev/loss",
+                              "train/examples_per_s"]
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
@@ -114,11 +123,23 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
   examples = _examples(config, data_dir, tmp_path)
   model, _ = models.load_cross_encoder(config.ranker.model)
   nan_loss = lambda m, b, r: ranker.listmle_loss(m, b, r) * jnp.nan  # noqa: E731
+  batches = []
+
+  def make_batch(idx):
+    batches.append(idx)
+    return examples.batch(idx)
+
+  loop = train.loop_config(config.ranker, 0)
+  loop.eval_every, loop.checkpoint_every, loop.log_every = 0, 100, 3
+  # The loss is fetched every 3 steps: the run stops there and names the first bad step.
   with pytest.raises(train.NonFiniteLossError, match="non-finite loss nan at step 1"):
-    train.train_loop(model=model, loss_fn=nan_loss, make_batch=examples.batch,
-                     num_examples=len(examples), dev_batches=None,
-                     loop=train.loop_config(config.ranker, 0), optim_config=config.ranker.optim,
-                     out_dir=str(tmp_path / "run"), mesh=sharding.make_mesh())
+    train.train_loop(model=model, loss_fn=nan_loss, make_batch=make_batch,
+                     num_examples=len(examples), dev_batches=None, loop=loop,
+                     optim_config=config.ranker.optim, out_dir=str(tmp_path / "run"),
+                     mesh=sharding.make_mesh())
+  assert len(batches) == 3
+  assert not (tmp_path / "run" / "checkpoints" / "latest").exists() or not os.listdir(
+      tmp_path / "run" / "checkpoints" / "latest")
 
 
 def _latest_params(out_dir):
