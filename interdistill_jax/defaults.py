@@ -217,7 +217,9 @@ def ranker_config() -> ml_collections.ConfigDict:
       # (ranker/fusion.json; `evaluate` reports it as "ranker_fused"). "fit": that fused score is
       # the ranker wherever it scores (distillation, evaluation); "none": the ranker alone.
       fuse_initial="none",
-      batch_size=4,            # Queries per step (x list_size pairs).
+      # Queries per step (x list_size pairs), whatever the device count: a batch that does not
+      # split evenly over the mesh is padded with zero-weight rows.
+      batch_size=4,
       score_batch_size=0,      # Pairs per forward pass when scoring; 0 as encode.batch_size.
       epochs=2.0,
       dev_fraction=0.1,        # Slice of the *training* queries for checkpoint selection.
@@ -247,7 +249,7 @@ def distill_config() -> ml_collections.ConfigDict:
                                # have the initial retriever's mean entropy on the training lists.
       student_temperature=0.05,
       in_batch_weight=0.0,     # Weight of an in-batch contrastive term (teacher top-1 positive).
-      batch_size=32,           # Queries per step.
+      batch_size=32,           # Queries per step (padded with zero-weight rows to split over the mesh).
       epochs=4.0,
       dev_fraction=0.1,
       eval_every=25,

@@ -6,10 +6,10 @@ params and the untrained rest; randomness is `fold_in(seed key, step)`, and the 
 function of (seed, epoch). A checkpoint therefore only needs params, optimizer state and the
 step for a resumed run to continue exactly as an uninterrupted one.
 
-Layout: one mesh (the task's, from `config.mesh`); every global batch is split over the `data`
-axis; params, rest and optimizer state are placed by `config.mesh.param_rules` (replicated by
-default). The loop leaves the step's metrics on the devices and fetches them every `log_every`
-steps.
+Layout: one mesh (the task's, from `config.mesh`); every global batch holds `batch_size`
+examples padded with zero-weight rows to split over the `data` axis; params, rest and optimizer
+state are placed by `config.mesh.param_rules` (replicated by default). The loop leaves the step's
+metrics on the devices and fetches them every `log_every` steps.
 
 Resume order: an existing checkpoint in the stage's directory > the stage's init > scratch.
 """
@@ -179,6 +179,17 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def padded_batch_size(batch_size: int, mesh) -> int:
+  """Rows of a global batch on `mesh`: `batch_size` examples, then zero-weight padding rows up to
+  a multiple of the device count (the batch splits evenly over `data`)."""
+  return sharding.round_up(batch_size, sharding.global_batch_multiple(mesh))
+
+
+def padded_indices(idx: np.ndarray, rows: int) -> np.ndarray:
+  """Example indices padded with -1 (a zero-weight row in every `batch`) to `rows`."""
+  return np.pad(idx, (0, rows - len(idx)), constant_values=-1)
+
+
 @dataclasses.dataclass
 class LoopConfig:
   """What the loop needs from a stage's config section."""
@@ -242,10 +253,11 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
     loss_fn: (model, batch, rng) -> [B] per-example losses (rng None = deterministic).
     make_batch: example indices [B] (-1 = padding) -> host batch dict of [B, ...] arrays,
       with a `weight` [B] float32 entry (0 for padding rows).
-    num_examples: size of the training set; steps = ceil(epochs * num_examples / B).
+    num_examples: size of the training set; an epoch is ceil(num_examples / loop.batch_size) steps.
     dev_batches: yields dev batches (same format) for the dev loss, or None.
     out_dir: the stage directory: `checkpoints/`, `metrics.jsonl`, `done.json` go there.
-    mesh: the task's mesh.
+    mesh: the task's mesh; each step's `loop.batch_size` examples are padded with zero-weight
+      rows to a multiple of its device count.
     param_rules: `config.mesh.param_rules`, where the model state lives on the mesh.
 
   Returns:
@@ -253,7 +265,11 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
   """
   if loop.log_every < 1:
     raise ValueError(f"{out_dir}: log_every must be at least 1, got {loop.log_every}")
-  batch_size = sharding.round_up(loop.batch_size, sharding.global_batch_multiple(mesh))
+  batch_size = loop.batch_size
+  rows = padded_batch_size(batch_size, mesh)
+  if rows > batch_size:
+    logging.info("%s: %d examples per step padded with %d zero-weight rows to split over %d "
+                 "devices", out_dir, batch_size, rows - batch_size, mesh.devices.size)
   steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
   total_steps = max(1, math.ceil(loop.epochs * steps_per_epoch))
   tx, schedule = make_optimizer(optim_config, total_steps)
@@ -299,8 +315,7 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
     while step < total_steps:
       epoch, offset = divmod(step, steps_per_epoch)
       order = epoch_order(num_examples, loop.seed, epoch)
-      idx = order[offset * batch_size:(offset + 1) * batch_size]
-      idx = np.pad(idx, (0, batch_size - len(idx)), constant_values=-1)
+      idx = padded_indices(order[offset * batch_size:(offset + 1) * batch_size], rows)
       batch = sharding.put_batch(make_batch(idx), mesh)
       state, m = step_fn(state, rest, batch, base_rng)
       step += 1
@@ -376,13 +391,14 @@ def loop_config(section, seed: int) -> LoopConfig:
 
 
 def dev_batches_fn(examples, batch_size: int, mesh):
-  """Dev batches of `examples` (padded with -1 rows to the mesh's batch multiple), or None."""
-  batch_size = sharding.round_up(batch_size, sharding.global_batch_multiple(mesh))
+  """Dev batches of `examples`, `batch_size` at a time (each padded with -1 rows to split over
+  the mesh), or None."""
+  rows = padded_batch_size(batch_size, mesh)
 
   def batches():
     for start in range(0, len(examples), batch_size):
       idx = np.arange(start, min(start + batch_size, len(examples)))
-      yield examples.batch(np.pad(idx, (0, batch_size - len(idx)), constant_values=-1))
+      yield examples.batch(padded_indices(idx, rows))
 
   return batches if len(examples) else None
 

@@ -86,6 +86,47 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
   assert np.median(diffs) < 1e-6  # the typical parameter agrees far more closely
 
 
+def _train_on(devices, config, examples, out_dir, *, batch_size, param_rules=()):
+  """train_loop on a mesh of `devices`: (metrics.jsonl records, summary)."""
+  mesh = sharding.make_mesh(devices)
+  model, _ = models.load_cross_encoder(config.ranker.model)
+  loop = train.loop_config(config.ranker, 0)
+  loop.batch_size, loop.eval_every, loop.checkpoint_every = batch_size, 4, 4
+  _, summary = train.train_loop(
+      model=model, loss_fn=ranker.listmle_loss, make_batch=examples.batch, num_examples=len(examples),
+      dev_batches=train.dev_batches_fn(examples, batch_size, mesh), loop=loop,
+      optim_config=config.ranker.optim, out_dir=str(out_dir), mesh=mesh, param_rules=param_rules)
+  return [json.loads(line) for line in open(out_dir / "metrics.jsonl")], summary
+
+
+@pytest.mark.slow  # ~30 s: three training runs
+def test_a_batch_that_does_not_split_over_the_devices_is_padded_not_enlarged(tiny, tmp_path):
+  """3 examples per step on 4 devices: one zero-weight padding row, so the same number of steps
+  and the same losses as on one device (not a batch rounded up to 4); parameters split FSDP-style
+  over the 4 devices (`mesh.param_rules`) give the same losses too."""
+  _, data_dir = tiny
+  bert = fixtures.tiny_bert(tmp_path / "bert", layers=1, hidden=16, heads=2, hidden_dropout=0.0)
+  config = fixtures.small_config(bert, data_dir)
+  config.ranker.model.attention_dropout = 0.0  # the batch shape must not change the dropout masks
+  examples = _examples(config, data_dir, tmp_path)
+  assert len(examples) == 12
+  one = _train_on(jax.devices()[:1], config, examples, tmp_path / "one", batch_size=3)
+  four = _train_on(jax.devices(), config, examples, tmp_path / "four", batch_size=3)
+  fsdp = _train_on(jax.devices(), config, examples, tmp_path / "fsdp", batch_size=3,
+                   param_rules=((".*", "fsdp"),))
+  (records, summary) = one
+  assert summary["total_steps"] == 8 and summary["batch_size"] == 3  # 2 epochs of 12 / 3
+  assert [r["step"] for r in records] == list(range(1, 9))
+  for other_records, other_summary in (four, fsdp):
+    assert other_summary == summary
+    assert [r["step"] for r in other_records] == [r["step"] for r in records]
+    # Equal up to the order of the sums across devices; the gradient norm (~2e-3, a root of a sum
+    # of squares over every parameter) carries the most round-off.
+    for key, rtol in (("train/loss", 1e-5), ("dev/loss", 1e-5), ("train/grad_norm", 1e-4)):
+      np.testing.assert_allclose([r[key] for r in other_records if key in r],
+                                 [r[key] for r in records if key in r], rtol=rtol, err_msg=key)
+
+
 def test_each_step_compiles_once_per_shape(tiny, tmp_path):
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
