@@ -29,7 +29,7 @@ def build(section, lists: int, list_size: int, length: int):
   """The jitted ListMLE step of `train_ranker` (CrossEncoder, AdamW, clipping) and its inputs, for
   the `ranker` config section (its model and optimizer).
 
-  Returns (step, state, batch, model, checkpoint): `step(state, batch, rng) -> (state, metrics)`
+  Returns (step, state, batch, model, checkpoint): `step(state, batch) -> (state, metrics)`
   on the default mesh, parameters replicated; the batch, on the mesh, is `lists` lists of
   `list_size` pairs of `length` tokens, ranked in candidate order.
   """
@@ -50,9 +50,8 @@ def build(section, lists: int, list_size: int, length: int):
   state = train.TrainState(params, jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
                            jax.device_put(np.int32(0), shardings.step))
   step_fn = train.make_train_step(graphdef, tx, ranker.listmle_loss, mesh=mesh, shardings=shardings,
-                                  rest_sharding=rest_sharding)
-  key = sharding.put_replicated(jax.random.key(0), mesh)
-  step = lambda state, batch: step_fn(state, rest, batch, key)  # noqa: E731
+                                  rest_sharding=rest_sharding, seed=0)
+  step = lambda state, batch: step_fn(state, rest, batch)  # noqa: E731
   rng = np.random.default_rng(0)
   n, t = list_size, length
   types = np.zeros((lists, n, t), np.int32)

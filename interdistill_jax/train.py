@@ -82,8 +82,10 @@ def state_shardings(params, tx, mesh, param_rules=()) -> TrainState:
   return TrainState(params_sharding, opt_sharding, sharding.replicated(mesh))
 
 
-def make_train_step(graphdef, tx, loss_fn: Callable, *, mesh, shardings: TrainState, rest_sharding):
-  """A jitted step: (state, rest, batch, rng) -> (state, metrics).
+def make_train_step(graphdef, tx, loss_fn: Callable, *, mesh, shardings: TrainState, rest_sharding,
+                    seed: int):
+  """A jitted step: (state, rest, batch) -> (state, metrics); its randomness is
+  `fold_in(key(seed), state.step)`.
 
   `rest` is the model's state that is not trained (passed in, not captured as a constant).
   `loss_fn(model, batch, rng) -> [B] per-example losses`; the mean is taken over the rows of
@@ -92,8 +94,10 @@ def make_train_step(graphdef, tx, loss_fn: Callable, *, mesh, shardings: TrainSt
   layout of `shardings` and is donated: the step updates it in place.
   """
 
-  def step_fn(state, rest, batch, base_rng):
-    rng = jax.random.fold_in(base_rng, state.step)
+  def step_fn(state, rest, batch):
+    # The key is built inside the step: a key array made on the host could not be placed on a
+    # mesh that spans several processes.
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def loss(p):
       model = nnx.merge(graphdef, p, rest)
@@ -109,7 +113,7 @@ def make_train_step(graphdef, tx, loss_fn: Callable, *, mesh, shardings: TrainSt
 
   replicated = sharding.replicated(mesh)
   return jax.jit(step_fn, donate_argnums=0,
-                 in_shardings=(shardings, rest_sharding, sharding.batch_sharding(mesh), replicated),
+                 in_shardings=(shardings, rest_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, replicated))
 
 
@@ -292,10 +296,9 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
     logging.info("Resuming from step %d in %s", step, out_dir)
 
   step_fn = make_train_step(graphdef, tx, loss_fn, mesh=mesh, shardings=shardings,
-                            rest_sharding=rest_sharding)
+                            rest_sharding=rest_sharding, seed=loop.seed)
   eval_fn = make_eval_step(graphdef, loss_fn, mesh=mesh, params_sharding=shardings.params,
                            rest_sharding=rest_sharding)
-  base_rng = sharding.put_replicated(jax.random.key(loop.seed), mesh)
   metrics_path = os.path.join(out_dir, "metrics.jsonl")
   _truncate_metrics(metrics_path, step)
   metrics = _Metrics(metrics_path, schedule, steps_per_epoch, out_dir)
@@ -317,7 +320,7 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
       order = epoch_order(num_examples, loop.seed, epoch)
       idx = padded_indices(order[offset * batch_size:(offset + 1) * batch_size], rows)
       batch = sharding.put_batch(make_batch(idx), mesh)
-      state, m = step_fn(state, rest, batch, base_rng)
+      state, m = step_fn(state, rest, batch)
       step += 1
       metrics.add(step, m, int((idx >= 0).sum()))
       pbar.update(1)

@@ -64,11 +64,11 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
                              jax.device_put(np.int32(0), shardings.step))
     rest_sharding = sharding.param_shardings(rest, mesh)
     step = train.make_train_step(graphdef, tx, ranker.listmle_loss, mesh=mesh, shardings=shardings,
-                                 rest_sharding=rest_sharding)
+                                 rest_sharding=rest_sharding, seed=0)
     rest = jax.device_put(rest, rest_sharding)
     for s in range(3):
       batch = sharding.put_batch(examples.batch(np.arange(4 * s, 4 * s + 4) % len(examples)), mesh)
-      state, m = step(state, rest, batch, jax.random.key(0))
+      state, m = step(state, rest, batch)
     assert int(state.step) == 3
     results.append((jax.tree.map(np.asarray, state.params), float(m["loss"]), float(m["grad_norm"])))
   (p1, l1, g1), (p4, l4, g4) = results
