@@ -132,17 +132,15 @@ def _matmul_rates(jnp, n):
 
 
 def _train_step(lists, dtype, peak, matmul):
-  from interdistill_jax import defaults, models, sharding
+  from interdistill_jax import defaults, models
 
   n, t = _LIST_SIZE.value, _LENGTH.value
   config = defaults.base_config()
   config.ranker.model.init = _MODEL.value
   config.ranker.model.dtype = dtype
   config.ranker.model.attention_dropout = _ATTN_DROPOUT.value
-  step, params, opt_state, batch, model, ckpt = ranker_step.build(config.ranker, lists, n, t)
-  batch = sharding.put_batch(batch, sharding.make_mesh())
-  compile_s, times, m = ranker_step.time_steps(step, params, opt_state, batch, warmup=3,
-                                               steps=_STEPS.value)
+  step, state, batch, model, ckpt = ranker_step.build(config.ranker, lists, n, t)
+  compile_s, times, m = ranker_step.time_steps(step, state, batch, warmup=3, steps=_STEPS.value)
   step_s = ranker_step.median(times)
   pairs = lists * n
   flops = ranker_step.flops_per_pair(ckpt.config, t) * pairs
@@ -168,14 +166,14 @@ def _train_step(lists, dtype, peak, matmul):
 
 
 def _encode(dtype, attention, texts, dataset, docids, st_cache):
-  from interdistill_jax import defaults, metrics, models, retrieval, search
+  from interdistill_jax import defaults, metrics, models, retrieval, search, sharding
 
   config = defaults.base_config()
   config.model.init = _MODEL.value
   config.model.dtype = dtype
   config.model.attention = attention
   config.encode.batch_size = _ENC_BATCH.value
-  encoder = retrieval.Encoder.from_config(config)
+  encoder = retrieval.Encoder.from_config(config, mesh=sharding.mesh_from_config(config.mesh))
   # A full pass compiles every bucket shape, so compilation stays outside the timed passes.
   t = time.perf_counter()
   encoder.encode(texts, tower="doc")
@@ -195,7 +193,7 @@ def _encode(dtype, attention, texts, dataset, docids, st_cache):
   if not _MAX_DOCS.value:
     queries = dataset.split_queries("test")
     q = encoder.encode([x.text for x in queries.values()], tower="query")
-    run = search.search_run(search.ExactIndex(emb), docids, list(queries), q, 100)
+    run = search.search_run(search.ExactIndex(emb, mesh=encoder.mesh), docids, list(queries), q, 100)
     out["ours"]["test"] = metrics.evaluate_run(dataset.qrels("test"), run, (10, 100))[0]
   if _REF_PYTHON.value:
     if dtype not in st_cache:  # one reference run per dtype

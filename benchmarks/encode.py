@@ -91,10 +91,11 @@ def _config(dtype):
 def _ours_worker(spec: str):
   """One turn of our side: warm up, encode texts[start:end], save the embeddings; one JSON line."""
   import numpy as np
-  from interdistill_jax import retrieval
+  from interdistill_jax import retrieval, sharding
   start, end, dtype, out = spec.split(":", 3)
   _, _, texts, warm = _texts()
-  encoder = retrieval.Encoder.from_config(_config(dtype))
+  mesh = sharding.make_mesh()
+  encoder = retrieval.Encoder.from_config(_config(dtype), mesh=mesh)
   t = time.perf_counter()
   encoder.compile("doc")
   encoder.encode(warm, tower="doc")
@@ -111,7 +112,7 @@ def _ndcg(encoder, dataset, doc_emb, docids):
   from interdistill_jax import metrics, search
   queries = dataset.split_queries("test")
   q = encoder.encode([x.text for x in queries.values()], tower="query")
-  run = search.search_run(search.ExactIndex(doc_emb), docids, list(queries), q, 100)
+  run = search.search_run(search.ExactIndex(doc_emb, mesh=encoder.mesh), docids, list(queries), q, 100)
   return metrics.evaluate_run(dataset.qrels("test"), run, (10, 100))[0]
 
 
@@ -160,8 +161,10 @@ def main(argv):
   # Timing is over: from here on this process may use JAX.
   import faiss
   import jax
-  from interdistill_jax import retrieval, search
-  encoders = {name: retrieval.Encoder.from_config(_config(dtype)) for name, dtype in dtypes.items()}
+  from interdistill_jax import retrieval, search, sharding
+  mesh = sharding.make_mesh()
+  encoders = {name: retrieval.Encoder.from_config(_config(dtype), mesh=mesh)
+              for name, dtype in dtypes.items()}
   seconds = {name: sum(r["seconds"] for r in rs) for name, rs in runs.items()}
   result = {"benchmark": "encode", "data": str(_DATA.value), "num_docs": len(texts),
             "max_length": 256, "cpu_count": os.cpu_count(), "jax": jax.__version__,
@@ -192,7 +195,7 @@ def main(argv):
   queries = list(dataset.queries.values())
   emb = emb["ours_fp32"]
   q = encoders["ours_fp32"].encode([x.text for x in queries], tower="query")
-  index = search.ExactIndex(emb)
+  index = search.ExactIndex(emb, mesh=mesh)
   index.search(q, 100)  # compiles every query-block shape this search uses
   t = time.perf_counter()
   _, ours_idx = index.search(q, 100)

@@ -78,9 +78,11 @@ def _synthetic(directory: str, num_docs: int, dim: int, shard_size: int, seed: i
 
 
 def _phase(name: str, directory: str) -> dict:
+  import jax
   import numpy as np
-  from interdistill_jax import shards
+  from interdistill_jax import sharding, shards
 
+  mesh = sharding.make_mesh(jax.local_devices())
   store = shards.ShardStore(directory)
   q = np.load(os.path.join(directory, "queries.npy"))
   k = _K.value
@@ -91,9 +93,9 @@ def _phase(name: str, directory: str) -> dict:
     m = min(4, store.num_shards)
     store.num_docs = int(store.offsets[m]) if m < store.num_shards else store.num_docs
     store.num_shards = m
-    shards.ShardedExactIndex(store).search(q, k)
+    shards.ShardedExactIndex(store, mesh=mesh).search(q, k)
   elif name == "exact":
-    index = shards.ShardedExactIndex(store)
+    index = shards.ShardedExactIndex(store, mesh=mesh)
     index.search(q[:8], k)  # compile
     t = time.perf_counter()
     _, idx = index.search(q, k)
@@ -134,7 +136,7 @@ def _run_phase(name: str, directory: str) -> dict:
 
 def _scifact(root: str) -> dict:
   """FAISS recall@100 against exact search on SciFact's real embeddings (encoded once, cached)."""
-  from interdistill_jax import assets, defaults, retrieval, shards
+  from interdistill_jax import assets, defaults, retrieval, sharding, shards
 
   if not os.path.exists(root):
     return {"skipped": f"{root} not found"}
@@ -142,12 +144,12 @@ def _scifact(root: str) -> dict:
   config.data.dir = str(root)
   config.encode.shard_size, config.encode.shard_dtype = 1000, "float16"
   workdir = os.path.join("runs", "bench_index")
-  encoder = retrieval.Encoder.from_config(config)
+  encoder = retrieval.Encoder.from_config(config, mesh=sharding.mesh_from_config(config.mesh))
   dataset = assets.load_dataset(config.data)
   store = retrieval.corpus_shards(config, workdir, encoder, dataset)
   queries = [x.text for x in dataset.queries.values()]
   q = encoder.encode(queries, tower="query")
-  _, exact = shards.ShardedExactIndex(store).search(q, 100)
+  _, exact = shards.ShardedExactIndex(store, mesh=sharding.local_mesh(encoder.mesh)).search(q, 100)
   out = {"num_docs": store.num_docs, "num_queries": len(queries)}
   for kind, nlist in (("ivfpq", 256), ("hnsw", 0)):
     built = shards.build_faiss(store, kind, nlist=nlist, pq_m=_PQ_M.value)
@@ -180,8 +182,9 @@ def main(argv):
     sub = os.path.join(directory, "hnsw_subset")
     os.makedirs(sub, exist_ok=True)
     _synthetic(sub, _HNSW_DOCS.value, _DIM.value, _SHARD.value)  # same seed: the first rows
-    from interdistill_jax import shards
-    _, top = shards.ShardedExactIndex(shards.ShardStore(sub)).search(q, _K.value)
+    from interdistill_jax import sharding, shards
+    index = shards.ShardedExactIndex(shards.ShardStore(sub), mesh=sharding.make_mesh(jax.local_devices()))
+    _, top = index.search(q, _K.value)
     np.save(os.path.join(sub, "exact_top.npy"), top)
     hnsw = _run_phase("hnsw", directory)
   shard_mb = _SHARD.value * _DIM.value * 4 / 2**20

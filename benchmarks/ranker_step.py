@@ -29,7 +29,8 @@ def build(section, lists: int, list_size: int, length: int):
   """The jitted ListMLE step of `train_ranker` (CrossEncoder, AdamW, clipping) and its inputs, for
   the `ranker` config section (its model and optimizer).
 
-  Returns (step, params, opt_state, host batch, model, checkpoint); the batch is `lists` lists of
+  Returns (step, state, batch, model, checkpoint): `step(state, batch) -> (state, metrics)`
+  on the default mesh, parameters replicated; the batch, on the mesh, is `lists` lists of
   `list_size` pairs of `length` tokens, ranked in candidate order.
   """
   import jax
@@ -42,9 +43,15 @@ def build(section, lists: int, list_size: int, length: int):
   mesh = sharding.make_mesh()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, _ = train.make_optimizer(section.optim, total_steps=1000)
-  params = sharding.put_replicated(params, mesh)
-  opt_state = sharding.put_replicated(jax.jit(tx.init)(params), mesh)
-  step = train.make_train_step(graphdef, sharding.put_replicated(rest, mesh), tx, ranker.listmle_loss)
+  shardings = train.state_shardings(params, tx, mesh)
+  rest_sharding = sharding.param_shardings(rest, mesh)
+  params = jax.device_put(params, shardings.params)
+  rest = jax.device_put(rest, rest_sharding)
+  state = train.TrainState(params, jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
+                           jax.device_put(np.int32(0), shardings.step))
+  step_fn = train.make_train_step(graphdef, tx, ranker.listmle_loss, mesh=mesh, shardings=shardings,
+                                  rest_sharding=rest_sharding, seed=0)
+  step = lambda state, batch: step_fn(state, rest, batch)  # noqa: E731
   rng = np.random.default_rng(0)
   n, t = list_size, length
   types = np.zeros((lists, n, t), np.int32)
@@ -54,25 +61,24 @@ def build(section, lists: int, list_size: int, length: int):
            "ranking": np.tile(np.arange(n, dtype=np.int32), (lists, 1)),
            "mask": np.ones((lists, n), bool), "prefix": np.full((lists,), n, np.int32),
            "weight": np.ones((lists,), np.float32)}
-  return step, params, opt_state, batch, model, ckpt
+  return step, state, sharding.put_batch(batch, mesh), model, ckpt
 
 
-def time_steps(step, params, opt_state, batch, *, warmup: int, steps: int):
+def time_steps(step, state, batch, *, warmup: int, steps: int):
   """(compile_s, [step_s of each timed step], last metrics): step 0 compiles, `warmup - 1` more
   run untimed, then `steps` are timed."""
   import jax
-  key = jax.random.key(0)
   t0 = time.perf_counter()
-  params, opt_state, m = step(params, opt_state, batch, 0, key)
+  state, m = step(state, batch)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
-  for s in range(1, warmup):
-    params, opt_state, m = step(params, opt_state, batch, s, key)
+  for _ in range(1, warmup):
+    state, m = step(state, batch)
   jax.block_until_ready(m)
   times = []
-  for s in range(warmup, warmup + steps):
+  for _ in range(steps):
     t0 = time.perf_counter()
-    params, opt_state, m = step(params, opt_state, batch, s, key)
+    state, m = step(state, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   return compile_s, times, m

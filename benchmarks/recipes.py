@@ -19,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, distill, layout, retrieval, tokenization, train
+from interdistill_jax import assets, distill, layout, retrieval, sharding, tokenization, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the runs were trained with.")
 _RUNS = flags.DEFINE_list("runs", [], "system:retriever_dir:recipe, ...")
@@ -35,7 +35,8 @@ def dev_figures(config, out_dir: str) -> dict:
     _, kept = distill.qrels_scores(labels, dataset.qrels(config.label.split), config.distill.list_size)
   _, dev_qids = train.dev_split([r["qid"] for r in kept], config.distill.dev_fraction, config.seed)
   by_qid = {r["qid"]: r for r in labels}
-  encoder = retrieval.Encoder.from_config(config)
+  mesh = sharding.mesh_from_config(config.mesh)
+  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
   docids, doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
   tokenizer = tokenization.Tokenizer(assets.model_dir(config.model.init))
   lists = distill.CandidateLists(
@@ -44,7 +45,7 @@ def dev_figures(config, out_dir: str) -> dict:
       doc_emb=doc_emb, teacher_scores=None, doc_tokens=None, buckets=config.encode.buckets)
   return {"initial": distill.dev_llm_listmle(distill.build_student(config, done["towers"])[0], lists,
                                              config.ranker.top_k),
-          "trained": distill.dev_llm_listmle(distill.load_distilled(config, out_dir)[0], lists,
+          "trained": distill.dev_llm_listmle(distill.load_distilled(config, out_dir, mesh=mesh)[0], lists,
                                              config.ranker.top_k)}
 
 

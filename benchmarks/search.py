@@ -35,13 +35,13 @@ def main(argv):
   import jax
   import numpy as np
 
-  from interdistill_jax import search
+  from interdistill_jax import search, sharding
 
   rng = np.random.default_rng(0)
   unit = lambda n: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(  # noqa: E731
       rng.standard_normal((n, _DIM.value)).astype(np.float32))
   docs, queries = unit(_DOCS.value), unit(_QUERIES.value)
-  index = search.ExactIndex(docs)
+  index = search.ExactIndex(docs, mesh=sharding.make_mesh())
   ours = _median_time(lambda: index.search(queries, _K.value), _REPEATS.value)
   flat = faiss.IndexFlatIP(_DIM.value)
   flat.add(docs)

@@ -179,6 +179,21 @@ def label_config() -> ml_collections.ConfigDict:
   ))
 
 
+def mesh_config() -> ml_collections.ConfigDict:
+  """The device mesh every task builds once (`sharding.mesh_from_config`) and computes on."""
+  return _section(dict(
+      # Devices on the `data` axis (batches split along it): -1 = every device of every host;
+      # n > 0 = the first n devices, on one process only (several processes need every device).
+      data=-1,
+      # Where parameters live: ((regex, layout), ...); the first regex that matches a parameter's
+      # path ("bert/layers/0/ffn_in/kernel") places it, and its optimizer moments with it. Layout
+      # "replicate", "fsdp" (split along its largest dimension that divides over `data`: FSDP /
+      # ZeRO-3), or a PartitionSpec tuple such as (None, "data"). () replicates every parameter;
+      # ((".*", "fsdp"),) shards them all (sharding.param_shardings).
+      param_rules=(),
+  ))
+
+
 def optim_config(learning_rate: float) -> ml_collections.ConfigDict:
   return _section(dict(
       learning_rate=learning_rate,
@@ -206,12 +221,17 @@ def ranker_config() -> ml_collections.ConfigDict:
       # (ranker/fusion.json; `evaluate` reports it as "ranker_fused"). "fit": that fused score is
       # the ranker wherever it scores (distillation, evaluation); "none": the ranker alone.
       fuse_initial="none",
-      batch_size=4,            # Queries per step (x list_size pairs).
+      # Queries per step (x list_size pairs), whatever the device count: a batch that does not
+      # split evenly over the mesh is padded with zero-weight rows.
+      batch_size=4,
       score_batch_size=0,      # Pairs per forward pass when scoring; 0 as encode.batch_size.
       epochs=2.0,
       dev_fraction=0.1,        # Slice of the *training* queries for checkpoint selection.
       eval_every=50,
       checkpoint_every=50,
+      # Steps between fetches of the train metrics (and the NaN check) from the devices; also
+      # fetched at every eval and checkpoint step. metrics.jsonl still has every step.
+      log_every=10,
       keep_checkpoints=2,
       optim=optim_config(3e-5),
   ))
@@ -233,11 +253,12 @@ def distill_config() -> ml_collections.ConfigDict:
                                # have the initial retriever's mean entropy on the training lists.
       student_temperature=0.05,
       in_batch_weight=0.0,     # Weight of an in-batch contrastive term (teacher top-1 positive).
-      batch_size=32,           # Queries per step.
+      batch_size=32,           # Queries per step (padded with zero-weight rows to split over the mesh).
       epochs=4.0,
       dev_fraction=0.1,
       eval_every=25,
       checkpoint_every=25,
+      log_every=10,            # Steps between fetches of the train metrics (as ranker.log_every).
       keep_checkpoints=2,
       optim=optim_config(2e-5),
   ))
@@ -261,6 +282,7 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = "evaluate"
   config.seed = 0
+  config.mesh = mesh_config()
   config.data = data_config()
   config.model = model_config()
   config.encode = encode_config()

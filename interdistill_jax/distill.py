@@ -61,11 +61,12 @@ def build_student(config, towers: str) -> tuple[models.DualEncoder, models.Check
   return model, ckpt, (nnx.Param if shared else QUERY_TOWER)
 
 
-def load_distilled(config, out_dir: str) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
+def load_distilled(config, out_dir: str, *, mesh) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
   """A finished distillation's selected retriever, with its done.json."""
   info = layout.read_done(out_dir)
   model, ckpt, trainable = build_student(config, info["towers"])
-  step = train.restore_params(model, out_dir, trainable=trainable)
+  step = train.restore_params(model, out_dir, mesh=mesh, param_rules=config.mesh.param_rules,
+                              trainable=trainable)
   logging.info("Retriever from %s (step %d)", out_dir, step)
   return model, ckpt, info
 
@@ -195,15 +196,16 @@ def matched_temperature(teacher: np.ndarray, student_logits: np.ndarray, mask: n
   return float(np.exp((lo + hi) / 2))
 
 
-def teacher_scores(config, workdir: str, dataset, pairs):
+def teacher_scores(config, workdir: str, dataset, pairs, *, mesh):
   """(scores, fusion or None): the frozen ranker's score of each labelled (qid, docid) pair,
   cached on disk, fused with the initial retriever's score when the ranker was fitted so
   (`ranker.fuse_initial`)."""
   scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs, name="teacher_scores",
-                                         desc="ranker scores")
+                                         desc="ranker scores", mesh=mesh)
   fusion = fusion_lib.load_fusion(config, workdir)
   if fusion is not None:  # the ranker as fitted: a * ranker + b * initial retriever
-    scores = fusion(scores, fusion_lib.InitialScores.encoded(config, workdir, dataset, pairs)(pairs))
+    initial = fusion_lib.InitialScores.encoded(config, workdir, dataset, pairs, mesh=mesh)
+    scores = fusion(scores, initial(pairs))
   return scores, fusion
 
 
@@ -267,6 +269,7 @@ def run(config, workdir: str) -> None:
   section = config.distill
   teacher = check_teacher(section)
   inputs = provenance.begin(provenance.stage_name("distill", config), config, workdir)
+  mesh = sharding.mesh_from_config(config.mesh)
   dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir))
   scores = fusion = None
@@ -276,7 +279,7 @@ def run(config, workdir: str) -> None:
     records, width = deep_lists(config, workdir, labels, section.depth), section.depth
   if teacher == "ranker":
     pairs = [(r["qid"], d) for r in records for d in r["docids"][:width]]
-    values, fusion = teacher_scores(config, workdir, dataset, pairs)
+    values, fusion = teacher_scores(config, workdir, dataset, pairs, mesh=mesh)
     scores = dict(zip(pairs, values.tolist()))
   elif teacher == "llm" and section.llm_loss == "kl":
     scores = rank_scores(labels, section.list_size)
@@ -295,7 +298,7 @@ def run(config, workdir: str) -> None:
   doc_emb = doc_tokens = None
   auto_temperature = scores is not None and section.teacher_temperature <= 0
   if section.towers == "query" or auto_temperature:
-    encoder = retrieval.Encoder.from_config(config)
+    encoder = retrieval.Encoder.from_config(config, mesh=mesh)
     _, initial_doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
   if section.towers == "query":
     doc_emb = initial_doc_emb
@@ -327,7 +330,6 @@ def run(config, workdir: str) -> None:
                  _entropy(student, train_ex.mask).mean(), len(train_ex))
   if section.towers == "query" or auto_temperature:
     del encoder, initial_doc_emb
-  mesh = sharding.make_mesh()
   out_dir = output_dir(config, workdir)
   dev_before = dev_llm_listmle(model, dev_llm, config.ranker.top_k)
   model, summary = train.train_loop(
@@ -336,7 +338,7 @@ def run(config, workdir: str) -> None:
       make_batch=train_ex.batch, num_examples=len(train_ex),
       dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=train.loop_config(section, config.seed), optim_config=section.optim,
-      out_dir=out_dir, mesh=mesh, trainable=trainable)
+      out_dir=out_dir, mesh=mesh, param_rules=config.mesh.param_rules, trainable=trainable)
   train.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                       "llm_loss": section.llm_loss if teacher == "llm" else None,
                                       "teacher_temperature": temperature, "list_size": width,

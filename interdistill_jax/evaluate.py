@@ -25,7 +25,7 @@ from absl import logging
 
 from interdistill_jax import data as data_lib
 from interdistill_jax import assets, layout, metrics, provenance, reader, report, retrieval, search
-from interdistill_jax import tokenization
+from interdistill_jax import sharding, tokenization
 
 
 def system_result(dataset: data_lib.Dataset, dataset_name: str, split: str, system: str,
@@ -75,7 +75,7 @@ def compare(per_query: dict[str, dict], baseline: str = "baseline", seed: int = 
   return out
 
 
-def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.Run]:
+def _rerank(config, workdir, dataset, queries, base_run, mesh) -> dict[str, data_lib.Run]:
   """System "ranker": the baseline's top `eval.rerank_depth` re-ranked by the trained ranker
   alone; "ranker_fused": by its fusion with the initial retriever fitted on the dev queries
   (`ranker/fusion.json`), which is the distillation's teacher when `ranker.fuse_initial="fit"`.
@@ -86,7 +86,7 @@ def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.R
   pairs = [(qid, d) for qid in queries for d in data_lib.ranked(base_run[qid])[:depth]]
   scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs,
                                          name=f"rerank_scores_{config.eval.split}",
-                                         desc="ranker re-ranking")
+                                         desc="ranker re-ranking", mesh=mesh)
   systems = {"ranker": scores}
   if fusion is not None:
     initial = fusion_lib.InitialScores(base_run, "the baseline run")(pairs)
@@ -106,10 +106,10 @@ def _rerank(config, workdir, dataset, queries, base_run) -> dict[str, data_lib.R
 
 def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, base_index):
   from interdistill_jax import distill
-  model, ckpt, info = distill.load_distilled(config, out_dir)
+  model, ckpt, info = distill.load_distilled(config, out_dir, mesh=base_encoder.mesh)
   encoder = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                               model_config=config.model, mesh=base_encoder.mesh,
-                              model_id=f"{os.path.abspath(out_dir)}|step{info['selected_step']}")
+                              param_rules=config.mesh.param_rules, model_id=f"{os.path.abspath(out_dir)}|step{info['selected_step']}")
   docids, index = base_index
   if info["towers"] != "query":  # the passage tower changed: the corpus must be re-encoded
     docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
@@ -123,12 +123,13 @@ def run(config, workdir: str) -> None:
   dataset = assets.load_dataset(config.data)
   split, name = config.eval.split, dataset_name(config, dataset)
   queries = dataset.split_queries(split)
-  encoder = retrieval.Encoder.from_config(config)
+  mesh = sharding.mesh_from_config(config.mesh)
+  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
   docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
   q = encoder.encode([x.text for x in queries.values()], tower="query", desc=f"encode {split} queries")
   runs = {"baseline": search.search_run(index, docids, list(queries), q, config.eval.depth)}
   if layout.is_done(layout.ranker_dir(workdir)):
-    runs.update(_rerank(config, workdir, dataset, queries, runs["baseline"]))
+    runs.update(_rerank(config, workdir, dataset, queries, runs["baseline"], mesh))
   for system in layout.SYSTEMS:
     if layout.is_done(layout.system_dir(workdir, system)):
       runs[system] = _distilled_run(config, workdir, layout.system_dir(workdir, system), dataset,

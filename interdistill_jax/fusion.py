@@ -116,10 +116,10 @@ class InitialScores:
 
   @classmethod
   def encoded(cls, config, workdir: str, dataset, pairs,
-              doc_embeddings: retrieval.CorpusEmbeddings | None = None) -> "InitialScores":
+              doc_embeddings: retrieval.CorpusEmbeddings | None = None, *, mesh) -> "InitialScores":
     """The initial retriever's scores of `pairs`, computed from its embeddings (any labelled
     pair, whichever run its candidates came from)."""
-    encoder = retrieval.Encoder.from_config(config)
+    encoder = retrieval.Encoder.from_config(config, mesh=mesh)
     qids = sorted({q for q, _ in pairs})
     q_emb = encoder.encode([dataset.queries[q].text for q in qids], tower="query")
     doc_embeddings = doc_embeddings or retrieval.CorpusEmbeddings.of(config, workdir, encoder, dataset)

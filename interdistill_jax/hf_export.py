@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, model_cards, models, provenance
+from interdistill_jax import layout, model_cards, models, provenance, sharding
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _TOKENIZER_FILES = ("vocab.txt", "special_tokens_map.json")
@@ -306,8 +306,8 @@ def push_to_hub(export_config, exported: Sequence[Exported]) -> dict[str, str]:
 
 # --- task -----------------------------------------------------------------------------------
 
-def _trained_model(config, workdir: str,
-                   which: str) -> models.DualEncoder | models.CrossEncoder | None:
+def _trained_model(config, workdir: str, which: str, *,
+                   mesh) -> models.DualEncoder | models.CrossEncoder | None:
   """The model trained in this workdir, `which` "retriever" (the distilled one) or "ranker";
   None when not trained."""
   out_dir = layout.ranker_dir(workdir) if which == "ranker" else layout.system_dir(workdir, "distilled")
@@ -318,16 +318,16 @@ def _trained_model(config, workdir: str,
     return None
   from interdistill_jax import distill, ranker  # noqa: PLC0415 (training code only when trained)
   if which == "ranker":
-    return ranker.load_trained_ranker(config, workdir)[0]
-  return distill.load_distilled(config, out_dir)[0]
+    return ranker.load_trained_ranker(config, workdir, mesh=mesh)[0]
+  return distill.load_distilled(config, out_dir, mesh=mesh)[0]
 
 
 def _init_text(init: str) -> str:
   return f"`{init}`" if init else f"the packaged {model_cards.PACKAGED_BASE_MODEL}"
 
 
-def _export_retriever(config, workdir: str, info: dict) -> Exported:
-  model = _trained_model(config, workdir, "retriever")
+def _export_retriever(config, workdir: str, info: dict, mesh) -> Exported:
+  model = _trained_model(config, workdir, "retriever", mesh=mesh)
   trained = model is not None
   if trained:
     source = models.resolve_checkpoint(config.model.init).dir
@@ -348,9 +348,9 @@ def _export_retriever(config, workdir: str, info: dict) -> Exported:
   return Exported("retriever", path, trained)
 
 
-def _export_ranker(config, workdir: str, info: dict) -> Exported:
+def _export_ranker(config, workdir: str, info: dict, mesh) -> Exported:
   model_config = config.ranker.model
-  model = _trained_model(config, workdir, "ranker")
+  model = _trained_model(config, workdir, "ranker", mesh=mesh)
   trained = model is not None
   if trained:
     source = models.resolve_checkpoint(model_config.init).dir
@@ -391,8 +391,9 @@ def run(config, workdir: str) -> None:
   if jax.process_index() != 0:
     return
   inputs = provenance.begin("export", config, workdir)
+  mesh = sharding.mesh_from_config(config.mesh)
   info = model_cards.card_info(config, workdir)
-  exported = [_export_retriever(config, workdir, info), _export_ranker(config, workdir, info)]
+  exported = [_export_retriever(config, workdir, info, mesh), _export_ranker(config, workdir, info, mesh)]
   labels = export_labels(workdir, layout.export_dir(workdir, "labels"),
                          card=dict(info, repo_id=config.export.repo_id_labels))
   if labels:

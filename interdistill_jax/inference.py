@@ -1,6 +1,6 @@
 """Inference on the mesh in fixed-shape batches, one compiled shape per length bucket.
 
-A model's state is replicated over the mesh once (`ReplicatedModel`). A `BucketedRunner` applies
+A model's state is placed on the mesh once (`PlacedModel`). A `BucketedRunner` applies
 one jitted function of it to token sequences: sorted by length, cut into batches of `batch_size`
 rows (the last padded), each padded to the smallest bucket that holds its longest sequence, and
 the rows' outputs put back in input order. The corpus encoder (`retrieval.Encoder`) and the pair
@@ -20,13 +20,14 @@ from tqdm import tqdm
 from interdistill_jax import sharding, tokenization
 
 
-class ReplicatedModel:
-  """A model's state replicated over the mesh, for runners to share."""
+class PlacedModel:
+  """A model's state placed on the mesh once (replicated, unless `mesh.param_rules` shard it),
+  for runners to share."""
 
-  def __init__(self, model: nnx.Module, mesh: Mesh):
+  def __init__(self, model: nnx.Module, mesh: Mesh, param_rules=()):
     self.mesh = mesh
     self.graphdef, self.host_state = nnx.split(model)
-    self.state = sharding.put_replicated(self.host_state, mesh)
+    self.state = sharding.put_params(self.host_state, mesh, param_rules)
 
   def host_model(self) -> nnx.Module:
     """The model again, from the host copy of its state."""
@@ -36,7 +37,7 @@ class ReplicatedModel:
 class BucketedRunner:
   """`apply(model, ids, types, mask)` -> [B, ...] over token sequences, outputs in input order."""
 
-  def __init__(self, model: ReplicatedModel, apply: Callable, *, batch_size: int,
+  def __init__(self, model: PlacedModel, apply: Callable, *, batch_size: int,
                buckets: Sequence[int], pad_id: int, empty_shape: tuple[int, ...]):
     self.model = model
     self.batch_size = batch_size

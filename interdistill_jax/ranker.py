@@ -40,15 +40,15 @@ class PairScorer:
   """Scores (query, passage) pairs with a cross-encoder on the mesh, bucketed by length."""
 
   def __init__(self, model: models.CrossEncoder, tokenizer: tokenization.Tokenizer, *,
-               max_length: int, batch_size: int, buckets: Sequence[int], mesh=None):
-    self.mesh = mesh or sharding.make_mesh()
+               max_length: int, batch_size: int, buckets: Sequence[int], mesh, param_rules=()):
+    self.mesh = mesh
     self.tokenizer = tokenizer
     self.max_length = max_length
     self.batch_size = sharding.inference_batch_size(batch_size, max_length, self.mesh)
     self.buckets = tokenization.buckets_up_to(buckets, max_length)
     self._runner = inference.BucketedRunner(
-        inference.ReplicatedModel(model, self.mesh), _score, batch_size=self.batch_size,
-        buckets=self.buckets, pad_id=tokenizer.pad_id, empty_shape=(0,))
+        inference.PlacedModel(model, self.mesh, param_rules), _score,
+        batch_size=self.batch_size, buckets=self.buckets, pad_id=tokenizer.pad_id, empty_shape=(0,))
 
   def score(self, queries: Sequence[str], passages: Sequence[str], desc: str = "rank pairs") -> np.ndarray:
     """[N] float32 scores of pairs (queries[i], passages[i])."""
@@ -145,28 +145,30 @@ def listmle_loss(model: models.CrossEncoder, batch: dict, rng) -> jax.Array:
   return losses.listmle(scores, batch["ranking"], batch["mask"], batch["prefix"])
 
 
-def initial_doc_embeddings(config, workdir: str, dataset) -> retrieval.CorpusEmbeddings:
+def initial_doc_embeddings(config, workdir: str, dataset, *, mesh) -> retrieval.CorpusEmbeddings:
   """The initial retriever's passage embeddings (the residual head's frozen passage side)."""
-  return retrieval.CorpusEmbeddings.of(config, workdir, retrieval.Encoder.from_config(config), dataset)
+  return retrieval.CorpusEmbeddings.of(config, workdir, retrieval.Encoder.from_config(config, mesh=mesh),
+                                       dataset)
 
 
 def score_pairs(config, workdir: str, dataset, model: models.CrossEncoder,
                 tokenizer: tokenization.Tokenizer, pairs: Sequence[tuple[str, str]], *,
-                desc: str, doc_embeddings: retrieval.CorpusEmbeddings | None = None) -> np.ndarray:
+                desc: str, mesh, doc_embeddings: retrieval.CorpusEmbeddings | None = None) -> np.ndarray:
   """[N] float32: the ranker's own score of each (qid, docid) pair (no fusion).
 
   The joint encoding's head, plus, for the residual head, the scaled dot product of the ranker's
   query embedding with the initial retriever's passage embedding.
   """
-  scores = make_scorer(config, model, tokenizer).score_pairs(dataset, pairs, desc=desc)
+  scores = make_scorer(config, model, tokenizer, mesh=mesh).score_pairs(dataset, pairs, desc=desc)
   if not model.residual:
     return scores
   qids = sorted({q for q, _ in pairs})
   encoder = retrieval.Encoder(model, tokenizer, encode_config=config.encode,
-                              model_config=config.ranker.model)
+                              model_config=config.ranker.model, mesh=mesh,
+                              param_rules=config.mesh.param_rules)
   q_emb = encoder.encode([dataset.queries[q].text for q in qids], tower="query")
   row = {q: i for i, q in enumerate(qids)}
-  doc_embeddings = doc_embeddings or initial_doc_embeddings(config, workdir, dataset)
+  doc_embeddings = doc_embeddings or initial_doc_embeddings(config, workdir, dataset, mesh=mesh)
   d_emb = doc_embeddings([d for _, d in pairs])
   dots = np.einsum("nh,nh->n", q_emb[[row[q] for q, _ in pairs]], d_emb)
   scale = float(np.exp(np.asarray(jax.device_get(model.log_scale[...]))))
@@ -174,7 +176,7 @@ def score_pairs(config, workdir: str, dataset, model: models.CrossEncoder,
 
 
 def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labels,
-                       initial: fusion.InitialScores, doc_embeddings) -> dict:
+                       initial: fusion.InitialScores, doc_embeddings, mesh) -> dict:
   """Fits and writes ranker/fusion.json on the dev queries' teacher rankings.
 
   Every candidate the teacher ranked for a dev query takes part (not only the ranker's training
@@ -185,7 +187,7 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   init_arr, ranking, mask, prefix, pairs, (rows, cols) = fusion.label_arrays(
       dev_labels, initial, use_prefix=config.ranker.prefix_only, top_k=config.ranker.top_k)
   ce = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc="ranker dev scores",
-                   doc_embeddings=doc_embeddings)
+                   mesh=mesh, doc_embeddings=doc_embeddings)
   ce_arr = np.zeros(mask.shape, np.float32)
   ce_arr[rows, cols] = ce
   fit, dev_loss = fusion.fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
@@ -210,12 +212,13 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   return dev_loss
 
 
-def load_trained_ranker(config, workdir: str) -> tuple[models.CrossEncoder, tokenization.Tokenizer]:
+def load_trained_ranker(config, workdir: str, *, mesh) -> tuple[models.CrossEncoder, tokenization.Tokenizer]:
   """The ranker `train_ranker` selected in this workdir (frozen for distillation/evaluation)."""
   info = layout.read_done(layout.ranker_dir(workdir))
   model, ckpt = models.load_cross_encoder(config.ranker.model, seed=config.seed,
                                           head=info.get("head", "cls"))
-  step = train.restore_params(model, layout.ranker_dir(workdir))
+  step = train.restore_params(model, layout.ranker_dir(workdir), mesh=mesh,
+                              param_rules=config.mesh.param_rules)
   logging.info("Ranker from %s/ranker (%s head, step %d)", workdir, info.get("head", "cls"), step)
   return model, tokenization.Tokenizer(ckpt.dir)
 
@@ -230,7 +233,7 @@ def _ranker_identity(config, workdir: str) -> str:
 
 
 def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str, str]], *,
-                       name: str, desc: str) -> np.ndarray:
+                       name: str, desc: str, mesh) -> np.ndarray:
   """The frozen ranker's own scores of (qid, docid) pairs, cached in `ranker/{name}.npz`.
 
   The ranker is frozen once trained, so distillation and every later evaluation read its scores
@@ -246,8 +249,8 @@ def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str,
       if all(p in have for p in pairs):
         logging.info("Ranker scores from cache %s", path)
         return np.array([have[p] for p in pairs], np.float32)
-  model, tokenizer = load_trained_ranker(config, workdir)
-  scores = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc=desc)
+  model, tokenizer = load_trained_ranker(config, workdir, mesh=mesh)
+  scores = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc=desc, mesh=mesh)
   if jax.process_index() == 0:
     tmp = path + ".tmp.npz"
     np.savez(tmp, qids=np.array([q for q, _ in pairs]), docids=np.array([d for _, d in pairs]),
@@ -256,10 +259,10 @@ def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str,
   return scores
 
 
-def make_scorer(config, model, tokenizer, mesh=None) -> PairScorer:
+def make_scorer(config, model, tokenizer, *, mesh) -> PairScorer:
   return PairScorer(model, tokenizer, max_length=config.ranker.max_length,
                     batch_size=config.ranker.score_batch_size, buckets=config.encode.buckets,
-                    mesh=mesh)
+                    mesh=mesh, param_rules=config.mesh.param_rules)
 
 
 def run(config, workdir: str) -> None:
@@ -268,6 +271,7 @@ def run(config, workdir: str) -> None:
   section = config.ranker
   fusion.check_fuse_initial(section.fuse_initial)
   inputs = provenance.begin("train_ranker", config, workdir)
+  mesh = sharding.mesh_from_config(config.mesh)
   dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir))
   if not labels:
@@ -283,9 +287,10 @@ def run(config, workdir: str) -> None:
                      "ranker.dev_fraction > 0")
   model, ckpt = models.load_cross_encoder(section.model, seed=config.seed, head=section.head)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
-  doc_embeddings = initial_doc_embeddings(config, workdir, dataset)
+  doc_embeddings = initial_doc_embeddings(config, workdir, dataset, mesh=mesh)
   initial = fusion.InitialScores.encoded(config, workdir, dataset,
-                                  [(r["qid"], d) for r in labels for d in r["docids"]], doc_embeddings)
+                                         [(r["qid"], d) for r in labels for d in r["docids"]],
+                                         doc_embeddings, mesh=mesh)
   extra = {"head": "residual" if model.residual else "cls", "fuse_initial": section.fuse_initial}
   if not model.residual:
     doc_embeddings = None  # the examples need no passage embeddings
@@ -303,7 +308,6 @@ def run(config, workdir: str) -> None:
   train_ex, dev_ex = make(train_labels), make(dev_labels)
   logging.info("Ranker (%s head): %d train and %d dev queries, lists of %d, %d tokens",
                extra["head"], len(train_ex), len(dev_ex), section.list_size, section.max_length)
-  mesh = sharding.make_mesh()
   out_dir = layout.ranker_dir(workdir)
   stale = layout.fusion(workdir)  # an earlier ranker's fit must not outlive it
   if jax.process_index() == 0 and os.path.exists(stale):
@@ -311,9 +315,10 @@ def run(config, workdir: str) -> None:
   model, summary = train.train_loop(
       model=model, loss_fn=listmle_loss, make_batch=train_ex.batch, num_examples=len(train_ex),
       dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),
-      loop=train.loop_config(section, config.seed), optim_config=section.optim, out_dir=out_dir, mesh=mesh)
+      loop=train.loop_config(section, config.seed), optim_config=section.optim, out_dir=out_dir,
+      mesh=mesh, param_rules=config.mesh.param_rules)
   if dev_labels:
     extra["dev_listmle"] = _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, dev_labels,
-                                              initial, doc_embeddings)
+                                              initial, doc_embeddings, mesh)
   train.write_done(out_dir, summary, {"train_queries": len(train_ex), "dev_queries": len(dev_ex),
                                       **extra, **inputs})

@@ -20,8 +20,8 @@ class Encoder:
   """A dual encoder ready to embed texts on the mesh, one compiled shape per bucket."""
 
   def __init__(self, model: models.DualEncoder, tokenizer: tokenization.Tokenizer, *,
-               encode_config, model_config, mesh=None, model_id: str = ""):
-    self.mesh = mesh or sharding.make_mesh()
+               encode_config, model_config, mesh, param_rules=(), model_id: str = ""):
+    self.mesh = mesh
     self.tokenizer = tokenizer
     self.buckets = tuple(sorted(encode_config.buckets))
     self.max_query_length = model_config.max_query_length
@@ -30,8 +30,8 @@ class Encoder:
         tower: sharding.inference_batch_size(encode_config.batch_size, self._max_length(tower), self.mesh)
         for tower in ("query", "doc")}
     self.model_id = model_id
-    self._encode_config, self._model_config = encode_config, model_config
-    self._model = inference.ReplicatedModel(model, self.mesh)
+    self._encode_config, self._model_config, self._param_rules = encode_config, model_config, param_rules
+    self._model = inference.PlacedModel(model, self.mesh, param_rules)
     self._runners = {
         tower: inference.BucketedRunner(
             self._model, functools.partial(_encode, tower=tower), batch_size=self.batch_sizes[tower],
@@ -45,13 +45,15 @@ class Encoder:
       return self
     return Encoder(self._model.host_model(), self.tokenizer,
                    encode_config=self._encode_config, model_config=self._model_config,
-                   mesh=sharding.make_mesh(jax.local_devices()), model_id=self.model_id)
+                   mesh=sharding.local_mesh(self.mesh), param_rules=self._param_rules,
+                   model_id=self.model_id)
 
   @classmethod
-  def from_config(cls, config, *, mesh=None) -> "Encoder":
+  def from_config(cls, config, *, mesh) -> "Encoder":
     model, ckpt = models.load_dual_encoder(config.model, seed=config.seed)
     return cls(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
-               model_config=config.model, mesh=mesh, model_id=_weights_id(ckpt.dir, config.model))
+               model_config=config.model, mesh=mesh, param_rules=config.mesh.param_rules,
+               model_id=_weights_id(ckpt.dir, config.model))
 
   def _max_length(self, tower: str) -> int:
     return self.max_query_length if tower == "query" else self.max_doc_length
@@ -183,7 +185,8 @@ def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Datas
     return docids, search.ExactIndex(emb, mesh=encoder.mesh, block_size=section.block_size)
   store = corpus_shards(config, workdir, encoder, dataset)
   if section.index == "exact":
-    return store.docids(), shards.ShardedExactIndex(store, block_size=section.block_size)
+    return store.docids(), shards.ShardedExactIndex(store, mesh=sharding.local_mesh(encoder.mesh),
+                                                    block_size=section.block_size)
   return store.docids(), shards.FaissIndex(
       shards.load_or_build_faiss(store, section.index, nlist=section.nlist, pq_m=section.pq_m,
                                  hnsw_m=section.hnsw_m, seed=config.seed),
@@ -195,7 +198,7 @@ def run(config, workdir: str) -> None:
   then `candidates/done.json`."""
   inputs = provenance.begin("retrieve", config, workdir)
   dataset = assets.load_dataset(config.data)
-  encoder = Encoder.from_config(config)
+  encoder = Encoder.from_config(config, mesh=sharding.mesh_from_config(config.mesh))
   splits = [s for s in config.retrieve.splits if dataset.has_split(s)]
   for split in sorted(set(config.retrieve.splits) - set(splits)):
     logging.warning("No qrels/%s.tsv or splits/%s.txt in %s: skipping split %s", split, split,

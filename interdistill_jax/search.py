@@ -57,8 +57,8 @@ def _search_fn(mesh, k: int, block: int):
 class ExactIndex:
   """Exact inner-product search over embeddings sharded by rows across the mesh."""
 
-  def __init__(self, doc_emb: np.ndarray, *, mesh=None, block_size: int = 2048):
-    self.mesh = mesh or sharding.make_mesh()
+  def __init__(self, doc_emb: np.ndarray, *, mesh, block_size: int = 2048):
+    self.mesh = mesh
     self.num_docs = doc_emb.shape[0]
     ndev = self.mesh.devices.size
     self.block = min(block_size, sharding.round_up(max(1, -(-self.num_docs // ndev)), 8))

@@ -1,23 +1,60 @@
 """The device mesh and how arrays are laid out on it.
 
-One mesh with a single `data` axis over every device of every host. Batches are split
-along it (`P('data')`), parameters are replicated (`P()`), and XLA inserts the gradient
-all-reduce: this is what `pmap` lowers to today. On several hosts each process holds only
-its slice of a global batch and `jax.make_array_from_process_local_data` assembles it.
+One mesh with a single `data` axis, built once per task from `config.mesh` (`mesh_from_config`)
+and passed down. Batches are split along it (`P('data')`); parameters are placed by the rules
+of `config.mesh.param_rules` (`param_shardings`): by default replicated (`P()`), and XLA inserts
+the gradient all-reduce; with the rule `(".*", "fsdp")` each parameter (and its optimizer
+moments) is split over `data` instead, and XLA gathers it where it is used. On several hosts
+each process holds only its slice of a global batch and `jax.make_array_from_process_local_data`
+assembles it.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
 
 def make_mesh(devices=None) -> Mesh:
+  """A mesh with one `data` axis over `devices` (default: every device of every host)."""
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def mesh_from_config(mesh_config, devices=None) -> Mesh:
+  """The mesh of `config.mesh`: `data` -1 spans every device; n > 0 takes the first n devices.
+
+  Fewer devices than there are is honoured on one process only: with several processes every
+  process must hold part of the mesh (each feeds its slice of every batch), so the mesh spans
+  every device. The parameter rules are checked here, before any work starts.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  n = mesh_config.data
+  if n == -1:
+    n = len(devices)
+  if not 0 < n <= len(devices):
+    raise ValueError(f"mesh.data={mesh_config.data}: there are {len(devices)} devices; set -1 "
+                     f"(all of them) or a number from 1 to {len(devices)}")
+  if n < len(devices) and jax.process_count() > 1:
+    raise ValueError(f"mesh.data={n}: with {jax.process_count()} processes the mesh must span "
+                     f"all {len(devices)} devices (set mesh.data=-1)")
+  mesh = make_mesh(devices[:n])
+  rules = _parse_rules(mesh_config.param_rules, mesh)
+  logging.info("Mesh: %s=%d (%d processes); parameters: %s", DATA_AXIS, n, jax.process_count(),
+               ", ".join(f"{pattern.pattern} -> {layout}" for pattern, layout in rules) or "replicated")
+  return mesh
+
+
+def local_mesh(mesh: Mesh) -> Mesh:
+  """The devices of `mesh` that belong to this process, as a mesh of their own."""
+  return make_mesh([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -89,7 +126,97 @@ def is_process_local(mesh: Mesh) -> bool:
 
 
 def put_replicated(tree, mesh: Mesh):
+  """Data every device needs whole (query embeddings, a random key); parameters: `put_params`."""
   return jax.device_put(tree, replicated(mesh))
+
+
+# --- parameter placement ---------------------------------------------------------------------
+
+REPLICATE, FSDP = "replicate", "fsdp"
+
+
+def _parse_rules(rules, mesh: Mesh) -> list[tuple[re.Pattern, str | tuple]]:
+  """`config.mesh.param_rules` -> [(compiled regex, "replicate" | "fsdp" | spec tuple)]."""
+  out = []
+  for rule in rules:
+    if not (isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2
+            and isinstance(rule[0], str)):
+      raise ValueError(f"mesh.param_rules: {rule!r} is not a (regex, layout) pair")
+    pattern, layout = rule
+    if isinstance(layout, str):
+      if layout not in (REPLICATE, FSDP):
+        raise ValueError(f"mesh.param_rules: layout {layout!r} of {pattern!r} is not "
+                         f"{REPLICATE!r}, {FSDP!r} or a spec tuple such as (None, {DATA_AXIS!r})")
+    else:
+      layout = tuple(layout)
+      for axis in layout:
+        if axis is not None and axis not in mesh.axis_names:
+          raise ValueError(f"mesh.param_rules: {pattern!r} names axis {axis!r}; the mesh has "
+                           f"{mesh.axis_names}")
+    out.append((re.compile(pattern), layout))
+  return out
+
+
+def param_path(path) -> str:
+  """A parameter's name for the rules: its key path joined by "/", e.g. "bert/layers/0/ffn_in/kernel"."""
+  names = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      names.append(str(key.key))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      names.append(str(key.idx))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      names.append(key.name)
+    else:
+      names.append(str(key))
+  if names and names[-1] == "value":  # an nnx Variable's array
+    names.pop()
+  return "/".join(names)
+
+
+def _spec(name: str, shape: tuple, layout, mesh: Mesh) -> P:
+  size = mesh.shape[DATA_AXIS]
+  if layout == REPLICATE or not shape:
+    return P()
+  if layout == FSDP:
+    # The largest dimension that splits evenly over the data axis; none: replicated.
+    dims = [i for i in sorted(range(len(shape)), key=lambda i: -shape[i]) if shape[i] % size == 0]
+    if size == 1 or not dims:
+      return P()
+    spec = [None] * len(shape)
+    spec[dims[0]] = DATA_AXIS
+    return P(*spec)
+  if len(layout) > len(shape):
+    raise ValueError(f"mesh.param_rules: spec {layout} has more entries than {name} has "
+                     f"dimensions {shape}")
+  for dim, axis in zip(shape, layout):
+    if axis is not None and dim % mesh.shape[axis]:
+      raise ValueError(f"mesh.param_rules: {name} {shape} cannot be split by {layout}: {dim} is "
+                       f"not a multiple of the {mesh.shape[axis]} devices of axis {axis!r}")
+  return P(*layout)
+
+
+def param_shardings(tree, mesh: Mesh, rules=()):
+  """A NamedSharding per leaf of a parameter tree, by `rules` (`config.mesh.param_rules`).
+
+  The first rule whose regex `re.search`es the leaf's path (`param_path`) places it:
+  "replicate"; "fsdp", split along its largest dimension that is a multiple of the data axis
+  (replicated if none is); or a spec tuple with one entry per leading dimension (None or an axis
+  name). Scalars, and leaves no rule matches, are replicated: `()` replicates everything.
+  """
+  parsed = _parse_rules(rules, mesh)
+
+  def place(path, x):
+    name = param_path(path)
+    layout = next((layout for pattern, layout in parsed if pattern.search(name)), REPLICATE)
+    return NamedSharding(mesh, _spec(name, tuple(x.shape), layout, mesh))
+
+  return jax.tree_util.tree_map_with_path(place, tree)
+
+
+def put_params(tree, mesh: Mesh, rules=()):
+  """Model state placed on the mesh by the parameter rules (default: replicated)."""
+  return jax.device_put(tree, param_shardings(tree, mesh, rules))
 
 
 def to_host(tree):

@@ -28,7 +28,6 @@ from absl import logging
 
 from interdistill_jax import data as data_lib
 from interdistill_jax import search as search_lib
-from interdistill_jax import sharding
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -147,9 +146,9 @@ class ShardedExactIndex:
   lists are then gathered and merged, so every process returns the same global result.
   """
 
-  def __init__(self, store: ShardStore, *, mesh=None, block_size: int = 4096):
+  def __init__(self, store: ShardStore, *, mesh, block_size: int = 4096):
     self.store = store
-    self.mesh = mesh or sharding.make_mesh(jax.local_devices())
+    self.mesh = mesh  # this process's devices only (sharding.local_mesh)
     self.block_size = block_size
     self.num_docs = store.num_docs
 

@@ -1,9 +1,15 @@
 """The trainer shared by both stages: optimizer, jitted step, loop, checkpoints, exact resume.
 
-The step is a pure function of (params, opt_state, batch, step): the model is rebuilt
-inside it with `nnx.merge`, randomness is `fold_in(seed key, step)`, and the data order
-is a function of (seed, epoch). A checkpoint therefore only needs params, optimizer
-state and the step for a resumed run to continue exactly as an uninterrupted one.
+The step is a pure function of (state, rest, batch): the train state (params, optimizer state,
+step) goes in and comes out, donated; the model is rebuilt inside it with `nnx.merge` from the
+params and the untrained rest; randomness is `fold_in(seed key, step)`, and the data order is a
+function of (seed, epoch). A checkpoint therefore only needs params, optimizer state and the
+step for a resumed run to continue exactly as an uninterrupted one.
+
+Layout: one mesh (the task's, from `config.mesh`); every global batch holds `batch_size`
+examples padded with zero-weight rows to split over the `data` axis; params, rest and optimizer
+state are placed by `config.mesh.param_rules` (replicated by default). The loop leaves the step's
+metrics on the devices and fetches them every `log_every` steps.
 
 Resume order: an existing checkpoint in the stage's directory > the stage's init > scratch.
 """
@@ -55,23 +61,43 @@ def make_optimizer(optim_config, total_steps: int) -> tuple[optax.GradientTransf
   ), schedule
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class TrainState:
+  """What a step updates: the trainable parameters, the optimizer state and the step count
+  (an int32 scalar on the devices, seeding the step's randomness)."""
+
   params: Any
   opt_state: Any
-  step: int
+  step: Any
 
 
-def make_train_step(graphdef, rest, tx, loss_fn: Callable):
-  """A jitted step: (params, opt_state, batch, step, rng) -> (params, opt_state, metrics).
+def state_shardings(params, tx, mesh, param_rules=()) -> TrainState:
+  """Where each leaf of the train state lives: parameters by the rules, each optimizer moment
+  like its parameter, everything else (counts, the step) replicated."""
+  params_sharding = sharding.param_shardings(params, mesh, param_rules)
+  opt_sharding = optax.tree_map_params(
+      tx, lambda _, s: s, jax.eval_shape(tx.init, params), params_sharding,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  return TrainState(params_sharding, opt_sharding, sharding.replicated(mesh))
 
-  `loss_fn(model, batch, rng) -> [B] per-example losses`; the mean is taken over the
-  global batch, so the gradient is the same on 1 or N devices (XLA all-reduces it).
-  Params and optimizer state are donated: the step updates them in place.
+
+def make_train_step(graphdef, tx, loss_fn: Callable, *, mesh, shardings: TrainState, rest_sharding,
+                    seed: int):
+  """A jitted step: (state, rest, batch) -> (state, metrics); its randomness is
+  `fold_in(key(seed), state.step)`.
+
+  `rest` is the model's state that is not trained (passed in, not captured as a constant).
+  `loss_fn(model, batch, rng) -> [B] per-example losses`; the mean is taken over the rows of
+  weight 1 of the global batch, so padding rows count for nothing and the gradient is the same
+  on 1 or N devices (XLA all-reduces it). The batch is split over `data`; the state keeps the
+  layout of `shardings` and is donated: the step updates it in place.
   """
 
-  def step_fn(params, opt_state, batch, step, base_rng):
-    rng = jax.random.fold_in(base_rng, step)
+  def step_fn(state, rest, batch):
+    # The key is built inside the step: a key array made on the host could not be placed on a
+    # mesh that spans several processes.
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def loss(p):
       model = nnx.merge(graphdef, p, rest)
@@ -79,19 +105,28 @@ def make_train_step(graphdef, rest, tx, loss_fn: Callable):
       weights = batch["weight"]
       return (per_example * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
-    value, grads = jax.value_and_grad(loss)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
+    value, grads = jax.value_and_grad(loss)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": value, "grad_norm": optax.tree.norm(grads)}
+    return TrainState(params, opt_state, state.step + 1), metrics
 
-  return jax.jit(step_fn, donate_argnums=(0, 1))
+  replicated = sharding.replicated(mesh)
+  return jax.jit(step_fn, donate_argnums=0,
+                 in_shardings=(shardings, rest_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, replicated))
 
 
-def make_eval_step(graphdef, rest, loss_fn: Callable):
-  def eval_fn(params, batch):
+def make_eval_step(graphdef, loss_fn: Callable, *, mesh, params_sharding, rest_sharding):
+  """A jitted (params, rest, batch) -> (sum of weighted losses, sum of weights)."""
+
+  def eval_fn(params, rest, batch):
     per_example = loss_fn(nnx.merge(graphdef, params, rest), batch, None)
     return (per_example * batch["weight"]).sum(), batch["weight"].sum()
-  return jax.jit(eval_fn)
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(eval_fn, in_shardings=(params_sharding, rest_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated))
 
 
 class Checkpoints:
@@ -110,20 +145,22 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["dev_loss"],
                                              best_mode="min", multiprocessing_options=sync("best")))
 
-  def save(self, state: TrainState, *, force=False, dev_loss: float | None = None):
+  def save(self, step: int, state: TrainState, *, force=False, dev_loss: float | None = None):
     tree = {"params": state.params, "opt_state": state.opt_state}
-    self.latest.save(state.step, args=ocp.args.StandardSave(tree), force=force)
+    self.latest.save(step, args=ocp.args.StandardSave(tree), force=force)
     if dev_loss is not None:
-      self.best.save(state.step, args=ocp.args.StandardSave({"params": state.params}),
+      self.best.save(step, args=ocp.args.StandardSave({"params": state.params}),
                      metrics={"dev_loss": float(dev_loss)}, force=True)
 
-  def restore_latest(self, abstract: TrainState) -> TrainState | None:
+  def restore_latest(self, abstract: TrainState) -> tuple[int, TrainState] | None:
+    """(step, state laid out as `abstract`) of the latest checkpoint, or None."""
     step = self.latest.latest_step()
     if step is None:
       return None
     tree = self.latest.restore(step, args=ocp.args.StandardRestore(
         {"params": abstract.params, "opt_state": abstract.opt_state}))
-    return TrainState(tree["params"], tree["opt_state"], int(step))
+    return int(step), TrainState(tree["params"], tree["opt_state"],
+                                 jax.device_put(np.int32(step), abstract.step.sharding))
 
   def best_params(self, abstract_params):
     step = self.best.best_step()
@@ -137,14 +174,24 @@ class Checkpoints:
     self.best.close()
 
 
-def _abstract(tree, mesh):
-  sharding_ = sharding.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), tree)
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   """The example order of one epoch: a function of (seed, epoch) only, so resume is exact."""
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def padded_batch_size(batch_size: int, mesh) -> int:
+  """Rows of a global batch on `mesh`: `batch_size` examples, then zero-weight padding rows up to
+  a multiple of the device count (the batch splits evenly over `data`)."""
+  return sharding.round_up(batch_size, sharding.global_batch_multiple(mesh))
+
+
+def padded_indices(idx: np.ndarray, rows: int) -> np.ndarray:
+  """Example indices padded with -1 (a zero-weight row in every `batch`) to `rows`."""
+  return np.pad(idx, (0, rows - len(idx)), constant_values=-1)
 
 
 @dataclasses.dataclass
@@ -157,11 +204,51 @@ class LoopConfig:
   checkpoint_every: int
   keep_checkpoints: int
   seed: int
+  log_every: int  # steps between fetches of the train metrics from the devices
+
+
+class _Metrics:
+  """Train metrics left on the devices, fetched every `log_every` steps (one host sync for many
+  steps), written one line per step to metrics.jsonl, and checked for a non-finite loss."""
+
+  def __init__(self, path: str, schedule, steps_per_epoch: int, out_dir: str):
+    self.path, self.schedule, self.steps_per_epoch, self.out_dir = path, schedule, steps_per_epoch, out_dir
+    self.pending: list[tuple[int, dict]] = []
+    self.examples, self.t_last = 0, time.perf_counter()
+
+  def add(self, step: int, metrics: dict, examples: int):
+    self.pending.append((step, metrics))
+    self.examples += examples
+
+  def fetch(self) -> tuple[list[dict], float]:
+    """(the pending steps' records, examples/s since the last fetch), in one host sync. A
+    non-finite loss raises, after the records of the steps before it are written."""
+    steps, values = [s for s, _ in self.pending], jax.device_get([m for _, m in self.pending])
+    self.pending = []
+    records = []
+    for step, m in zip(steps, values):
+      loss = float(m["loss"])
+      if not math.isfinite(loss):
+        self.write(records)
+        raise NonFiniteLossError(f"{self.out_dir}: non-finite loss {loss} at step {step}; "
+                                 "lower optim.learning_rate or check the inputs")
+      records.append({"step": step, "train/loss": loss, "train/grad_norm": float(m["grad_norm"]),
+                      "train/lr": float(self.schedule(step - 1)), "epoch": step / self.steps_per_epoch})
+    rate = self.examples / max(time.perf_counter() - self.t_last, 1e-9)
+    self.examples = 0
+    return records, rate
+
+  def restart_clock(self):
+    self.t_last = time.perf_counter()
+
+  def write(self, records: list[dict]):
+    if records and jax.process_index() == 0:
+      data_lib.append_jsonl(self.path, records)
 
 
 def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np.ndarray], dict],
                num_examples: int, dev_batches: Callable[[], Iterator[dict]] | None,
-               loop: LoopConfig, optim_config, out_dir: str, mesh=None,
+               loop: LoopConfig, optim_config, out_dir: str, mesh, param_rules=(),
                trainable: Any = nnx.Param) -> tuple[nnx.Module, dict]:
   """Trains `model` in place and returns it with the best dev-loss parameters loaded.
 
@@ -170,87 +257,96 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
     loss_fn: (model, batch, rng) -> [B] per-example losses (rng None = deterministic).
     make_batch: example indices [B] (-1 = padding) -> host batch dict of [B, ...] arrays,
       with a `weight` [B] float32 entry (0 for padding rows).
-    num_examples: size of the training set; steps = ceil(epochs * num_examples / B).
+    num_examples: size of the training set; an epoch is ceil(num_examples / loop.batch_size) steps.
     dev_batches: yields dev batches (same format) for the dev loss, or None.
     out_dir: the stage directory: `checkpoints/`, `metrics.jsonl`, `done.json` go there.
+    mesh: the task's mesh; each step's `loop.batch_size` examples are padded with zero-weight
+      rows to a multiple of its device count.
+    param_rules: `config.mesh.param_rules`, where the model state lives on the mesh.
 
   Returns:
     (model with the selected parameters, summary dict).
   """
-  mesh = mesh or sharding.make_mesh()
-  batch_size = sharding.round_up(loop.batch_size, sharding.global_batch_multiple(mesh))
+  if loop.log_every < 1:
+    raise ValueError(f"{out_dir}: log_every must be at least 1, got {loop.log_every}")
+  batch_size = loop.batch_size
+  rows = padded_batch_size(batch_size, mesh)
+  if rows > batch_size:
+    logging.info("%s: %d examples per step padded with %d zero-weight rows to split over %d "
+                 "devices", out_dir, batch_size, rows - batch_size, mesh.devices.size)
   steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
   total_steps = max(1, math.ceil(loop.epochs * steps_per_epoch))
   tx, schedule = make_optimizer(optim_config, total_steps)
 
   graphdef, params, rest = nnx.split(model, trainable, ...)
-  params = sharding.put_replicated(params, mesh)
-  rest = sharding.put_replicated(rest, mesh)
-  # Placed like the params, so the first step's input types equal every later step's.
-  opt_state = sharding.put_replicated(jax.jit(tx.init)(params), mesh)
-  state = TrainState(params, opt_state, 0)
+  shardings = state_shardings(params, tx, mesh, param_rules)
+  rest_sharding = sharding.param_shardings(rest, mesh, param_rules)
+  params = jax.device_put(params, shardings.params)
+  rest = jax.device_put(rest, rest_sharding)
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  state = TrainState(params, opt_state, jax.device_put(np.int32(0), shardings.step))
+  abstract = _abstract(state, shardings)
+  step = 0
 
   ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"), keep=loop.keep_checkpoints,
                       interval=loop.checkpoint_every)
-  restored = ckpts.restore_latest(TrainState(_abstract(params, mesh), _abstract(opt_state, mesh), 0))
+  restored = ckpts.restore_latest(abstract)
   if restored is not None:
-    state = restored
-    logging.info("Resuming from step %d in %s", state.step, out_dir)
+    step, state = restored
+    logging.info("Resuming from step %d in %s", step, out_dir)
 
-  step_fn = make_train_step(graphdef, rest, tx, loss_fn)
-  eval_fn = make_eval_step(graphdef, rest, loss_fn)
-  base_rng = jax.random.key(loop.seed)
+  step_fn = make_train_step(graphdef, tx, loss_fn, mesh=mesh, shardings=shardings,
+                            rest_sharding=rest_sharding, seed=loop.seed)
+  eval_fn = make_eval_step(graphdef, loss_fn, mesh=mesh, params_sharding=shardings.params,
+                           rest_sharding=rest_sharding)
   metrics_path = os.path.join(out_dir, "metrics.jsonl")
-  _truncate_metrics(metrics_path, state.step)
+  _truncate_metrics(metrics_path, step)
+  metrics = _Metrics(metrics_path, schedule, steps_per_epoch, out_dir)
 
   def dev_loss(params):
     if dev_batches is None:
       return None
     total, count = 0.0, 0.0
     for batch in dev_batches():
-      s, c = eval_fn(params, sharding.put_batch(batch, mesh))
+      s, c = eval_fn(params, rest, sharding.put_batch(batch, mesh))
       total, count = total + float(s), count + float(c)
     return total / max(count, 1.0)
 
-  pbar = tqdm(total=total_steps, initial=state.step, desc=f"train {os.path.basename(out_dir)}",
+  pbar = tqdm(total=total_steps, initial=step, desc=f"train {os.path.basename(out_dir)}",
               unit="step")
-  t_last, examples_since = time.perf_counter(), 0
-  while state.step < total_steps:
-    epoch, offset = divmod(state.step, steps_per_epoch)
-    order = epoch_order(num_examples, loop.seed, epoch)
-    idx = order[offset * batch_size:(offset + 1) * batch_size]
-    idx = np.pad(idx, (0, batch_size - len(idx)), constant_values=-1)
-    batch = sharding.put_batch(make_batch(idx), mesh)
-    params, opt_state, m = step_fn(state.params, state.opt_state, batch, state.step, base_rng)
-    state = TrainState(params, opt_state, state.step + 1)
-    examples_since += int((idx >= 0).sum())
-    loss = float(m["loss"])
-    if not math.isfinite(loss):
-      ckpts.close()
-      raise NonFiniteLossError(f"{out_dir}: non-finite loss {loss} at step {state.step}; "
-                               "lower optim.learning_rate or check the inputs")
-    record = {"step": state.step, "train/loss": loss, "train/grad_norm": float(m["grad_norm"]),
-              "train/lr": float(schedule(state.step - 1)), "epoch": state.step / steps_per_epoch}
-    last = state.step == total_steps
-    dev = None
-    if loop.eval_every and (state.step % loop.eval_every == 0 or last):
-      dev = dev_loss(state.params)
+  try:
+    while step < total_steps:
+      epoch, offset = divmod(step, steps_per_epoch)
+      order = epoch_order(num_examples, loop.seed, epoch)
+      idx = padded_indices(order[offset * batch_size:(offset + 1) * batch_size], rows)
+      batch = sharding.put_batch(make_batch(idx), mesh)
+      state, m = step_fn(state, rest, batch)
+      step += 1
+      metrics.add(step, m, int((idx >= 0).sum()))
+      pbar.update(1)
+      last = step == total_steps
+      evaluate = bool(loop.eval_every) and (step % loop.eval_every == 0 or last)
+      checkpoint = step % loop.checkpoint_every == 0 or last or (evaluate and dev_batches is not None)
+      if not (step % loop.log_every == 0 or evaluate or checkpoint):
+        continue
+      # Checked before anything is evaluated or saved: no checkpoint holds a non-finite step.
+      records, examples_per_s = metrics.fetch()
+      pbar.set_postfix(loss=f"{records[-1]['train/loss']:.4f}")
+      dev = dev_loss(state.params) if evaluate else None
       if dev is not None:
-        record["dev/loss"] = dev
-    if last and dev is None:
-      dev = 0.0  # No dev set: the final parameters are the selected ones.
-    if state.step % loop.checkpoint_every == 0 or last or dev is not None:
-      ckpts.save(state, force=last, dev_loss=dev)
-    now = time.perf_counter()
-    record["train/examples_per_s"] = examples_since / max(now - t_last, 1e-9)
-    t_last, examples_since = now, 0
-    if jax.process_index() == 0:
-      data_lib.append_jsonl(metrics_path, [record])
-    pbar.set_postfix(loss=f"{loss:.4f}")
-    pbar.update(1)
-  pbar.close()
-  ckpts.close()
-  best, best_step = ckpts.best_params(_abstract(state.params, mesh))
+        records[-1]["dev/loss"] = dev
+      # Measured over the steps since the last fetch: on the last of them only.
+      records[-1]["train/examples_per_s"] = examples_per_s
+      if last and dev is None:
+        dev = 0.0  # No dev set: the final parameters are the selected ones.
+      metrics.write(records)  # before the save: a resumed run drops lines past its checkpoint
+      if checkpoint:
+        ckpts.save(step, state, force=last, dev_loss=dev)
+      metrics.restart_clock()
+  finally:
+    pbar.close()
+    ckpts.close()
+  best, best_step = ckpts.best_params(abstract.params)
   nnx.update(model, jax.device_get(best))
   summary = {"total_steps": total_steps, "selected_step": int(best_step), "batch_size": batch_size,
              "num_examples": num_examples}
@@ -266,12 +362,14 @@ def _truncate_metrics(path: str, step: int) -> None:
   data_lib.atomic_write_text(path, "".join(keep))
 
 
-def restore_params(model: nnx.Module, out_dir: str, *, trainable: Any = nnx.Param) -> int:
-  """Loads a finished stage's selected parameters into `model`; returns their step."""
+def restore_params(model: nnx.Module, out_dir: str, *, mesh, param_rules=(),
+                   trainable: Any = nnx.Param) -> int:
+  """Loads a finished stage's selected parameters into `model`, placed on `mesh` by the rules;
+  returns their step."""
   info = layout.read_done(out_dir)
   _, params, _ = nnx.split(model, trainable, ...)
   # Placed on this run's devices, whatever topology saved them (a pod's checkpoint loads on a laptop).
-  abstract = _abstract(params, sharding.make_mesh())
+  abstract = _abstract(params, sharding.param_shardings(params, mesh, param_rules))
   mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(out_dir), "checkpoints", "best"),
                                options=ocp.CheckpointManagerOptions(read_only=True))
   tree = mngr.restore(info["selected_step"], args=ocp.args.StandardRestore({"params": abstract}))
@@ -291,17 +389,19 @@ def loop_config(section, seed: int) -> LoopConfig:
   """The loop settings of a training section (`ranker` or `distill`)."""
   return LoopConfig(batch_size=section.batch_size, epochs=section.epochs,
                     eval_every=section.eval_every, checkpoint_every=section.checkpoint_every,
-                    keep_checkpoints=section.keep_checkpoints, seed=seed)
+                    keep_checkpoints=section.keep_checkpoints, seed=seed,
+                    log_every=section.log_every)
 
 
 def dev_batches_fn(examples, batch_size: int, mesh):
-  """Dev batches of `examples` (padded with -1 rows to the mesh's batch multiple), or None."""
-  batch_size = sharding.round_up(batch_size, sharding.global_batch_multiple(mesh))
+  """Dev batches of `examples`, `batch_size` at a time (each padded with -1 rows to split over
+  the mesh), or None."""
+  rows = padded_batch_size(batch_size, mesh)
 
   def batches():
     for start in range(0, len(examples), batch_size):
       idx = np.arange(start, min(start + batch_size, len(examples)))
-      yield examples.batch(np.pad(idx, (0, batch_size - len(idx)), constant_values=-1))
+      yield examples.batch(padded_indices(idx, rows))
 
   return batches if len(examples) else None
 

@@ -12,7 +12,7 @@ import yaml
 from flax import nnx
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import defaults, hf_export, models, tokenization
+from interdistill_jax import defaults, hf_export, models, sharding, tokenization
 from tests.conftest import data_path, run_reference
 
 MAX_LEN = 256
@@ -297,7 +297,8 @@ def test_push_without_any_repo_id_fails_before_exporting(tmp_path):
 
 def test_trained_checkpoints_are_not_silently_replaced_by_initial_weights(tmp_path):
   config = defaults.base_config()
-  assert hf_export._trained_model(config, str(tmp_path), "ranker") is None
+  mesh = sharding.make_mesh()
+  assert hf_export._trained_model(config, str(tmp_path), "ranker", mesh=mesh) is None
   (tmp_path / "ranker" / "checkpoints").mkdir(parents=True)
   with pytest.raises(RuntimeError, match="did not finish"):
-    hf_export._trained_model(config, str(tmp_path), "ranker")
+    hf_export._trained_model(config, str(tmp_path), "ranker", mesh=mesh)

@@ -30,7 +30,7 @@ def test_runner_returns_outputs_in_input_order_with_one_compile_per_bucket():
   lengths = rng.integers(1, 30, size=21)
   seqs = [rng.integers(1, 50, size=n).astype(np.int32) for n in lengths]
   types = [(np.arange(n) >= n // 2).astype(np.int32) for n in lengths]
-  model = inference.ReplicatedModel(_Weighted(), sharding.make_mesh())
+  model = inference.PlacedModel(_Weighted(), sharding.make_mesh())
   runner = inference.BucketedRunner(model, lambda m, *a: m(*a), batch_size=8, buckets=(8, 16, 32),
                                     pad_id=0, empty_shape=(0, 3))
   out = runner.run(seqs, types, desc="test")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from interdistill_jax import models, train
+from interdistill_jax import models, sharding, train
 from tests import fixtures
 from tests.conftest import REPO
 
@@ -56,7 +56,7 @@ def _selected_params(out_dir, bert):
   head = json.loads((out_dir / "done.json").read_text())["head"]
   model, _ = models.load_cross_encoder(ml_collections.ConfigDict(dict(init=str(bert), dtype="float32")),
                                        head=head)
-  step = train.restore_params(model, str(out_dir))
+  step = train.restore_params(model, str(out_dir), mesh=sharding.make_mesh())
   return step, jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
 
 

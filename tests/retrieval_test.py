@@ -14,7 +14,7 @@ def _embeddings(n, d, seed):
 
 def test_exact_search_matches_brute_force():
   docs, queries = _embeddings(1000, 32, 0), _embeddings(37, 32, 1)
-  scores, idx = search.ExactIndex(docs, block_size=64).search(queries, 10)
+  scores, idx = search.ExactIndex(docs, mesh=sharding.make_mesh(), block_size=64).search(queries, 10)
   full = queries @ docs.T
   expected = np.argsort(-full, axis=1, kind="stable")[:, :10]
   np.testing.assert_array_equal(idx, expected)
@@ -36,14 +36,14 @@ def test_search_is_identical_on_one_and_four_devices(block_size):
 
 def test_k_larger_than_corpus_returns_every_document_once():
   docs = _embeddings(5, 8, 4)
-  _, idx = search.ExactIndex(docs).search(_embeddings(3, 8, 5), 100)
+  _, idx = search.ExactIndex(docs, mesh=sharding.make_mesh()).search(_embeddings(3, 8, 5), 100)
   assert idx.shape == (3, 5)
   assert all(sorted(row) == list(range(5)) for row in idx.tolist())
 
 
 def test_search_run_maps_indices_to_docids():
   docs = _embeddings(20, 8, 6)
-  run = search.search_run(search.ExactIndex(docs), [f"d{i}" for i in range(20)],
+  run = search.search_run(search.ExactIndex(docs, mesh=sharding.make_mesh()), [f"d{i}" for i in range(20)],
                           ["q"], docs[7:8], 3)
   best = max(run["q"], key=run["q"].get)
   assert best == "d7" and len(run["q"]) == 3

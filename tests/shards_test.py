@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, defaults, retrieval, search, shards
+from interdistill_jax import assets, defaults, retrieval, search, sharding, shards
 from tests import fixtures
 
 
@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
 def _store(config, workdir, shard_size=12, dtype="float32"):
   config = config.copy_and_resolve_references()
   config.encode.shard_size, config.encode.shard_dtype = shard_size, dtype
-  encoder = retrieval.Encoder.from_config(config)
+  encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
   dataset = assets.load_dataset(config.data)
   return retrieval.corpus_shards(config, str(workdir), encoder, dataset), encoder, dataset
 
@@ -49,8 +49,8 @@ def test_float16_shards_rank_like_float32(tiny, tmp_path):
   store32, _, _ = _store(tiny, tmp_path / "b", dtype="float32")
   assert store16.embeddings(0).dtype == np.float16
   q = encoder.encode(["protein gene cell", "virus brain"], tower="query")
-  _, i16 = shards.ShardedExactIndex(store16).search(q, 5)
-  _, i32 = shards.ShardedExactIndex(store32).search(q, 5)
+  _, i16 = shards.ShardedExactIndex(store16, mesh=encoder.mesh).search(q, 5)
+  _, i32 = shards.ShardedExactIndex(store32, mesh=encoder.mesh).search(q, 5)
   assert (i16[:, 0] == i32[:, 0]).all()
 
 
@@ -85,8 +85,8 @@ def test_streamed_exact_search_equals_in_memory_search(tiny, tmp_path, k):
   store, encoder, dataset = _store(tiny, tmp_path, shard_size=7)
   _, emb = retrieval.corpus_embeddings(tiny, str(tmp_path / "mem"), encoder, dataset)
   q = encoder.encode([x.text for x in dataset.queries.values()], tower="query")
-  s_mem, i_mem = search.ExactIndex(emb).search(q, k)
-  s_sh, i_sh = shards.ShardedExactIndex(store).search(q, k)
+  s_mem, i_mem = search.ExactIndex(emb, mesh=encoder.mesh).search(q, k)
+  s_sh, i_sh = shards.ShardedExactIndex(store, mesh=encoder.mesh).search(q, k)
   np.testing.assert_array_equal(i_sh, i_mem)
   np.testing.assert_allclose(s_sh, s_mem, atol=1e-6)
 
@@ -113,7 +113,7 @@ def test_faiss_indexes_from_shards_find_the_exact_neighbours(tmp_path):
                                                     "dim": 32, "offsets": offsets})
   store = shards.ShardStore(str(directory))
   q = x[:50] + 0.05 * rng.standard_normal((50, 32)).astype(np.float32)
-  _, exact = shards.ShardedExactIndex(store).search(q, 10)
+  _, exact = shards.ShardedExactIndex(store, mesh=sharding.make_mesh()).search(q, 10)
   for kind, kwargs in (("ivfpq", dict(nlist=16, pq_m=8)), ("hnsw", dict(hnsw_m=16))):
     built = shards.load_or_build_faiss(store, kind, **kwargs)
     coarse = shards.FaissIndex(built, nprobe=4)

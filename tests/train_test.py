@@ -58,13 +58,19 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
     model, _ = models.load_cross_encoder(config.ranker.model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx, _ = train.make_optimizer(config.ranker.optim, total_steps=10)
-    params = sharding.put_replicated(params, mesh)
-    opt_state = tx.init(params)
-    step = train.make_train_step(graphdef, sharding.put_replicated(rest, mesh), tx, ranker.listmle_loss)
+    shardings = train.state_shardings(params, tx, mesh)
+    params = jax.device_put(params, shardings.params)
+    state = train.TrainState(params, jax.jit(tx.init, out_shardings=shardings.opt_state)(params),
+                             jax.device_put(np.int32(0), shardings.step))
+    rest_sharding = sharding.param_shardings(rest, mesh)
+    step = train.make_train_step(graphdef, tx, ranker.listmle_loss, mesh=mesh, shardings=shardings,
+                                 rest_sharding=rest_sharding, seed=0)
+    rest = jax.device_put(rest, rest_sharding)
     for s in range(3):
       batch = sharding.put_batch(examples.batch(np.arange(4 * s, 4 * s + 4) % len(examples)), mesh)
-      params, opt_state, m = step(params, opt_state, batch, s, jax.random.key(0))
-    results.append((jax.tree.map(np.asarray, params), float(m["loss"]), float(m["grad_norm"])))
+      state, m = step(state, rest, batch)
+    assert int(state.step) == 3
+    results.append((jax.tree.map(np.asarray, state.params), float(m["loss"]), float(m["grad_norm"])))
   (p1, l1, g1), (p4, l4, g4) = results
   # Same math, different reduction order across devices: the loss and the gradient norm agree to
   # float32 round-off. Parameters agree to within one learning-rate step (3e-5) after 3 steps:
@@ -80,6 +86,47 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
   assert np.median(diffs) < 1e-6  # the typical parameter agrees far more closely
 
 
+def _train_on(devices, config, examples, out_dir, *, batch_size, param_rules=()):
+  """train_loop on a mesh of `devices`: (metrics.jsonl records, summary)."""
+  mesh = sharding.make_mesh(devices)
+  model, _ = models.load_cross_encoder(config.ranker.model)
+  loop = train.loop_config(config.ranker, 0)
+  loop.batch_size, loop.eval_every, loop.checkpoint_every = batch_size, 4, 4
+  _, summary = train.train_loop(
+      model=model, loss_fn=ranker.listmle_loss, make_batch=examples.batch, num_examples=len(examples),
+      dev_batches=train.dev_batches_fn(examples, batch_size, mesh), loop=loop,
+      optim_config=config.ranker.optim, out_dir=str(out_dir), mesh=mesh, param_rules=param_rules)
+  return [json.loads(line) for line in open(out_dir / "metrics.jsonl")], summary
+
+
+@pytest.mark.slow  # ~30 s: three training runs
+def test_a_batch_that_does_not_split_over_the_devices_is_padded_not_enlarged(tiny, tmp_path):
+  """3 examples per step on 4 devices: one zero-weight padding row, so the same number of steps
+  and the same losses as on one device (not a batch rounded up to 4); parameters split FSDP-style
+  over the 4 devices (`mesh.param_rules`) give the same losses too."""
+  _, data_dir = tiny
+  bert = fixtures.tiny_bert(tmp_path / "bert", layers=1, hidden=16, heads=2, hidden_dropout=0.0)
+  config = fixtures.small_config(bert, data_dir)
+  config.ranker.model.attention_dropout = 0.0  # the batch shape must not change the dropout masks
+  examples = _examples(config, data_dir, tmp_path)
+  assert len(examples) == 12
+  one = _train_on(jax.devices()[:1], config, examples, tmp_path / "one", batch_size=3)
+  four = _train_on(jax.devices(), config, examples, tmp_path / "four", batch_size=3)
+  fsdp = _train_on(jax.devices(), config, examples, tmp_path / "fsdp", batch_size=3,
+                   param_rules=((".*", "fsdp"),))
+  (records, summary) = one
+  assert summary["total_steps"] == 8 and summary["batch_size"] == 3  # 2 epochs of 12 / 3
+  assert [r["step"] for r in records] == list(range(1, 9))
+  for other_records, other_summary in (four, fsdp):
+    assert other_summary == summary
+    assert [r["step"] for r in other_records] == [r["step"] for r in records]
+    # Equal up to the order of the sums across devices; the gradient norm (~2e-3, a root of a sum
+    # of squares over every parameter) carries the most round-off.
+    for key, rtol in (("train/loss", 1e-5), ("dev/loss", 1e-5), ("train/grad_norm", 1e-4)):
+      np.testing.assert_allclose([r[key] for r in other_records if key in r],
+                                 [r[key] for r in records if key in r], rtol=rtol, err_msg=key)
+
+
 def test_each_step_compiles_once_per_shape(tiny, tmp_path):
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
@@ -93,12 +140,22 @@ def test_each_step_compiles_once_per_shape(tiny, tmp_path):
   model, _ = models.load_cross_encoder(config.ranker.model)
   loop = train.loop_config(config.ranker, 0)
   loop.epochs = 3.0
+  loop.eval_every = loop.checkpoint_every = 3
+  loop.log_every = 4
+  mesh = sharding.make_mesh()
   train.train_loop(model=model, loss_fn=counted_loss, make_batch=examples.batch,
-                   num_examples=len(examples), dev_batches=train.dev_batches_fn(examples, 4, sharding.make_mesh()),
-                   loop=loop, optim_config=config.ranker.optim, out_dir=str(tmp_path / "run"))
-  steps = sum(1 for _ in open(tmp_path / "run" / "metrics.jsonl"))
-  assert steps == 9
+                   num_examples=len(examples), dev_batches=train.dev_batches_fn(examples, 4, mesh),
+                   loop=loop, optim_config=config.ranker.optim, out_dir=str(tmp_path / "run"), mesh=mesh)
   assert len(traces) == 2, traces  # one train step and one eval step, for the one bucket
+  # Metrics are fetched every 4 steps and at each eval / checkpoint step (3, 4, 6, 8, 9), and
+  # every step keeps its line; the throughput is measured from one fetch to the next.
+  records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [r["step"] for r in records] == list(range(1, 10))
+  assert all(np.isfinite([r["train/loss"], r["train/grad_norm"], r["train/lr"]]).all() for r in records)
+  assert [r["step"] for r in records if "dev/loss" in r] == [3, 6, 9]
+  assert [r["step"] for r in records if "train/examples_per_s" in r] == [3, 4, 6, 8, 9]
+  assert list(records[2]) == ["step", "train/loss", "train/grad_norm", "train/lr", "epoch", "dev/loss",
+                              "train/examples_per_s"]
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
@@ -107,11 +164,23 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
   examples = _examples(config, data_dir, tmp_path)
   model, _ = models.load_cross_encoder(config.ranker.model)
   nan_loss = lambda m, b, r: ranker.listmle_loss(m, b, r) * jnp.nan  # noqa: E731
+  batches = []
+
+  def make_batch(idx):
+    batches.append(idx)
+    return examples.batch(idx)
+
+  loop = train.loop_config(config.ranker, 0)
+  loop.eval_every, loop.checkpoint_every, loop.log_every = 0, 100, 3
+  # The loss is fetched every 3 steps: the run stops there and names the first bad step.
   with pytest.raises(train.NonFiniteLossError, match="non-finite loss nan at step 1"):
-    train.train_loop(model=model, loss_fn=nan_loss, make_batch=examples.batch,
-                     num_examples=len(examples), dev_batches=None,
-                     loop=train.loop_config(config.ranker, 0), optim_config=config.ranker.optim,
-                     out_dir=str(tmp_path / "run"))
+    train.train_loop(model=model, loss_fn=nan_loss, make_batch=make_batch,
+                     num_examples=len(examples), dev_batches=None, loop=loop,
+                     optim_config=config.ranker.optim, out_dir=str(tmp_path / "run"),
+                     mesh=sharding.make_mesh())
+  assert len(batches) == 3
+  assert not (tmp_path / "run" / "checkpoints" / "latest").exists() or not os.listdir(
+      tmp_path / "run" / "checkpoints" / "latest")
 
 
 def _latest_params(out_dir):
@@ -178,12 +247,15 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
 
 
 @pytest.mark.slow  # end to end: ranker, three distillations, evaluate
-def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
+def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path, monkeypatch):
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
   _write_candidates(tmp_path, labels)
   from interdistill_jax import distill, evaluate, pipeline
+  meshes = []
+  make_mesh = sharding.make_mesh
+  monkeypatch.setattr(sharding, "make_mesh", lambda *a: meshes.append(make_mesh(*a)) or meshes[-1])
   ranker.run(config, str(tmp_path))
   config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy
   config.distill.depth = 10  # deeper than the teacher's lists of 6: the ranker scores them all
@@ -200,6 +272,7 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path):
   distill.run(config, str(tmp_path))
   assert layout.read_done(str(tmp_path / "retriever_supervised"))["teacher"] == "qrels"
   evaluate.run(config, str(tmp_path))
+  assert len(meshes) == 5  # one mesh per task run (ranker, 3 distillations, evaluate)
   systems = ("baseline", "ranker", "ranker_fused", "distilled", "direct", "supervised")
   qrels = data_lib.load_beir(data_dir).qrels("test")
   for system in systems:
@@ -235,9 +308,9 @@ def _check_ranker_score_caches(config, workdir):
   loads = []
   real_load = ranker.load_trained_ranker
 
-  def counting_load(*args):
+  def counting_load(*args, **kwargs):
     loads.append(args)
-    return real_load(*args)
+    return real_load(*args, **kwargs)
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(ranker, "load_trained_ranker", counting_load)
@@ -367,18 +440,19 @@ def _check_residual_export(config, workdir, out):
   assert "## The residual head" in (out / "README.md").read_text()
   scale = json.loads((out / "residual.json").read_text())["scale"]
   dataset = data_lib.load_beir(config.data.dir)
-  model, tok = ranker.load_trained_ranker(config, str(workdir))
+  mesh = sharding.make_mesh()
+  model, tok = ranker.load_trained_ranker(config, str(workdir), mesh=mesh)
   pairs = [(q, d) for q in sorted(dataset.qrels("train"))[:3] for d in list(dataset.corpus)[:4]]
-  want = ranker.score_pairs(config, str(workdir), dataset, model, tok, pairs, desc="test")
+  want = ranker.score_pairs(config, str(workdir), dataset, model, tok, pairs, desc="test", mesh=mesh)
   exported = defaults.model_config()
   exported.init = str(out)
   joint, _ = models.load_cross_encoder(exported, head="cls")
-  logits = ranker.make_scorer(config, joint, tok).score_pairs(dataset, pairs, desc="test")
+  logits = ranker.make_scorer(config, joint, tok, mesh=mesh).score_pairs(dataset, pairs, desc="test")
   exported.init = str(out / "query_tower")
   tower, _ = models.load_dual_encoder(exported)
-  q = retrieval.Encoder(tower, tok, encode_config=config.encode, model_config=exported).encode(
+  q = retrieval.Encoder(tower, tok, encode_config=config.encode, model_config=exported, mesh=mesh).encode(
       [dataset.queries[q].text for q, _ in pairs], tower="query")
-  e = ranker.initial_doc_embeddings(config, str(workdir), dataset)([d for _, d in pairs])
+  e = ranker.initial_doc_embeddings(config, str(workdir), dataset, mesh=mesh)([d for _, d in pairs])
   np.testing.assert_allclose(logits + scale * np.einsum("nh,nh->n", q, e), want, rtol=1e-4, atol=1e-4)
 
 
@@ -395,7 +469,8 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   model, _ = models.load_cross_encoder(config.ranker.model, head="auto")  # a bi-encoder: residual
   assert model.residual and not np.asarray(model.classifier.kernel[...]).any()
   model.log_scale[...] = jnp.log(jnp.float32(7.0))
-  encoder = retrieval.Encoder.from_config(config)
+  mesh = sharding.make_mesh()
+  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
   emb = retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)
   examples = ranker.ListwiseExamples(labels, dataset, tok, list_size=6, max_length=32, buckets=(32,),
                                      use_prefix=True, doc_embeddings=emb)
@@ -405,7 +480,7 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   want = losses.listmle(jnp.asarray(want_scores), batch["ranking"], batch["mask"], batch["prefix"])
   np.testing.assert_allclose(ranker.listmle_loss(model, batch, None), want, rtol=1e-4, atol=1e-4)
   pairs = [(r["qid"], d) for r in labels[:4] for d in r["docids"]]
-  scores = ranker.score_pairs(config, str(tmp_path), dataset, model, tok, pairs, desc="test",
+  scores = ranker.score_pairs(config, str(tmp_path), dataset, model, tok, pairs, desc="test", mesh=mesh,
                               doc_embeddings=emb)
   np.testing.assert_allclose(scores, want_scores.reshape(-1), rtol=1e-4, atol=1e-4)
   grads = nnx.grad(lambda m: ranker.listmle_loss(m, batch, None).mean())(model)
