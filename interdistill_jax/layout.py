@@ -58,6 +58,7 @@ LAYOUT = (
     ("export/ranker/", "export", "the ranker as a cross-encoder folder (+ query_tower/, fusion.json)"),
     ("export/labels/", "export", "the labels as a Hub data set"),
     ("export/done.json", "export", "done marker: what was exported and where it was pushed"),
+    (".lock", "any", "held by the run using the workdir (its host and pid): a second run refuses"),
     ("stale/{stage}-{time}/", "any", "outputs a stage found from other settings, moved aside "
      "before it started afresh (nothing is deleted)"),
 )
@@ -153,6 +154,10 @@ def report(workdir: str) -> str:
 
 def export_dir(workdir: str, kind: str | None = None) -> str:
   return _join(workdir, "export", kind) if kind else _join(workdir, "export")
+
+
+def lock(workdir: str) -> str:
+  return _join(workdir, ".lock")
 
 
 def stale_dir(workdir: str, stage: str, time: str) -> str:

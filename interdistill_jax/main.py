@@ -11,7 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from interdistill_jax import tasks
+from interdistill_jax import layout, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -57,7 +57,7 @@ def lock_workdir(workdir: str):
   import socket  # noqa: PLC0415
   import time  # noqa: PLC0415
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, ".lock")
+  path = layout.lock(workdir)
   f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until the process ends)
   try:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

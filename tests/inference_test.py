@@ -70,7 +70,8 @@ def _alone(seqs, types=None):
 def test_encoder_matches_the_model_one_text_at_a_time(tiny, tower):
   config, tok = tiny
   model, _ = models.load_dual_encoder(config.model)
-  encoder = retrieval.Encoder(model, tok, encode_config=config.encode, model_config=config.model)
+  encoder = retrieval.Encoder(model, tok, encode_config=config.encode, model_config=config.model,
+                             mesh=sharding.make_mesh())
   ours = encoder.encode(TEXTS, tower=tower)
   seqs = tok.encode(TEXTS, encoder._max_length(tower))
   assert len({tokenization.bucket_length(len(s), encoder._runners[tower].buckets) for s in seqs}) >= 3
@@ -82,7 +83,7 @@ def test_encoder_matches_the_model_one_text_at_a_time(tiny, tower):
 def test_pair_scorer_matches_the_model_one_pair_at_a_time(tiny):
   config, tok = tiny
   model, _ = models.load_cross_encoder(config.ranker.model, head="cls")
-  scorer = ranker.make_scorer(config, model, tok)
+  scorer = ranker.make_scorer(config, model, tok, mesh=sharding.make_mesh())
   queries, passages = TEXTS, TEXTS[3:] + TEXTS[:3]
   ours = scorer.score(queries, passages)
   pairs = tok.encode_pairs(queries, passages, config.ranker.max_length)
