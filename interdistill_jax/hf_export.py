@@ -390,7 +390,7 @@ def run(config, workdir: str) -> None:
                      "repo_id_labels is")
   if jax.process_index() != 0:
     return
-  inputs = provenance.begin("export", config, workdir)
+  inputs = provenance.begin("export", config, workdir, every_process=False)  # process 0 exports
   mesh = sharding.mesh_from_config(config.mesh)
   info = model_cards.card_info(config, workdir)
   exported = [_export_retriever(config, workdir, info, mesh), _export_ranker(config, workdir, info, mesh)]

@@ -395,7 +395,7 @@ def _share_file(path: str) -> None:
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  inputs = provenance.begin("label", config, workdir)
+  inputs = provenance.begin("label", config, workdir, every_process=False)  # process 0 labels
   out = layout.labels_dir(workdir)
   paths = {"labels": layout.labels(workdir), "cache": layout.label_cache(workdir),
            "stats": layout.label_stats(workdir), "partial_stats": layout.label_partial_stats(workdir)}

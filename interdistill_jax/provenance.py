@@ -258,10 +258,14 @@ def started(name: str, workdir: str) -> str:
   return os.path.join(os.path.dirname(marker(name, workdir)), "inputs.json")
 
 
-def begin(name: str, config, workdir: str) -> dict:
+def begin(name: str, config, workdir: str, *, every_process: bool = True) -> dict:
   """Called as stage `name` starts: checks its upstream, moves aside outputs left by other
   settings (a finished stale output, or a partial run of another config), and records the
-  inputs it starts from. Returns `record(...)` for its done marker."""
+  inputs it starts from. Returns `record(...)` for its done marker.
+
+  `every_process`: every process of a multi-host run calls it (they wait for process 0 to have
+  moved and recorded before any reads the workdir); False where process 0 alone runs the stage.
+  """
   check_upstream(name, config, workdir)
   rec = record(name, config, workdir)
   path = started(name, workdir)
@@ -284,6 +288,10 @@ def begin(name: str, config, workdir: str) -> dict:
   if _is_main_process():
     from interdistill_jax import data as data_lib  # noqa: PLC0415
     data_lib.write_json(path, rec)
+  import jax  # noqa: PLC0415
+  if every_process and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    multihost_utils.sync_global_devices(f"provenance.begin:{name}")
   return rec
 
 
