@@ -15,6 +15,7 @@ import os
 # evaluate's system name -> the directory its retriever is trained in; `distill.teacher` -> system.
 SYSTEMS = {"distilled": "retriever", "direct": "retriever_direct", "supervised": "retriever_supervised"}
 TEACHER_SYSTEMS = {"ranker": "distilled", "llm": "direct", "qrels": "supervised"}
+SYSTEM_TEACHERS = {system: teacher for teacher, system in TEACHER_SYSTEMS.items()}
 
 DONE = "done.json"
 
@@ -170,6 +171,11 @@ def done(stage_dir: str) -> str:
   return os.path.join(stage_dir, DONE)
 
 
+def started(stage_dir: str) -> str:
+  """What a stage was started from (`provenance.begin`): a resumed run is checked against it."""
+  return os.path.join(stage_dir, "inputs.json")
+
+
 def is_done(stage_dir: str) -> bool:
   return os.path.exists(done(stage_dir))
 
@@ -184,16 +190,16 @@ def read_done(stage_dir: str) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """A pipeline stage: the task it runs, the config values it sets, and its done markers."""
+  """A pipeline stage: the task it runs and its done markers (`direct` and `supervised` run
+  `distill` with their own teacher: `provenance.stage_config`)."""
   task: str
   outputs: object  # (config, workdir) -> list of paths that exist once the stage has finished
-  overrides: tuple[tuple[str, str], ...] = ()
 
 
 def _distill_stage(teacher: str | None) -> Stage:
   def outputs(config, workdir):
     return [done(retriever_dir(workdir, teacher or config.distill.teacher))]
-  return Stage("distill", outputs, (("distill.teacher", teacher),) if teacher else ())
+  return Stage("distill", outputs)
 
 
 STAGES = {

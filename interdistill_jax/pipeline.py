@@ -24,18 +24,8 @@ def stage(name: str) -> layout.Stage:
 
 
 def stage_config(name: str, config):
-  """The config the stage runs with: `config` with the stage's overrides (e.g. the teacher)."""
-  overrides = stage(name).overrides
-  if not overrides:
-    return config
-  config = config.copy_and_resolve_references()
-  for key, value in overrides:
-    *parents, field = key.split(".")
-    section = config
-    for p in parents:
-      section = section[p]
-    section[field] = value
-  return config
+  """The config pipeline stage `name` runs with (`direct` and `supervised` fix the teacher)."""
+  return provenance.stage_config(provenance.stage_name(name, config), config)
 
 
 def state(name: str, config, workdir: str) -> tuple[str, list[str]]:

@@ -26,6 +26,8 @@ import os
 import shutil
 from collections.abc import Mapping
 
+from absl import logging
+
 from interdistill_jax import assets, layout
 
 # Config fields that cannot change any stage's result.
@@ -45,7 +47,7 @@ NEUTRAL = frozenset({
 })
 
 # Provenance stages: the pipeline's `distill` is one of the three retriever stages, by teacher.
-RETRIEVER_STAGES = {"distilled": "ranker", "direct": "llm", "supervised": "qrels"}
+RETRIEVER_STAGES = layout.SYSTEM_TEACHERS
 
 # stage -> (config sections or fields it reads, upstream stages it always consumes).
 _READS = {
@@ -77,8 +79,7 @@ class StaleInput(ValueError):
 def stage_name(task_stage: str, config) -> str:
   """The provenance stage of a pipeline stage (`distill` resolves by `distill.teacher`)."""
   if task_stage == "distill":
-    teacher = layout.check_teacher(config.distill.teacher)
-    return next(name for name, t in RETRIEVER_STAGES.items() if t == teacher)
+    return layout.TEACHER_SYSTEMS[layout.check_teacher(config.distill.teacher)]
   return task_stage
 
 
@@ -222,7 +223,6 @@ def check_upstream(name: str, config, workdir: str) -> None:
           f"{'; '.join(diffs)}. Rerun `{_task(up)}` (or `pipeline`, which reruns what is stale), "
           f"or run with the settings it was made with")
     if state == "unrecorded":
-      from absl import logging  # noqa: PLC0415
       logging.warning("%s records no inputs (written by an older version): it cannot be checked "
                       "against this config", marker(up, workdir))
 
@@ -253,9 +253,7 @@ def _outputs(name: str, workdir: str) -> list[str]:
 
 def started(name: str, workdir: str) -> str:
   """Where a stage writes its inputs when it starts (its resume is checked against them)."""
-  if name == "label":
-    return os.path.join(layout.labels_dir(workdir), "inputs.json")
-  return os.path.join(os.path.dirname(marker(name, workdir)), "inputs.json")
+  return layout.started(os.path.dirname(marker(name, workdir)))
 
 
 def begin(name: str, config, workdir: str, *, every_process: bool = True) -> dict:
@@ -282,7 +280,6 @@ def begin(name: str, config, workdir: str, *, every_process: bool = True) -> dic
   if left is not None and left.get("fingerprint") != rec["fingerprint"]:
     diffs = differences(left.get("inputs", {}), rec["inputs"]) or ["its inputs changed"]
     moved = move_aside(name, workdir)
-    from absl import logging  # noqa: PLC0415
     logging.warning("%s: the outputs in %s came from other settings (%s); moved to %s, starting "
                     "afresh", name, workdir, "; ".join(diffs), moved)
   if _is_main_process():

@@ -156,7 +156,7 @@ def test_labels_of_other_settings_are_moved_aside_never_extended(dataset):
   assert len(records) == NUM_QUERIES and {len(r["docids"]) for r in records} == {20}
   # Labels from before inputs were recorded cannot be told apart by settings: resuming them with
   # another teacher or other candidates is refused, never mixed.
-  os.remove(os.path.join(layout.labels_dir(str(workdir)), "inputs.json"))
+  os.remove(layout.started(layout.labels_dir(str(workdir))))
   stats = _stats(workdir)
   data.write_json(layout.label_stats(str(workdir)), {k: v for k, v in stats.items()
                                                      if k not in ("inputs", "fingerprint")})
