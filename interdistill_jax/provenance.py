@@ -39,7 +39,7 @@ NEUTRAL = frozenset({
     "teacher.price_input_per_mtok", "teacher.price_output_per_mtok", "teacher.n_threads",
     "label.weak_teacher",
     "ranker.score_batch_size", "ranker.checkpoint_every", "ranker.keep_checkpoints",
-    "distill.checkpoint_every", "distill.keep_checkpoints",
+    "ranker.log_every", "distill.checkpoint_every", "distill.keep_checkpoints", "distill.log_every",
     "reader.concurrency", "reader.rpm", "reader.max_retries", "reader.backoff_base",
     "reader.backoff_max", "reader.max_retry_after", "reader.timeout", "reader.n_threads",
     "export.push_to_hub", "export.private", "export.repo_id_retriever", "export.repo_id_ranker",
@@ -58,7 +58,7 @@ _READS = {
                   ("train_ranker", "label", "retrieve")),
     "direct": (("distill", "ranker.prefix_only", "ranker.top_k", "seed"), ("label", "retrieve")),
     "supervised": (("distill", "ranker.prefix_only", "ranker.top_k", "seed"), ("label", "retrieve")),
-    "evaluate": (("eval", "reader", "seed", "data.name"), ("retrieve",)),
+    "evaluate": (("eval", "reader", "seed"), ("retrieve",)),
     "export": (("export",), ()),
 }
 # Fields of a section a stage does not read: the loss on the LLM's rankings is the direct

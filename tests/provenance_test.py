@@ -34,6 +34,7 @@ def test_neutral_settings_never_change_a_fingerprint(tmp_path):
             for name in ("retrieve", "label", "train_ranker", "distilled", "evaluate", "export")}
   config.teacher.concurrency, config.teacher.rpm, config.encode.batch_size = 64, 100, 7
   config.ranker.score_batch_size, config.export.push_to_hub, config.label.weak_teacher = 3, True, "stop"
+  config.ranker.log_every, config.distill.log_every = 1, 50  # how often metrics are fetched
   after = {name: provenance.fingerprint(provenance.inputs(name, config, workdir)) for name in before}
   assert after == before
   config.teacher.sim_noise = 0.43
