@@ -243,6 +243,8 @@ def distill_config() -> ml_collections.ConfigDict:
                                # no-ranker ablation on the LLM rankings, retriever_direct/);
                                # "qrels" (gold judgements, retriever_supervised/).
       llm_loss="listmle",      # teacher="llm": "listmle", or "kl" to a rank-based distribution.
+      llm_top_k=-1,            # teacher="llm": the LLM's first k positions learnt (0: its whole
+                               # trusted prefix; -1: ranker.top_k, the trust the ranker gets).
       list_size=20,            # Candidates per query of the labelled lists (teacher "llm", "qrels").
       # teacher="ranker": > 0 distils over each training query's top `depth` candidates of the
       # initial run, all scored by the ranker (deeper than the LLM saw); 0: the labelled lists.

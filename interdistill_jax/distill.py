@@ -47,6 +47,15 @@ def output_dir(config, workdir: str) -> str:
   return layout.retriever_dir(workdir, config.distill.teacher)
 
 
+def llm_top_k(config) -> int:
+  """How many of the LLM's first positions the no-ranker reference learns (0: the whole trusted
+  prefix). By default the trust the ranker gets (`ranker.top_k`): both learn the same signal."""
+  k = config.distill.llm_top_k
+  if k < -1:
+    raise ValueError(f"distill.llm_top_k must be -1 (ranker.top_k), 0 or a positive count, got {k}")
+  return config.ranker.top_k if k == -1 else k
+
+
 def uses_listmle(section) -> bool:
   """Whether the retriever learns the LLM ranking by ListMLE (else KL to teacher scores)."""
   return section.teacher == "llm" and section.llm_loss == "listmle"
@@ -75,8 +84,9 @@ class CandidateLists:
   """Per training query: query tokens, candidate docids, teacher scores / ranking, fixed shapes.
 
   The lists come from `data.label_lists`, as the ranker's do: the same trust in the teacher's
-  ranked prefix (`ranker.prefix_only`). `top_k` stays 0 in training (the retriever's ListMLE
-  scores the whole trusted prefix); `dev_llm_listmle` applies `ranker.top_k` to its dev figure.
+  ranked prefix (`ranker.prefix_only`). `top_k` stays 0 in training on the ranker's or the gold
+  scores (the whole trusted prefix), is `llm_top_k(config)` for the no-ranker reference, and
+  `dev_llm_listmle` applies `ranker.top_k` to its dev figure.
   """
 
   def __init__(self, labels, dataset, tokenizer, *, list_size: int, max_query_length: int,
@@ -239,11 +249,11 @@ def deep_lists(config, workdir: str, labels, depth: int) -> list[dict]:
   return out
 
 
-def rank_scores(labels, list_size: int) -> dict[tuple[str, str], float]:
-  """A score per labelled pair from the LLM ranking alone: the i-th of the trusted prefix scores
-  -i, every candidate past it -prefix (tied: the teacher's order there is not trusted)."""
+def rank_scores(labels, list_size: int, top_k: int = 0) -> dict[tuple[str, str], float]:
+  """A score per labelled pair from the LLM ranking alone: the i-th of the trusted prefix (cut to
+  `top_k` > 0) scores -i, every candidate past it -prefix (tied: that order is not trusted)."""
   out = {}
-  lists = data_lib.label_lists(labels, list_size)
+  lists = data_lib.label_lists(labels, list_size, top_k=top_k)
   for qid, docids, ranking, mask, prefix in zip(lists.qids, lists.docids, lists.ranking, lists.mask,
                                                 lists.prefix):
     for i, j in enumerate(ranking[:mask.sum()]):
@@ -282,7 +292,7 @@ def run(config, workdir: str) -> None:
     values, fusion = teacher_scores(config, workdir, dataset, pairs, mesh=mesh)
     scores = dict(zip(pairs, values.tolist()))
   elif teacher == "llm" and section.llm_loss == "kl":
-    scores = rank_scores(labels, section.list_size)
+    scores = rank_scores(labels, section.list_size, llm_top_k(config))
   elif teacher == "qrels":
     if not dataset.has_qrels(config.label.split):
       raise ValueError(f"distill.teacher='qrels' needs qrels/{config.label.split}.tsv in {dataset.root}")
@@ -314,11 +324,13 @@ def run(config, workdir: str) -> None:
                            list_size=width, max_query_length=config.model.max_query_length,
                            doc_index=doc_index, doc_emb=doc_emb, teacher_scores=scores,
                            doc_tokens=doc_tokens, buckets=config.encode.buckets,
-                           use_prefix=config.ranker.prefix_only)
+                           use_prefix=config.ranker.prefix_only,
+                           top_k=llm_top_k(config) if teacher == "llm" else 0)
   train_ex, dev_ex = make([by_qid[q] for q in train_qids]), make([by_qid[q] for q in dev_qids])
   # The LLM's own rankings of the dev queries: the one figure every recipe is compared by.
   labelled = {r["qid"]: r for r in labels}
-  dev_llm = make([labelled[q] for q in dev_qids], list_size=section.list_size, teacher_scores=None)
+  dev_llm = make([labelled[q] for q in dev_qids], list_size=section.list_size, teacher_scores=None,
+                 top_k=0)
   temperature = section.teacher_temperature
   if auto_temperature:
     # The initial retriever's own softmaxes over the training lists set the teacher's sharpness.
@@ -341,6 +353,7 @@ def run(config, workdir: str) -> None:
       out_dir=out_dir, mesh=mesh, param_rules=config.mesh.param_rules, trainable=trainable)
   train.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                       "llm_loss": section.llm_loss if teacher == "llm" else None,
+                                      "llm_top_k": llm_top_k(config) if teacher == "llm" else None,
                                       "teacher_temperature": temperature, "list_size": width,
                                       "ranker_fusion": fusion and dataclasses.asdict(fusion),
                                       "train_queries": len(train_ex), "dev_queries": len(dev_ex),

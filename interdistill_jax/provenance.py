@@ -62,9 +62,9 @@ _READS = {
     "export": (("export",), ()),
 }
 # Fields of a section a stage does not read: the loss on the LLM's rankings is the direct
-# reference's, the ranker's depth the distilled retriever's.
-_NOT_READ = {"distilled": {"distill.llm_loss"}, "direct": {"distill.depth"},
-             "supervised": {"distill.llm_loss", "distill.depth"}}
+# reference's (and how much of them it trusts), the ranker's depth the distilled retriever's.
+_NOT_READ = {"distilled": {"distill.llm_loss", "distill.llm_top_k"}, "direct": {"distill.depth"},
+             "supervised": {"distill.llm_loss", "distill.llm_top_k", "distill.depth"}}
 # Stages whose outputs evaluate and export read when they exist.
 _OPTIONAL_UPSTREAM = {
     "evaluate": ("label", "train_ranker", "distilled", "direct", "supervised"),

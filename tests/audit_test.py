@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from interdistill_jax import distill, labeling, layout, report
+from interdistill_jax import defaults, distill, labeling, layout, report
 
 
 def _record(qid, docids, ranking, prefix=None):
@@ -61,6 +61,20 @@ def test_rank_based_target_trusts_only_the_ranked_prefix():
   assert scores == {("q", "c"): 0.0, ("q", "a"): -1.0, ("q", "b"): -2.0, ("q", "d"): -2.0}
   # Cut to its first two candidates: a is the teacher's best of them, and the only trusted one.
   assert distill.rank_scores([r], list_size=2) == {("q", "a"): 0.0, ("q", "b"): -1.0}
+  # Cut to the teacher's first choice (the ranker's trust at ranker.top_k=1): the rest tie.
+  assert distill.rank_scores([r], list_size=4, top_k=1) == {
+      ("q", "c"): 0.0, ("q", "a"): -1.0, ("q", "b"): -1.0, ("q", "d"): -1.0}
+
+
+def test_the_no_ranker_reference_takes_the_rankers_trust_by_default():
+  config = defaults.base_config()
+  config.ranker.top_k = 1
+  assert distill.llm_top_k(config) == 1
+  config.distill.llm_top_k = 0  # the whole trusted prefix
+  assert distill.llm_top_k(config) == 0
+  config.distill.llm_top_k = -2
+  with pytest.raises(ValueError, match="distill.llm_top_k"):
+    distill.llm_top_k(config)
 
 
 def test_qrels_target_grades_and_drops_lists_without_a_judged_candidate():
