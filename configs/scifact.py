@@ -14,8 +14,9 @@ top 50, the lowest dev ListMLE of the teacher's rankings (benchmarks/recipes.py,
 benchmarks/results/scifact_recipes_s0.json). The query tower is distilled (the corpus is encoded
 once), with the teacher temperature matched to the initial retriever's sharpness, for 8 epochs at
 5e-5 (184 steps); the ranker re-ranks the top 100 for its own evaluation. The no-ranker ablation
-(`distill.teacher=llm`) learns the LLM rankings by KL to a rank-based target
-(`distill.llm_loss="kl"`: lower dev ListMLE than ListMLE training at the same settings). With a
+(`distill.teacher=llm`) learns the LLM's first choice, the trust the ranker gets
+(`distill.llm_top_k=-1`: ranker.top_k), by ListMLE: of ListMLE and KL to a rank-based target, each
+over the LLM's whole order or its first choice, the lowest dev ListMLE (seed 0). With a
 real cross-encoder checkpoint, set ranker.model.init (the "auto" head is then its classifier).
 
   python -m interdistill_jax.main --config=configs/scifact.py --config.data.dir=../shared/data/scifact
@@ -60,7 +61,7 @@ def get_config(arg=None):
   config.ranker.fuse_initial = "fit"
   config.distill.list_size = 20
   config.distill.depth = 50
-  config.distill.llm_loss = "kl"
+  config.distill.llm_loss = "listmle"
   config.distill.towers = "query"
   config.distill.teacher_temperature = 0.0  # auto: matched to the initial retriever's entropy
   config.distill.epochs = 8.0
