@@ -326,74 +326,93 @@ def _init_text(init: str) -> str:
   return f"`{init}`" if init else f"the packaged {model_cards.PACKAGED_BASE_MODEL}"
 
 
-def _export_retriever(config, workdir: str, info: dict, mesh) -> Exported:
+@dataclasses.dataclass
+class _Loaded:
+  """A model to export, with where its tokenizer comes from and what its card says of its weights."""
+  model: Any
+  trained: bool
+  source: str
+  weights: str
+
+
+def _load_retriever(config, workdir: str, mesh) -> _Loaded:
   model = _trained_model(config, workdir, "retriever", mesh=mesh)
-  trained = model is not None
-  if trained:
-    source = models.resolve_checkpoint(config.model.init).dir
-    weights = "trained in this experiment (retriever/checkpoints)"
-  else:
-    model, ckpt = models.load_dual_encoder(config.model, seed=config.seed)
-    source = ckpt.dir
-    weights = (f"initial weights of {_init_text(config.model.init)} "
-               "(no trained retriever in this experiment)")
-    logging.warning("Exporting the retriever's INITIAL weights (%s): %s does not exist", source,
-                    os.path.join(layout.retriever_dir(workdir, "ranker"), "checkpoints"))
-  card = dict(info, weights=weights, trained=trained, title="Distilled dense retriever",
-              base_model=config.export.base_model or model_cards.hub_id(config.model.init),
-              init=config.model.init, repo_id=config.export.repo_id_retriever)
-  path = export_dual_encoder(model, source, layout.export_dir(workdir, "retriever"), card=card,
-                             max_seq_length=config.model.max_doc_length,
-                             max_query_length=config.model.max_query_length)
-  return Exported("retriever", path, trained)
+  if model is not None:
+    return _Loaded(model, True, models.resolve_checkpoint(config.model.init).dir,
+                   "trained in this experiment (retriever/checkpoints)")
+  model, ckpt = models.load_dual_encoder(config.model, seed=config.seed)
+  logging.warning("Exporting the retriever's INITIAL weights (%s): %s does not exist", ckpt.dir,
+                  os.path.join(layout.retriever_dir(workdir, "ranker"), "checkpoints"))
+  return _Loaded(model, False, ckpt.dir,
+                 f"initial weights of {_init_text(config.model.init)} "
+                 "(no trained retriever in this experiment)")
 
 
-def _export_ranker(config, workdir: str, info: dict, mesh) -> Exported:
+def _load_ranker(config, workdir: str, mesh) -> _Loaded:
   model_config = config.ranker.model
   model = _trained_model(config, workdir, "ranker", mesh=mesh)
-  trained = model is not None
-  if trained:
-    source = models.resolve_checkpoint(model_config.init).dir
-    weights = "trained in this experiment (ranker/checkpoints)"
-  else:
-    model, ckpt = models.load_cross_encoder(model_config, seed=config.seed)
-    source = ckpt.dir
-    weights = (f"initial weights of {_init_text(model_config.init)}, classification head "
-               "untrained (no trained ranker in this experiment)")
-    logging.warning("Exporting the ranker's INITIAL weights (%s; untrained head): %s does not exist",
-                    source, os.path.join(layout.ranker_dir(workdir), "checkpoints"))
-  card = dict(info, weights=weights, trained=trained, title="Cross-encoder ranker",
+  if model is not None:
+    return _Loaded(model, True, models.resolve_checkpoint(model_config.init).dir,
+                   "trained in this experiment (ranker/checkpoints)")
+  model, ckpt = models.load_cross_encoder(model_config, seed=config.seed)
+  logging.warning("Exporting the ranker's INITIAL weights (%s; untrained head): %s does not exist",
+                  ckpt.dir, os.path.join(layout.ranker_dir(workdir), "checkpoints"))
+  return _Loaded(model, False, ckpt.dir,
+                 f"initial weights of {_init_text(model_config.init)}, classification head "
+                 "untrained (no trained ranker in this experiment)")
+
+
+def _export_retriever(config, workdir: str, info: dict, loaded: _Loaded) -> Exported:
+  card = dict(info, weights=loaded.weights, trained=loaded.trained, title="Distilled dense retriever",
+              base_model=config.export.base_model or model_cards.hub_id(config.model.init),
+              init=config.model.init, repo_id=config.export.repo_id_retriever)
+  path = export_dual_encoder(loaded.model, loaded.source, layout.export_dir(workdir, "retriever"),
+                             card=card, max_seq_length=config.model.max_doc_length,
+                             max_query_length=config.model.max_query_length)
+  return Exported("retriever", path, loaded.trained)
+
+
+def _export_ranker(config, workdir: str, info: dict, loaded: _Loaded) -> Exported:
+  model_config = config.ranker.model
+  card = dict(info, weights=loaded.weights, trained=loaded.trained, title="Cross-encoder ranker",
               base_model=config.export.base_model or model_cards.hub_id(model_config.init),
               init=model_config.init, repo_id=config.export.repo_id_ranker)
   fusion = None
-  if trained:
+  if loaded.trained:
     from interdistill_jax import fusion as fusion_lib  # noqa: PLC0415 (training code only when trained)
     fusion = fusion_lib.load_fusion(config, workdir)
   if fusion is not None:
     card["fusion"] = {"ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
                       "initial": _init_text(config.model.init)}
   out_dir = layout.export_dir(workdir, "ranker")
-  path = export_cross_encoder(model, source, out_dir, card=card, max_length=config.ranker.max_length)
+  path = export_cross_encoder(loaded.model, loaded.source, out_dir, card=card,
+                              max_length=config.ranker.max_length)
   if fusion is not None:
     with open(layout.fusion(workdir), encoding="utf-8") as f:
       fit = json.load(f)
     if os.path.isabs(str(fit.get("initial_run"))):  # a path of this machine: relative to the workdir
       fit["initial_run"] = os.path.relpath(fit["initial_run"], workdir)
     _write_json(os.path.join(out_dir, "fusion.json"), fit)
-  return Exported("ranker", path, trained)
+  return Exported("ranker", path, loaded.trained)
 
 
 def run(config, workdir: str) -> None:
-  """Task `export`: export/retriever, export/ranker, export/labels; then the Hub when asked."""
+  """Task `export`: export/retriever, export/ranker, export/labels; then the Hub when asked.
+
+  Every process restores the models (a checkpoint restore takes them all), each onto its own
+  devices so that it holds them whole; process 0 alone writes and pushes.
+  """
   if config.export.push_to_hub and not any(_repo_ids(config.export).values()):
     raise ValueError("export.push_to_hub is set but no export.repo_id_retriever / repo_id_ranker / "
                      "repo_id_labels is")
+  inputs = provenance.begin("export", config, workdir)
+  mesh = sharding.local_mesh(sharding.mesh_from_config(config.mesh))
+  retriever, ranker = _load_retriever(config, workdir, mesh), _load_ranker(config, workdir, mesh)
   if jax.process_index() != 0:
     return
-  inputs = provenance.begin("export", config, workdir, every_process=False)  # process 0 exports
-  mesh = sharding.mesh_from_config(config.mesh)
   info = model_cards.card_info(config, workdir)
-  exported = [_export_retriever(config, workdir, info, mesh), _export_ranker(config, workdir, info, mesh)]
+  exported = [_export_retriever(config, workdir, info, retriever),
+              _export_ranker(config, workdir, info, ranker)]
   labels = export_labels(workdir, layout.export_dir(workdir, "labels"),
                          card=dict(info, repo_id=config.export.repo_id_labels))
   if labels:

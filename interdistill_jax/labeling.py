@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from interdistill_jax import assets, data, layout, metrics, provenance
+from interdistill_jax import assets, data, layout, metrics, peers, provenance
 from interdistill_jax import teachers
 from interdistill_jax.teachers import pricing
 from interdistill_jax.teachers.cache import Cache
@@ -358,40 +358,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Task `label` (see the module docstring).
 
   With several JAX processes only process 0 talks to the teacher, so no prompt is ever sent twice;
-  it then hands labels.jsonl and stats.json to every other process, which writes them into its
-  own workdir (each host of a pod has its own disk).
+  the others wait for it to finish and then read labels/ from the shared workdir.
   """
   import jax
-  if jax.process_count() == 1:
-    _run(config, workdir)
-    return
   if jax.process_index() == 0:
     _run(config, workdir)
   else:
     logging.info("label: process %d leaves the teacher to process 0 and waits for its labels",
                  jax.process_index())
-  for path in (layout.labels(workdir), layout.label_stats(workdir)):
-    _share_file(path)
-
-
-def _share_file(path: str) -> None:
-  """Process 0's copy of the file, written atomically on every other process."""
-  import jax
-  import numpy as np
-  from jax.experimental import multihost_utils
-  raw = b""
-  if jax.process_index() == 0:
-    with open(path, "rb") as f:
-      raw = f.read()
-  size = int(multihost_utils.broadcast_one_to_all(np.int64(len(raw))))
-  buf = np.frombuffer(raw, np.uint8) if jax.process_index() == 0 else np.zeros(size, np.uint8)
-  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
-  if jax.process_index() != 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{jax.process_index()}"
-    with open(tmp, "wb") as f:
-      f.write(buf.tobytes())
-    os.replace(tmp, path)
+  peers.barrier("label")
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -60,6 +60,8 @@ LAYOUT = (
     ("export/labels/", "export", "the labels as a Hub data set"),
     ("export/done.json", "export", "done marker: what was exported and where it was pushed"),
     (".lock", "any", "held by the run using the workdir (its host and pid): a second run refuses"),
+    (".peers/{run}/", "any", "a multi-process run's files: each process's proof that it sees the "
+     "workdir, barriers, and the error of a process that failed (`peers.py`)"),
     ("stale/{stage}-{time}/", "any", "outputs a stage found from other settings, moved aside "
      "before it started afresh (nothing is deleted)"),
 )
@@ -159,6 +161,15 @@ def export_dir(workdir: str, kind: str | None = None) -> str:
 
 def lock(workdir: str) -> str:
   return _join(workdir, ".lock")
+
+
+def peers_dir(workdir: str) -> str:
+  return _join(workdir, ".peers")
+
+
+def peer_run(workdir: str, token: str) -> str:
+  """The directory through which the processes of multi-process run `token` meet."""
+  return _join(workdir, ".peers", token)
 
 
 def stale_dir(workdir: str, stage: str, time: str) -> str:

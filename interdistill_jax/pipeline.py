@@ -14,7 +14,7 @@ import os
 
 from absl import logging
 
-from interdistill_jax import layout, provenance, tasks
+from interdistill_jax import layout, peers, provenance, tasks
 
 
 def stage(name: str) -> layout.Stage:
@@ -47,15 +47,22 @@ def run(config, workdir: str) -> None:
   for name in config.pipeline.stages:
     stage(name)  # every name is checked before anything runs
   for name in config.pipeline.stages:
-    current, changes = state(name, config, workdir)
-    if current in ("current", "unrecorded"):
-      if current == "unrecorded":
-        logging.warning("pipeline: %s in %s records no inputs (an older version wrote it): kept, "
-                        "unchecked", name, workdir)
-      logging.info("pipeline: %s already complete in %s, skipping", name, workdir)
-      continue
-    if current == "stale":
-      logging.warning("pipeline: %s is stale in %s (%s): rerunning it", name, workdir,
-                      "; ".join(changes))
-    logging.info("pipeline: running %s", name)
-    tasks.resolve(stage(name).task)(stage_config(name, config), workdir)
+    _run_stage(name, config, workdir)
+    # With several processes, what process 0 wrote last (outputs, done marker) is in the shared
+    # workdir before any process looks at the next stage.
+    peers.barrier(f"pipeline:{name}")
+
+
+def _run_stage(name: str, config, workdir: str) -> None:
+  current, changes = state(name, config, workdir)
+  if current in ("current", "unrecorded"):
+    if current == "unrecorded":
+      logging.warning("pipeline: %s in %s records no inputs (an older version wrote it): kept, "
+                      "unchecked", name, workdir)
+    logging.info("pipeline: %s already complete in %s, skipping", name, workdir)
+    return
+  if current == "stale":
+    logging.warning("pipeline: %s is stale in %s (%s): rerunning it", name, workdir,
+                    "; ".join(changes))
+  logging.info("pipeline: running %s", name)
+  tasks.resolve(stage(name).task)(stage_config(name, config), workdir)

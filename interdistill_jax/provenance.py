@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from absl import logging
 
-from interdistill_jax import assets, layout
+from interdistill_jax import assets, layout, peers
 
 # Config fields that cannot change any stage's result.
 NEUTRAL = frozenset({
@@ -261,11 +261,20 @@ def begin(name: str, config, workdir: str, *, every_process: bool = True) -> dic
   settings (a finished stale output, or a partial run of another config), and records the
   inputs it starts from. Returns `record(...)` for its done marker.
 
-  `every_process`: every process of a multi-host run calls it (they wait for process 0 to have
-  moved and recorded before any reads the workdir); False where process 0 alone runs the stage.
+  `every_process`: every process of a multi-host run calls it (process 0 alone moves and
+  records, and none reads the workdir before it has); False where process 0 alone runs the stage.
   """
   check_upstream(name, config, workdir)
   rec = record(name, config, workdir)
+  if _is_main_process():
+    _settle(name, workdir, rec)
+  if every_process:
+    peers.barrier(f"provenance.begin:{name}")
+  return rec
+
+
+def _settle(name: str, workdir: str, rec: dict) -> None:
+  """Moves aside what stage `name` left from other settings, and records `rec` as its start."""
   path = started(name, workdir)
   previous = None
   if os.path.exists(path):
@@ -276,24 +285,18 @@ def begin(name: str, config, workdir: str, *, every_process: bool = True) -> dic
   if left is None and any(os.path.exists(p) for p in _outputs(name, workdir)):
     # Outputs from before inputs were recorded: the stage's own checks decide whether they
     # resume; recording inputs now would pass them off as this config's.
-    return rec
+    return
   if left is not None and left.get("fingerprint") != rec["fingerprint"]:
     diffs = differences(left.get("inputs", {}), rec["inputs"]) or ["its inputs changed"]
     moved = move_aside(name, workdir)
     logging.warning("%s: the outputs in %s came from other settings (%s); moved to %s, starting "
                     "afresh", name, workdir, "; ".join(diffs), moved)
-  if _is_main_process():
-    from interdistill_jax import data as data_lib  # noqa: PLC0415
-    data_lib.write_json(path, rec)
-  import jax  # noqa: PLC0415
-  if every_process and jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-    multihost_utils.sync_global_devices(f"provenance.begin:{name}")
-  return rec
+  from interdistill_jax import data as data_lib  # noqa: PLC0415
+  data_lib.write_json(path, rec)
 
 
 def move_aside(name: str, workdir: str) -> str | None:
-  """Moves stage `name`'s outputs to `stale/<stage>-<time>/` (nothing is deleted)."""
+  """Moves stage `name`'s outputs to `stale/<stage>-<time>/` (nothing is deleted; process 0)."""
   paths = [p for p in _outputs(name, workdir) if os.path.exists(p)]
   if not paths or not _is_main_process():
     return None

@@ -32,7 +32,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, fusion, inference, layout, losses, models, provenance
+from interdistill_jax import assets, fusion, inference, layout, losses, models, peers, provenance
 from interdistill_jax import retrieval, sharding, tokenization, train
 
 
@@ -206,9 +206,7 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
         "ce_weight": fit.ce_weight, "initial_weight": fit.initial_weight,
         "initial_run": initial.source, "dev_queries": len(dev_labels), "dev_pairs": len(pairs),
         "dev_listmle": dev_loss})
-  if jax.process_count() > 1:  # every process reads it next (distill, evaluate)
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("fusion:" + path)
+  peers.barrier("fusion:" + path)  # every process reads it next (distill, evaluate)
   return dev_loss
 
 

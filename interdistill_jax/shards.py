@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
+from interdistill_jax import peers
 from interdistill_jax import search as search_lib
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -120,9 +121,7 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
     logging.info("Wrote %s.npy (%d passages)", base, len(docs))
   if not counts:
     raise data_lib.DataError(corpus_path, None, "no documents")
-  if n > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("shards:" + directory)
+  peers.barrier("shards:" + directory)
   if p == 0:
     missing = [i for i in range(len(counts))
                if not os.path.exists(os.path.join(directory, _shard_name(i) + ".npy"))]
@@ -132,8 +131,7 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
     data_lib.write_json(manifest_path, dict(
         want, complete=True, dim=dim, num_docs=sum(counts), num_shards=len(counts),
         offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()))
-  if n > 1:
-    multihost_utils.sync_global_devices("shards-done:" + directory)
+  peers.barrier("shards-done:" + directory)
   return ShardStore(directory)
 
 
@@ -223,9 +221,7 @@ def load_or_build_faiss(store: ShardStore, kind: str, *, nlist: int = 0, pq_m: i
     faiss.write_index(index, path + ".tmp")
     os.replace(path + ".tmp", path)
     logging.info("Built %s in %.1f s", path, time.perf_counter() - t)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("faiss:" + path)
+  peers.barrier("faiss:" + path)
   return faiss.read_index(path)
 
 

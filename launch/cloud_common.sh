@@ -66,7 +66,9 @@ Common options:
   --zone ZONE          zone (default ${DEFAULT_ZONE})
   --project PROJECT    project (default: gcloud's configured project)
   --workdir DIR        experiment directory on the VM, relative to ~/${CODE_DIR} (default runs/NAME);
-                       a --workdir among the main.py arguments is used when this one is absent
+                       a --workdir among the main.py arguments is used when this one is absent. On
+                       a pod slice every worker must see it: an absolute path on storage all of them
+                       mount (NFS, GCS FUSE); a per-worker disk is refused at start-up
   --fetch_to DIR       local directory that receives WORKDIR (default runs)
   --ref REF            git commit to ship (default HEAD; uncommitted changes are not shipped)
   --env_keys K1,K2     forward these local environment variables (e.g. OPENAI_API_KEY) to the run,

@@ -18,7 +18,8 @@
 # jax.distributed.initialize). Each process writes stdout and stderr to
 # ${LOG_DIR:-/tmp}/interdistill_proc<i>.log, and the same lines appear here prefixed with "[proc i] ".
 # SIGINT/SIGTERM stop every process; when one process fails the others are stopped, and the script
-# exits with the failed process's status.
+# exits with the failed process's status. The processes share --workdir (one machine, one disk), as
+# main.py requires of every multi-process run.
 #
 # Environment: PYTHON (default: .venv/bin/python of this repository), LOG_DIR (default /tmp).
 #

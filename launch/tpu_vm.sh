@@ -2,7 +2,8 @@
 # Runs interdistill_jax on a Cloud TPU VM or pod slice with jax[tpu]: create or reuse it, sync the code
 # and install on every worker, run the same command on every worker with --multihost (JAX finds the
 # coordinator and process ids from the TPU environment), fetch the workdir from worker 0, optionally
-# delete.
+# delete. On a pod slice the workers share one workdir: pass --workdir an absolute path on storage
+# every worker mounts (NFS, GCS FUSE); a workdir on each worker's own disk is refused at start-up.
 #
 #   launch/tpu_vm.sh --name my-v5e --zone us-west4-a --accelerator v5litepod-16 [--delete_after] -- \
 #       --config=configs/scifact.py --config.task=evaluate --config.model.dtype=bfloat16

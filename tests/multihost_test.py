@@ -1,14 +1,19 @@
 """Multi-host code paths on one machine: 2 JAX processes x 2 CPU devices against 1 process x 4 devices.
 
 Both runs go through `python -m interdistill_jax.main`; the 2-process run through `launch/local.sh`,
-which joins the processes with `jax.distributed` over 127.0.0.1 (gloo collectives on CPU).
+which joins the processes with `jax.distributed` over 127.0.0.1 (gloo collectives on CPU). The
+failure tests start local.sh's processes themselves (from its --dry_run), since local.sh would stop
+the others itself: they check that the processes stop one another.
 """
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import ml_collections
@@ -76,6 +81,12 @@ def runs(tmp_path_factory):
   for task in ("retrieve", "train_ranker"):
     _run_single(config_file, single, task)
     _run_two_processes(config_file, multi, task, root / f"logs_{task}")
+  # evaluate and export read the same trained models in both runs: a copy of the 2-process workdir.
+  one = root / "multi_one"
+  shutil.copytree(multi, one)
+  for task in ("evaluate", "export"):
+    _run_single(config_file, one, task)
+    _run_two_processes(config_file, multi, task, root / f"logs_{task}")
   # Labelling with the simulated teacher, from the candidates just retrieved.
   for wd in (single, multi):
     (wd / "label_run" / "candidates").mkdir(parents=True)
@@ -85,6 +96,50 @@ def runs(tmp_path_factory):
   _run_single(config_file, single / "label_run", "label", extra=labelling)
   _run_two_processes(config_file, multi / "label_run", "label", root / "logs_label", extra=labelling)
   return single, multi, bert
+
+
+def _assert_close(a, b, where=""):
+  """Equal JSON values, numbers to float round-off."""
+  if isinstance(a, dict):
+    assert isinstance(b, dict) and a.keys() == b.keys(), where
+    for key in a:
+      _assert_close(a[key], b[key], f"{where}.{key}")
+  elif isinstance(a, list):
+    assert isinstance(b, list) and len(a) == len(b), where
+    for i, (x, y) in enumerate(zip(a, b)):
+      _assert_close(x, y, f"{where}[{i}]")
+  elif isinstance(a, float):
+    np.testing.assert_allclose(a, b, atol=1e-6, err_msg=where)
+  else:
+    assert a == b, where
+
+
+def test_evaluate_writes_the_same_metrics(runs):
+  _, multi, _ = runs
+  one = multi.parent / "multi_one"
+  names = sorted(str(p.relative_to(one / "eval")) for p in (one / "eval").rglob("*.json"))
+  assert {"baseline.json", "ranker.json", "compare.json", "done.json"} <= set(names)
+  assert sorted(str(p.relative_to(multi / "eval")) for p in (multi / "eval").rglob("*.json")) == names
+  for name in names:
+    _assert_close(*(json.loads((wd / "eval" / name).read_text()) for wd in (one, multi)), name)
+  assert json.loads((multi / "eval" / "ranker.json").read_text())["metrics"]["ndcg@10"] > 0
+  assert (one / "eval" / "ranker.trec").read_text() == (multi / "eval" / "ranker.trec").read_text()
+
+
+def test_export_writes_the_same_files(runs):
+  _, multi, _ = runs
+  one = multi.parent / "multi_one"
+  files = sorted(p.relative_to(one / "export") for p in (one / "export").rglob("*") if p.is_file())
+  assert files == sorted(p.relative_to(multi / "export") for p in (multi / "export").rglob("*")
+                         if p.is_file())
+  assert any(f.name == "model.safetensors" for f in files) and len(files) > 10
+  for f in files:
+    a, b = ((wd / "export" / f).read_bytes() for wd in (one, multi))
+    if f.name == "done.json":  # it names the workdir
+      a = a.replace(str(one).encode(), str(multi).encode())
+    assert a == b, f
+  done = json.loads((multi / "export" / "done.json").read_text())
+  assert done["exported"]["ranker"]["trained"] is True
 
 
 def test_retrieve_writes_the_same_candidates(runs):
@@ -129,10 +184,131 @@ def test_only_process_zero_calls_the_teacher(runs):
   def labels(wd):
     return [json.loads(line) for line in open(wd / "label_run" / "labels" / "labels.jsonl")]
   a, b = labels(single), labels(multi)
-  # Process 1 wrote its copy last (from process 0's broadcast), over process 0's file.
+  # One file in the shared workdir, written by process 0 alone.
   assert len(a) == 12 and a == b
   stats = [json.loads((wd / "label_run" / "labels" / "stats.json").read_text()) for wd in (single, multi)]
   # The same number of prompts answered as by one process: none was sent twice.
   assert stats[1]["calls"]["answered"] == stats[0]["calls"]["answered"] == 12
   log1 = (multi.parent / "logs_label" / "interdistill_proc1.log").read_text()
   assert "leaves the teacher to process 0" in log1
+
+
+# --- failures: every process stops, within a bounded time, saying why --------------------------
+
+PEER_TIMEOUT = 5  # --peer_timeout of the failure tests: the bound they check
+
+
+def _start_processes(main_args, tmp_path, workdirs=None):
+  """local.sh's 2 processes x 2 devices, started here (not by local.sh, which would stop the others
+  when one fails); `workdirs` gives each process its own. Returns [(Popen, log path)]."""
+  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  dry = subprocess.run([str(REPO / "launch" / "local.sh"), "--num_processes", "2",
+                        "--devices_per_process", "2", "--dry_run", "--", *main_args],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=True)
+  commands = [shlex.split(line[2:]) for line in dry.stdout.splitlines() if line.startswith("+ ")]
+  assert len(commands) == 2
+  procs = []
+  for i, cmd in enumerate(commands):
+    if workdirs:
+      cmd = [f"--workdir={workdirs[i]}" if w.startswith("--workdir=") else w for w in cmd]
+    log = tmp_path / f"proc{i}.log"
+    with open(log, "w") as out:
+      procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO),
+                    log))
+  return procs
+
+
+def _wait_all(procs, timeout):
+  for proc, _ in procs:
+    try:
+      proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      for p, _ in procs:
+        p.kill()
+      pytest.fail(f"a process still ran {timeout} s later: " + " | ".join(
+          log.read_text()[-1500:] for _, log in procs))
+
+
+def _wait_for_line(log, text, timeout=120):
+  deadline = time.monotonic() + timeout
+  while text not in log.read_text():
+    assert time.monotonic() < deadline, f"{text!r} never appeared: {log.read_text()[-2000:]}"
+    time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def label_setup(tmp_path_factory):
+  """A config whose `label` task needs no model: the simulated teacher over a data set."""
+  root = tmp_path_factory.mktemp("failures")
+  data_dir = fixtures.tiny_beir(root / "data", num_train=12)
+  config = fixtures.small_config(root / "no-model", data_dir)
+  config.teacher.backend = "simulated"
+  config.label.num_candidates = 8
+  config_file = root / "cfg.py"
+  fixtures.write_config_file(config_file, config)
+  return config_file, data_dir
+
+
+def _label_args(config_file, workdir):
+  return [f"--config={config_file}", "--config.task=label", f"--workdir={workdir}",
+          f"--peer_timeout={PEER_TIMEOUT}"]
+
+
+def test_a_failure_of_process_0_stops_the_other_with_its_error(label_setup, tmp_path):
+  config_file, _ = label_setup
+  # No candidates: process 0 fails in `label` while process 1 waits for its labels.
+  procs = _start_processes(_label_args(config_file, tmp_path / "work"), tmp_path)
+  _wait_all(procs, timeout=120)
+  logs = [log.read_text() for _, log in procs]
+  assert [p.returncode for p, _ in procs] == [1, 1], logs
+  cause = f"{tmp_path / 'work' / 'candidates' / 'train.trec'} not found: run the `retrieve` task first"
+  assert f"error: {cause}" in logs[0]
+  assert f"error: process 0 of 2 failed: {cause}" in logs[1]
+  assert "Traceback" not in logs[1]
+
+
+def _write_candidates(path, data_dir):
+  """A TREC run of every training query over the first 8 documents."""
+  qids = [line.split("\t")[0] for line in (data_dir / "qrels" / "train.tsv").read_text().splitlines()[1:]]
+  docids = [json.loads(line)["_id"] for line in (data_dir / "corpus.jsonl").read_text().splitlines()]
+  path.parent.mkdir(parents=True)
+  path.write_text("".join(f"{q} Q0 {d} {r + 1} {10.0 - r} initial\n"
+                          for q in dict.fromkeys(qids) for r, d in enumerate(docids[:8])))
+
+
+@pytest.mark.parametrize("killed", [0, 1])
+def test_a_killed_process_stops_the_other_within_the_peer_timeout(label_setup, tmp_path, killed):
+  config_file, data_dir = label_setup
+  _write_candidates(tmp_path / "work" / "candidates" / "train.trec", data_dir)
+  procs = _start_processes(_label_args(config_file, tmp_path / "work"), tmp_path)
+  # Process 1 is past start-up and waits for process 0's labels: one of them dies by SIGKILL.
+  _wait_for_line(procs[1][1], "leaves the teacher to process 0")
+  procs[killed][0].kill()
+  killed_at = time.monotonic()
+  survivor, log = procs[1 - killed]
+  _wait_all([(survivor, log)], timeout=PEER_TIMEOUT + 60)
+  assert time.monotonic() - killed_at < PEER_TIMEOUT + 60
+  text = log.read_text()
+  assert survivor.returncode not in (0, None), text[-3000:]
+  # JAX's coordination service says which process stopped answering, or that its host (process
+  # 0, the coordinator) is gone.
+  assert "another task died" in text, text[-3000:]
+  if killed == 1:
+    assert re.search(r"unhealthy \(stopped sending heartbeats\):\s*1\s", text), text[-3000:]
+  procs[killed][0].wait()
+
+
+def test_processes_that_do_not_share_the_workdir_are_refused(label_setup, tmp_path):
+  config_file, _ = label_setup
+  workdirs = [tmp_path / "host0" / "work", tmp_path / "host1" / "work"]
+  procs = _start_processes(_label_args(config_file, workdirs[0]), tmp_path, workdirs=workdirs)
+  _wait_all(procs, timeout=120)
+  logs = [log.read_text() for _, log in procs]
+  assert [p.returncode for p, _ in procs] == [1, 1], logs
+  for i in range(2):
+    line = next(l for l in logs[i].splitlines() if l.startswith("error: "))
+    assert line.startswith(f"error: the workdir is not shared between the processes: process {i} "
+                           f"does not see process {1 - i}'s {workdirs[i] / '.peers'}"), line
+    assert f"after {PEER_TIMEOUT} s (a disk per host?)" in line
+  assert not (workdirs[0] / "labels").exists()  # refused before anything ran

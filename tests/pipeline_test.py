@@ -99,7 +99,8 @@ def test_layout_paths_are_in_the_table():
            layout.eval_file(w, "compare.json"), layout.report(w),
            *(layout.export_dir(w, k) + "/" for k in ("retriever", "ranker", "labels")),
            layout.done(layout.export_dir(w)), layout.done(layout.eval_dir(w)),
-           layout.stale_dir(w, "{stage}", "{time}") + "/", layout.lock(w)]
+           layout.stale_dir(w, "{stage}", "{time}") + "/", layout.lock(w),
+           layout.peer_run(w, "{run}") + "/"]
   for path in paths:
     assert os.path.relpath(path, w).replace(os.sep, "/") + ("/" if path.endswith("/") else "") \
         in patterns, path
