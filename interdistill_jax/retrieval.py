@@ -172,9 +172,10 @@ def corpus_shards(config, workdir: str, encoder: Encoder, dataset: data_lib.Data
 def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
   """(docids, index) of the corpus under `encoder`.
 
-  `encode.shard_size` 0: embeddings in memory, exact search sharded over the mesh. Otherwise
-  on-disk shards (bounded memory), searched exactly shard by shard or, with `retrieve.index`
-  "ivfpq" or "hnsw", through a FAISS index built from the shards and stored beside them.
+  `encode.shard_size` 0: embeddings in memory, searched exactly. Otherwise on-disk shards
+  (bounded memory), searched exactly shard by shard or, with `retrieve.index` "ivfpq" or "hnsw",
+  through a FAISS index built from the shards and stored beside them. Exact search runs on the
+  kernel `retrieve.exact_backend` chooses (`search.exact_backend`).
   """
   section = config.retrieve
   if config.encode.shard_size <= 0:
@@ -182,11 +183,13 @@ def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Datas
       raise ValueError(f"retrieve.index={section.index!r} needs on-disk shards: set "
                        "encode.shard_size > 0")
     docids, emb = corpus_embeddings(config, workdir, encoder, dataset)
-    return docids, search.ExactIndex(emb, mesh=encoder.mesh, block_size=section.block_size)
+    return docids, search.exact_index(emb, mesh=encoder.mesh, block_size=section.block_size,
+                                      backend=section.exact_backend)
   store = corpus_shards(config, workdir, encoder, dataset)
   if section.index == "exact":
     return store.docids(), shards.ShardedExactIndex(store, mesh=sharding.local_mesh(encoder.mesh),
-                                                    block_size=section.block_size)
+                                                    block_size=section.block_size,
+                                                    backend=section.exact_backend)
   return store.docids(), shards.FaissIndex(
       shards.load_or_build_faiss(store, section.index, nlist=section.nlist, pq_m=section.pq_m,
                                  hnsw_m=section.hnsw_m, seed=config.seed),
