@@ -19,6 +19,7 @@ def tiny(tmp_path_factory):
   data_dir = fixtures.tiny_beir(root / "data", num_docs=50)
   config = defaults.base_config()
   config.data.dir = str(data_dir)
+  config.data.cache_dir = str(root / "cache")  # the corpus index
   config.model.init = str(bert)
   config.model.max_doc_length = 32
   config.encode.buckets = (16, 32)
@@ -42,6 +43,16 @@ def test_shards_hold_the_in_memory_embeddings(tiny, tmp_path):
   full = np.concatenate([np.asarray(store.embeddings(i)) for i in range(store.num_shards)])
   np.testing.assert_allclose(full, emb, atol=1e-6)
   np.testing.assert_allclose(store.rows(np.array([49, 0, 13, 12])), emb[[49, 0, 13, 12]], atol=1e-6)
+
+
+def test_corpus_encoding_streamed_in_chunks_equals_one_pass(tiny, tmp_path, monkeypatch):
+  encoder = retrieval.Encoder.from_config(tiny, mesh=sharding.make_mesh())
+  dataset = assets.load_dataset(tiny.data)
+  whole = encoder.encode([doc.full_text() for doc in dataset.corpus.values()], tower="doc")
+  monkeypatch.setattr(retrieval, "CORPUS_CHUNK", 16)  # 50 passages: chunks of 16, 16, 16, 2
+  docids, emb = encoder.encode_corpus(dataset.corpus, None, "tiny")
+  assert docids == list(dataset.corpus) and emb.shape == whole.shape
+  np.testing.assert_allclose(emb, whole, atol=1e-6)
 
 
 def test_float16_shards_rank_like_float32(tiny, tmp_path):
