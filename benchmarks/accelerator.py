@@ -264,7 +264,7 @@ def main(argv):
     docids = list(dataset.corpus)
     if _MAX_DOCS.value:
       docids = docids[:_MAX_DOCS.value]
-    texts = [dataset.corpus[d].full_text() for d in docids]
+    texts = [doc.full_text() for doc, _ in zip(dataset.corpus.values(), docids)]  # file order
     result["encode_num_docs"] = len(texts)
     st_cache = {}
     for dtype, attention in (("float32", "xla"), ("bfloat16", "xla"), ("bfloat16", "auto")):

@@ -60,7 +60,7 @@ def _texts():
   from interdistill_jax import data
   dataset = data.load_beir(_DATA.value)
   docids = list(dataset.corpus)
-  texts = [dataset.corpus[d].full_text() for d in docids]
+  texts = [doc.full_text() for doc in dataset.corpus.values()]  # file order, as docids
   if _MAX_DOCS.value:
     docids, texts = docids[:_MAX_DOCS.value], texts[:_MAX_DOCS.value]
   # Warm-up: every 1/64th of the length-sorted texts, so every bucket shape compiles once.

@@ -92,4 +92,5 @@ def ensure_dataset(data_config) -> str:
 
 def load_dataset(data_config):
   """The data set `data` names, fetched first when `ensure_dataset` must (a `data.Dataset`)."""
-  return data_lib.load_beir(ensure_dataset(data_config), data_config.corpus_file)
+  return data_lib.load_beir(ensure_dataset(data_config), data_config.corpus_file,
+                            cache_dir=data_config.cache_dir)

@@ -1,12 +1,12 @@
-"""Readers and writers for corpora, queries, qrels, TREC runs and labels (no JAX).
+"""Readers and writers for data sets, queries, qrels, TREC runs and labels (no JAX).
 
 Every reader fails on malformed input with a `DataError` naming the file, the
-line and the problem, so a user can fix the line instead of guessing.
+line and the problem, so a user can fix the line instead of guessing. Corpus files are
+`corpus.py`'s.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -16,28 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from interdistill_jax import corpus as corpus_lib
+from interdistill_jax import textfiles
+# Also data.X, as the package and its users have always named them.
+from interdistill_jax.corpus import Document, iter_corpus, load_corpus  # noqa: F401
+from interdistill_jax.textfiles import DataError
+
 Qrels = dict[str, dict[str, int]]  # qid -> docid -> graded relevance
 Run = dict[str, dict[str, float]]  # qid -> docid -> score
-
-
-class DataError(ValueError):
-  """Malformed input: carries the file, the line number and the reason."""
-
-  def __init__(self, path: str | os.PathLike, line: int | None, problem: str):
-    self.path, self.line, self.problem = str(path), line, problem
-    where = f"{path}:{line}" if line is not None else f"{path}"
-    super().__init__(f"{where}: {problem}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Document:
-  docid: str
-  title: str
-  text: str
-
-  def full_text(self) -> str:
-    """Title and body joined as BEIR's dense-retrieval evaluation does."""
-    return f"{self.title} {self.text}".strip() if self.title else self.text.strip()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,109 +37,18 @@ class Query:
     return list(self.metadata.get("answers", []) or [])
 
 
-def _text_lines(path: str | os.PathLike, opener=open) -> Iterator[tuple[int, str]]:
-  """A UTF-8 text file's lines, numbered from 1: a byte that is not UTF-8 is a DataError that
-  names its line and column, not a decoder's offset into the file."""
-  with opener(path, "rb") as f:
-    for lineno, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise DataError(path, lineno, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                        f"{e.start + 1})") from None
-      yield lineno, line
-
-
-def _iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-  for lineno, line in _text_lines(path):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-      raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-    yield lineno, obj
-
-
-def _require_str(obj: dict, key: str, path, lineno: int, *, allow_empty=False) -> str:
-  if key not in obj:
-    raise DataError(path, lineno, f"missing field {key!r}")
-  value = obj[key]
-  if isinstance(value, int) and not isinstance(value, bool):
-    value = str(value)
-  if not isinstance(value, str):
-    raise DataError(path, lineno, f"field {key!r} must be a string, got {type(value).__name__}")
-  if not allow_empty and not value.strip():
-    raise DataError(path, lineno, f"field {key!r} is empty")
-  return value
-
-
 def _check_unique(seen: set, key: str, path, lineno: int, what: str):
   if key in seen:
     raise DataError(path, lineno, f"duplicate {what} {key!r}")
   seen.add(key)
 
 
-def load_corpus(path: str | os.PathLike) -> dict[str, Document]:
-  """BEIR `corpus.jsonl` (`_id`, `title`, `text`) or a DPR TSV (`id text title`), in memory."""
-  corpus: dict[str, Document] = {}
-  for lineno, doc in _iter_corpus_lines(path):
-    if doc.docid in corpus:
-      raise DataError(path, lineno, f"duplicate document id {doc.docid!r}")
-    corpus[doc.docid] = doc
-  if not corpus:
-    raise DataError(path, None, "no documents")
-  return corpus
-
-
-def iter_corpus(path: str | os.PathLike) -> Iterator[Document]:
-  """The corpus file's documents in file order, streamed (no duplicate-id check: that needs
-  every id in memory)."""
-  return (doc for _, doc in _iter_corpus_lines(path))
-
-
-def _iter_corpus_lines(path: str | os.PathLike) -> Iterator[tuple[int, Document]]:
-  if str(path).endswith((".tsv", ".tsv.gz")):
-    yield from _iter_dpr_tsv(path)
-    return
-  for lineno, obj in _iter_jsonl(path):
-    docid = _require_str(obj, "_id", path, lineno)
-    text = _require_str(obj, "text", path, lineno, allow_empty=True)
-    title = obj.get("title", "") or ""
-    if not isinstance(title, str):
-      raise DataError(path, lineno, "field 'title' must be a string")
-    yield lineno, Document(docid, title, text)
-
-
-def _iter_dpr_tsv(path: str | os.PathLike) -> Iterator[tuple[int, Document]]:
-  import gzip
-
-  opener = gzip.open if str(path).endswith(".gz") else open
-  lines = (line for _, line in _text_lines(path, opener))
-  reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
-  header = next(reader, None)
-  if header is None:
-    raise DataError(path, 1, "empty file")
-  if [h.strip().lower() for h in header[:3]] != ["id", "text", "title"]:
-    raise DataError(path, 1, f"expected header 'id<TAB>text<TAB>title', got {header!r}")
-  for row in reader:
-    lineno = reader.line_num
-    if len(row) != 3:
-      raise DataError(path, lineno, f"expected 3 tab-separated fields, got {len(row)}")
-    docid, text, title = row
-    if not docid.strip():
-      raise DataError(path, lineno, "empty passage id")
-    yield lineno, Document(docid, title, text)
-
-
 def load_queries(path: str | os.PathLike) -> dict[str, Query]:
   """BEIR `queries.jsonl` (`_id`, `text`, optional `metadata.answers`)."""
   queries: dict[str, Query] = {}
-  for lineno, obj in _iter_jsonl(path):
-    qid = _require_str(obj, "_id", path, lineno)
-    text = _require_str(obj, "text", path, lineno)
+  for lineno, obj in textfiles.jsonl_objects(path):
+    qid = textfiles.require_str(obj, "_id", path, lineno)
+    text = textfiles.require_str(obj, "text", path, lineno)
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
       raise DataError(path, lineno, "field 'metadata' must be an object")
@@ -170,7 +65,7 @@ def load_queries(path: str | os.PathLike) -> dict[str, Query]:
 def load_qrels(path: str | os.PathLike) -> Qrels:
   """BEIR qrels TSV (header `query-id corpus-id score`) or TREC qrels (`qid 0 docid rel`)."""
   qrels: Qrels = {}
-  for lineno, line in _text_lines(path):
+  for lineno, line in textfiles.lines(path):
     if not line.strip():
       continue
     parts = line.split("\t") if "\t" in line else line.split()
@@ -194,7 +89,7 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
 def read_trec_run(path: str | os.PathLike) -> Run:
   """TREC run: `qid Q0 docid rank score tag` per line."""
   run: Run = {}
-  for lineno, line in _text_lines(path):
+  for lineno, line in textfiles.lines(path):
     if not line.strip():
       continue
     parts = line.split()
@@ -268,7 +163,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-  return [obj for _, obj in _iter_jsonl(path)]
+  return [obj for _, obj in textfiles.jsonl_objects(path)]
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
@@ -284,8 +179,8 @@ def load_labels(path: str | os.PathLike) -> list[dict]:
   """`labels.jsonl` records, each checked against the artifact contract."""
   labels = []
   seen: set[str] = set()
-  for lineno, obj in _iter_jsonl(path):
-    qid = _require_str(obj, "qid", path, lineno)
+  for lineno, obj in textfiles.jsonl_objects(path):
+    qid = textfiles.require_str(obj, "qid", path, lineno)
     _check_unique(seen, qid, path, lineno, "query id")
     docids, ranking = obj.get("docids"), obj.get("ranking")
     if not isinstance(docids, list) or not isinstance(ranking, list):
@@ -303,7 +198,7 @@ def load_split_ids(path: str | os.PathLike) -> list[str]:
   """A split's query ids, one per line (`splits/{split}.txt`)."""
   qids: list[str] = []
   seen: set[str] = set()
-  for lineno, line in _text_lines(path):
+  for lineno, line in textfiles.lines(path):
     qid = line.strip()
     if not qid:
       continue
@@ -390,7 +285,7 @@ class Dataset:
   """
 
   root: str
-  corpus: dict[str, Document]
+  corpus: Mapping[str, Document]  # read from disk on demand (`corpus.LazyCorpus`)
   queries: dict[str, Query]
 
   def qrels(self, split: str) -> Qrels:
@@ -428,11 +323,15 @@ class Dataset:
       raise DataError(path, None, f"{len(missing)} query ids not in queries.jsonl, e.g. {missing[0]!r}")
 
 
-def load_beir(root: str | os.PathLike, corpus_file: str = "corpus.jsonl") -> Dataset:
+def load_beir(root: str | os.PathLike, corpus_file: str = "corpus.jsonl", *,
+              cache_dir: str | None = None) -> Dataset:
+  """The data set in `root`; its passages are read from the corpus file on demand, through an
+  index kept under `cache_dir` (`data.cache_dir`; None: built in memory each time)."""
   root = os.fspath(root)
   corpus_path = corpus_file if os.path.isabs(corpus_file) else os.path.join(root, corpus_file)
   for p in (corpus_path, os.path.join(root, "queries.jsonl")):
     if not os.path.exists(p):
       raise FileNotFoundError(f"{p} not found: expected a BEIR-layout directory "
                               "(corpus.jsonl, queries.jsonl, qrels/{split}.tsv or splits/{split}.txt)")
-  return Dataset(root, load_corpus(corpus_path), load_queries(os.path.join(root, "queries.jsonl")))
+  return Dataset(root, corpus_lib.open_corpus(corpus_path, cache_dir=cache_dir),
+                 load_queries(os.path.join(root, "queries.jsonl")))

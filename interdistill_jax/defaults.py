@@ -84,7 +84,10 @@ def retrieve_config() -> ml_collections.ConfigDict:
   return _section(dict(
       k=100,                   # Candidates written per query.
       splits=("train", "test"),
-      block_size=4096,         # Corpus rows scored per matmul block in exact search.
+      block_size=4096,         # Corpus rows scored per matmul block in exact search (JAX).
+      # Exact search kernel: "auto" (FAISS on CPU, JAX sharded over the mesh on GPU/TPU), or
+      # "faiss" / "jax" to force one. Both give the same top-k up to exact ties.
+      exact_backend="auto",
       index="exact",           # "exact", or FAISS "ivfpq" / "hnsw" (needs encode.shard_size > 0).
       nlist=0,                 # ivfpq: inverted lists; 0 = 4 sqrt(corpus size).
       pq_m=48,                 # ivfpq: PQ sub-quantizers (bytes per vector); must divide the dim.

@@ -313,7 +313,9 @@ def run(config, workdir: str) -> None:
   if section.towers == "query":
     doc_emb = initial_doc_emb
   else:
-    seqs = tokenizer.encode([dataset.corpus[d].full_text() for d in docids], config.model.max_doc_length)
+    # values() reads the corpus file front to back, in the order of `docids`.
+    seqs = tokenizer.encode([doc.full_text() for doc in dataset.corpus.values()],
+                            config.model.max_doc_length)
     ids = np.zeros((len(seqs), config.model.max_doc_length), np.int32)
     for i, s in enumerate(seqs):
       ids[i, :len(s)] = s

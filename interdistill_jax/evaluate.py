@@ -24,7 +24,8 @@ import jax
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, layout, metrics, provenance, reader, report, retrieval, search
+from interdistill_jax import assets, corpus, layout, metrics, provenance, reader, report, retrieval
+from interdistill_jax import search
 from interdistill_jax import sharding, tokenization
 
 
@@ -43,8 +44,9 @@ def system_result(dataset: data_lib.Dataset, dataset_name: str, split: str, syst
   if not answers and not dataset.has_qrels(split):
     raise ValueError(f"split {split!r} of {dataset.root} has neither qrels nor answers to score")
   if answers:
-    texts = {docid: doc.full_text() for docid, doc in dataset.corpus.items()}
-    acc, acc_per_query = metrics.answer_accuracy(run, texts, answers, eval_config.answer_ks)
+    # Only the passages answer_accuracy looks at are read (each query's top k, to its first hit).
+    acc, acc_per_query = metrics.answer_accuracy(run, corpus.FullTexts(dataset.corpus), answers,
+                                                 eval_config.answer_ks)
     aggregate.update({k: v for k, v in acc.items() if k.endswith("_acc")})
     per_query.update(acc_per_query)
   result = {"dataset": dataset_name, "split": split, "system": system,

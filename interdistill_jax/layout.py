@@ -1,5 +1,5 @@
 """The experiment directory: where every artifact lives, which stage writes it, and when a stage
-is done.
+is done; and, outside it, where the data cache keeps the index of a corpus file.
 
 Every module finds its inputs and writes its outputs through these functions; `LAYOUT` is the
 table the README's workdir section is generated from (a test checks the two agree), and `STAGES`
@@ -9,6 +9,7 @@ is what `pipeline` runs and how it knows a stage has finished.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -174,6 +175,23 @@ def peer_run(workdir: str, token: str) -> str:
 
 def stale_dir(workdir: str, stage: str, time: str) -> str:
   return _join(workdir, "stale", f"{stage}-{time}")
+
+
+# --- outside the workdir: the data cache (`data.cache_dir`) ---------------------------------
+
+def corpus_indexes(cache_dir: str) -> str:
+  """Where the byte-offset indexes of corpus files are kept (`corpus.open_corpus`)."""
+  return os.path.join(os.path.expanduser(cache_dir), "corpus_index")
+
+
+def corpus_index(cache_dir: str, corpus_path: str, fingerprint: str) -> str:
+  """The index of one version of a corpus file: named by the file (its basename and a hash of
+  its real path) and by its fingerprint, so an edited file gets a directory of its own."""
+  real = os.path.realpath(corpus_path)
+  path_hash = hashlib.sha256(real.encode()).hexdigest()[:12]
+  version = hashlib.sha256(fingerprint.encode()).hexdigest()[:8]
+  return os.path.join(corpus_indexes(cache_dir),
+                      f"{os.path.basename(real)}-{path_hash}", version)
 
 
 # --- done markers ---------------------------------------------------------------------------

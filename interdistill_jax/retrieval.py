@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -14,6 +15,9 @@ from absl import logging
 from interdistill_jax import data as data_lib
 from interdistill_jax import assets, inference, layout, models, provenance, search, sharding
 from interdistill_jax import shards, tokenization
+
+# Passages encoded per step of `Encoder.encode_documents` (SciFact's 5,183 in one).
+CORPUS_CHUNK = 1 << 16
 
 
 class Encoder:
@@ -90,7 +94,7 @@ class Encoder:
           return docids, emb
         logging.warning("Ignoring stale embedding cache %s (%d rows for %d docs)", path,
                         emb.shape[0], len(docids))
-    emb = self.encode([corpus[d].full_text() for d in docids], tower="doc", desc="encode corpus")
+    emb = self.encode_documents(corpus.values(), len(docids))
     if path and jax.process_index() == 0:
       os.makedirs(cache_dir, exist_ok=True)
       tmp = path + ".tmp.npy"
@@ -99,6 +103,19 @@ class Encoder:
       data_lib.write_json(path[:-4] + ".json", {"model": self.model_id, "corpus": corpus_id,
                                                 "num_docs": len(docids), "dim": int(emb.shape[1])})
     return docids, emb
+
+  def encode_documents(self, docs: Iterable[data_lib.Document], num_docs: int) -> np.ndarray:
+    """[num_docs, H] float32 embeddings of `docs`, in order, streamed CORPUS_CHUNK at a time:
+    memory holds one chunk's texts, not the corpus's."""
+    out = np.zeros((num_docs, 0), np.float32)
+    chunks = -(-num_docs // CORPUS_CHUNK)
+    for i, chunk in enumerate(itertools.batched(docs, CORPUS_CHUNK)):
+      desc = "encode corpus" if chunks == 1 else f"encode corpus {i + 1}/{chunks}"
+      emb = self.encode([d.full_text() for d in chunk], tower="doc", desc=desc)
+      if i == 0:
+        out = np.zeros((num_docs, emb.shape[1]), np.float32)
+      out[i * CORPUS_CHUNK:i * CORPUS_CHUNK + len(chunk)] = emb
+    return out
 
 
 def _encode(model, ids, types, mask, *, tower: str):
@@ -172,9 +189,10 @@ def corpus_shards(config, workdir: str, encoder: Encoder, dataset: data_lib.Data
 def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
   """(docids, index) of the corpus under `encoder`.
 
-  `encode.shard_size` 0: embeddings in memory, exact search sharded over the mesh. Otherwise
-  on-disk shards (bounded memory), searched exactly shard by shard or, with `retrieve.index`
-  "ivfpq" or "hnsw", through a FAISS index built from the shards and stored beside them.
+  `encode.shard_size` 0: embeddings in memory, searched exactly. Otherwise on-disk shards
+  (bounded memory), searched exactly shard by shard or, with `retrieve.index` "ivfpq" or "hnsw",
+  through a FAISS index built from the shards and stored beside them. Exact search runs on the
+  kernel `retrieve.exact_backend` chooses (`search.exact_backend`).
   """
   section = config.retrieve
   if config.encode.shard_size <= 0:
@@ -182,11 +200,13 @@ def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Datas
       raise ValueError(f"retrieve.index={section.index!r} needs on-disk shards: set "
                        "encode.shard_size > 0")
     docids, emb = corpus_embeddings(config, workdir, encoder, dataset)
-    return docids, search.ExactIndex(emb, mesh=encoder.mesh, block_size=section.block_size)
+    return docids, search.exact_index(emb, mesh=encoder.mesh, block_size=section.block_size,
+                                      backend=section.exact_backend)
   store = corpus_shards(config, workdir, encoder, dataset)
   if section.index == "exact":
     return store.docids(), shards.ShardedExactIndex(store, mesh=sharding.local_mesh(encoder.mesh),
-                                                    block_size=section.block_size)
+                                                    block_size=section.block_size,
+                                                    backend=section.exact_backend)
   return store.docids(), shards.FaissIndex(
       shards.load_or_build_faiss(store, section.index, nlist=section.nlist, pq_m=section.pq_m,
                                  hnsw_m=section.hnsw_m, seed=config.seed),

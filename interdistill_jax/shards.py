@@ -138,29 +138,37 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
 # --- search ---------------------------------------------------------------------------------
 
 class ShardedExactIndex:
-  """Exact inner-product search streamed over a shard store, one shard on the devices at a time.
+  """Exact inner-product search streamed over a shard store, one shard searched at a time.
 
-  With several processes each searches its own shards on its own devices; the per-process top-k
-  lists are then gathered and merged, so every process returns the same global result.
+  Each shard is searched by the kernel `backend` chooses (`search.exact_backend`: FAISS on CPU,
+  on the devices through JAX elsewhere) and the per-shard top-k lists merged. With several
+  processes each searches its own shards; the per-process top-k lists are then gathered and
+  merged, so every process returns the same global result.
   """
 
-  def __init__(self, store: ShardStore, *, mesh, block_size: int = 4096):
+  def __init__(self, store: ShardStore, *, mesh, block_size: int = 4096, backend: str = "auto"):
     self.store = store
     self.mesh = mesh  # this process's devices only (sharding.local_mesh)
     self.block_size = block_size
+    self.backend = search_lib.exact_backend(backend, mesh)
     self.num_docs = store.num_docs
 
   def search(self, query_emb: np.ndarray, k: int):
     k = min(k, self.num_docs)
     n, p = jax.process_count(), jax.process_index()
-    best_s = np.full((len(query_emb), k), -np.inf, np.float32)
-    best_i = np.full((len(query_emb), k), np.iinfo(np.int64).max, np.int64)
+    best_s = np.zeros((len(query_emb), 0), np.float32)  # no candidates yet
+    best_i = np.zeros((len(query_emb), 0), np.int64)
     for s in range(p, self.store.num_shards, n):
       emb = np.asarray(self.store.embeddings(s), np.float32)
-      index = search_lib.ExactIndex(emb, mesh=self.mesh, block_size=self.block_size)
+      index = search_lib.exact_index(emb, mesh=self.mesh, block_size=self.block_size,
+                                     backend=self.backend)
       scores, idx = index.search(query_emb, min(k, len(emb)))
       best_s, best_i = search_lib.merge_top_k([best_s, scores], [best_i, idx + self.store.offsets[s]], k)
       del index, emb
+    if best_s.shape[1] < k:  # this process's shards hold fewer than k: pad, gathers need one shape
+      pad = k - best_s.shape[1]
+      best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+      best_i = np.pad(best_i, ((0, 0), (0, pad)), constant_values=np.iinfo(np.int64).max)
     if n > 1:
       from jax.experimental import multihost_utils
       all_s = multihost_utils.process_allgather(best_s)  # [n, Q, k]
@@ -171,12 +179,7 @@ class ShardedExactIndex:
 
 # --- FAISS ----------------------------------------------------------------------------------
 
-def _faiss():
-  try:
-    import faiss
-  except ImportError as e:
-    raise ImportError("retrieve.index 'ivfpq'/'hnsw' needs faiss: pip install faiss-cpu") from e
-  return faiss
+_faiss = search_lib.import_faiss
 
 
 def _sample(store: ShardStore, n: int, seed: int) -> np.ndarray:

@@ -120,6 +120,7 @@ def small_config(bert: pathlib.Path, data_dir: pathlib.Path):
   """The default config at test size: `bert` for both models, lists of 6, 2 epochs of 4 queries."""
   c = defaults.base_config()
   c.data.dir = str(data_dir)
+  c.data.cache_dir = str(pathlib.Path(data_dir).parent / "cache")  # the corpus index
   c.model.init = c.ranker.model.init = str(bert)
   c.model.max_doc_length = c.ranker.max_length = 32
   c.encode.buckets = (32,)

@@ -49,6 +49,7 @@ def _config(root, **teacher):
   config = defaults.base_config()
   config.task = "label"
   config.data.dir = str(root)
+  config.data.cache_dir = str(root.parent / "cache")  # the corpus index
   config.label.num_candidates = NUM_CANDIDATES
   config.teacher.update(teacher)
   return config
@@ -262,6 +263,7 @@ def get_config():
   config = defaults.base_config()
   config.task = "label"
   config.data.dir = {root!r}
+  config.data.cache_dir = {root!r} + "-cache"
   config.teacher.backend = "openai"
   config.teacher.model = "fake-model"
   config.teacher.base_url = {url!r}

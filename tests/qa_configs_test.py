@@ -71,6 +71,7 @@ def _small(config, root, bert, server, workdir):
   """The config at test size: the tiny BERT, 5 candidates, the fake server (if any) as the reader."""
   config.data.dir = str(workdir / "data")
   config.data.corpus_file = str(root / "psgs.tsv")
+  config.data.cache_dir = str(workdir / "cache")  # the corpus index
   config.data.qa.num_train = 8
   config.model.init = config.ranker.model.init = str(bert)
   config.model.max_query_length, config.model.max_doc_length = 16, 32

@@ -61,3 +61,62 @@ def test_automatic_inference_batch_follows_length_and_mesh():
   assert sharding.inference_batch_size(6, 256, four) == 8
   with pytest.raises(ValueError, match="negative"):
     sharding.inference_batch_size(-1, 256, one)
+
+
+def _well_separated(docs, queries, k):
+  """The data has distinct scores around each query's top k (gaps well above float32 rounding)."""
+  full = np.sort(queries.astype(np.float64) @ docs.T.astype(np.float64), axis=1)[:, ::-1]
+  return np.diff(full[:, :k + 1], axis=1).min() < -1e-5
+
+
+@pytest.mark.parametrize("num_docs,k", [(1000, 10), (3001, 100), (7, 100)])
+def test_faiss_and_jax_exact_search_agree(num_docs, k):
+  docs, queries = _embeddings(num_docs, 24, 7), _embeddings(29, 24, 8)
+  assert _well_separated(docs, queries, min(k, num_docs - 1))
+  mesh = sharding.make_mesh()
+  jax_index = search.exact_index(docs, mesh=mesh, block_size=64, backend="jax")
+  faiss_index = search.exact_index(docs, mesh=mesh, backend="faiss")
+  assert isinstance(jax_index, search.ExactIndex) and isinstance(faiss_index, search.FaissExactIndex)
+  s_jax, i_jax = jax_index.search(queries, k)
+  s_faiss, i_faiss = faiss_index.search(queries, k)
+  assert i_faiss.dtype == np.int64 and i_faiss.shape == (29, min(k, num_docs))
+  np.testing.assert_array_equal(i_faiss, i_jax)
+  np.testing.assert_allclose(s_faiss, s_jax, atol=1e-5)
+
+
+def test_faiss_search_puts_tied_scores_lower_index_first_like_jax():
+  docs, queries = _embeddings(5183, 48, 2), _embeddings(300, 48, 3)
+  docs[17] = docs[4000]
+  mesh = sharding.make_mesh()
+  s_jax, i_jax = search.exact_index(docs, mesh=mesh, backend="jax").search(queries, 100)
+  s_faiss, i_faiss = search.exact_index(docs, mesh=mesh, backend="faiss").search(queries, 100)
+  rows = [r for r in range(300) if {17, 4000} <= set(i_faiss[r])]
+  assert rows  # the tie occurs inside some query's top 100
+  for r in rows:
+    for row in (i_faiss[r].tolist(), i_jax[r].tolist()):
+      assert row.index(17) + 1 == row.index(4000)
+  np.testing.assert_allclose(s_faiss, s_jax, atol=1e-5)
+
+
+def test_lower_index_first_only_reorders_exact_ties():
+  s = np.array([[3.0, 2.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0]], np.float32)
+  i = np.array([[5, 9, 2, 7], [8, 6, 4, 2]])
+  s2, i2 = search.lower_index_first(s, i)
+  assert i2.tolist() == [[5, 2, 9, 7], [8, 6, 4, 2]] and s2.tolist() == s.tolist()
+  assert i.tolist()[0] == [5, 9, 2, 7]  # the input is left as it was
+
+
+def test_exact_backend_follows_the_mesh_platform_unless_forced():
+  cpu = sharding.make_mesh()
+  assert search.exact_backend("auto", cpu) == "faiss"
+  assert search.exact_backend("jax", cpu) == "jax" and search.exact_backend("faiss", cpu) == "faiss"
+
+  class FakeDevice:
+    platform = "gpu"
+
+  class FakeMesh:
+    devices = np.array([FakeDevice()])
+
+  assert search.exact_backend("auto", FakeMesh()) == "jax"
+  with pytest.raises(ValueError, match="retrieve.exact_backend must be one of"):
+    search.exact_backend("blas", cpu)

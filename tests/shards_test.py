@@ -19,6 +19,7 @@ def tiny(tmp_path_factory):
   data_dir = fixtures.tiny_beir(root / "data", num_docs=50)
   config = defaults.base_config()
   config.data.dir = str(data_dir)
+  config.data.cache_dir = str(root / "cache")  # the corpus index
   config.model.init = str(bert)
   config.model.max_doc_length = 32
   config.encode.buckets = (16, 32)
@@ -42,6 +43,16 @@ def test_shards_hold_the_in_memory_embeddings(tiny, tmp_path):
   full = np.concatenate([np.asarray(store.embeddings(i)) for i in range(store.num_shards)])
   np.testing.assert_allclose(full, emb, atol=1e-6)
   np.testing.assert_allclose(store.rows(np.array([49, 0, 13, 12])), emb[[49, 0, 13, 12]], atol=1e-6)
+
+
+def test_corpus_encoding_streamed_in_chunks_equals_one_pass(tiny, tmp_path, monkeypatch):
+  encoder = retrieval.Encoder.from_config(tiny, mesh=sharding.make_mesh())
+  dataset = assets.load_dataset(tiny.data)
+  whole = encoder.encode([doc.full_text() for doc in dataset.corpus.values()], tower="doc")
+  monkeypatch.setattr(retrieval, "CORPUS_CHUNK", 16)  # 50 passages: chunks of 16, 16, 16, 2
+  docids, emb = encoder.encode_corpus(dataset.corpus, None, "tiny")
+  assert docids == list(dataset.corpus) and emb.shape == whole.shape
+  np.testing.assert_allclose(emb, whole, atol=1e-6)
 
 
 def test_float16_shards_rank_like_float32(tiny, tmp_path):
@@ -80,21 +91,60 @@ def test_settings_mismatch_is_an_error(tiny, tmp_path):
                             shard_size=7, dtype="float32", meta=meta)
 
 
+@pytest.mark.parametrize("backend", ["faiss", "jax"])
 @pytest.mark.parametrize("k", [1, 10, 50])
-def test_streamed_exact_search_equals_in_memory_search(tiny, tmp_path, k):
+def test_streamed_exact_search_equals_in_memory_search(tiny, tmp_path, k, backend):
   store, encoder, dataset = _store(tiny, tmp_path, shard_size=7)
   _, emb = retrieval.corpus_embeddings(tiny, str(tmp_path / "mem"), encoder, dataset)
   q = encoder.encode([x.text for x in dataset.queries.values()], tower="query")
-  s_mem, i_mem = search.ExactIndex(emb, mesh=encoder.mesh).search(q, k)
-  s_sh, i_sh = shards.ShardedExactIndex(store, mesh=encoder.mesh).search(q, k)
+  s_mem, i_mem = search.ExactIndex(emb, mesh=encoder.mesh).search(q, k)  # JAX, in memory
+  index = shards.ShardedExactIndex(store, mesh=encoder.mesh, backend=backend)
+  assert index.backend == backend
+  s_sh, i_sh = index.search(q, k)
   np.testing.assert_array_equal(i_sh, i_mem)
   np.testing.assert_allclose(s_sh, s_mem, atol=1e-6)
+
+
+def test_the_task_searches_with_faiss_on_cpu_unless_told_otherwise(tiny, tmp_path):
+  config = tiny.copy_and_resolve_references()
+  config.encode.shard_dtype = "float32"  # the same embeddings in memory and on disk
+  encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
+  dataset = assets.load_dataset(config.data)
+  q = encoder.encode([x.text for x in dataset.queries.values()], tower="query")
+  results = {}
+  for shard_size in (0, 12):
+    for backend in ("auto", "jax"):
+      config.encode.shard_size, config.retrieve.exact_backend = shard_size, backend
+      docids, index = retrieval.corpus_index(config, str(tmp_path), encoder, dataset)
+      uses_faiss = (isinstance(index, search.FaissExactIndex) if shard_size == 0
+                    else index.backend == "faiss")
+      assert uses_faiss == (backend == "auto"), (shard_size, backend)
+      results[shard_size, backend] = search.search_run(index, docids, list(dataset.queries), q, 10)
+  first = results[0, "jax"]
+  for run in results.values():
+    assert run.keys() == first.keys()
+    for qid, docs in run.items():
+      assert list(docs) == list(first[qid])
+      np.testing.assert_allclose(list(docs.values()), list(first[qid].values()), atol=1e-6)
 
 
 def test_merge_top_k_breaks_ties_by_lower_index():
   s, i = search.merge_top_k([np.array([[1.0, 0.5]]), np.array([[1.0, 0.7]])],
                             [np.array([[7, 1]]), np.array([[3, 2]])], 3)
   assert i.tolist() == [[3, 7, 2]] and s.tolist() == [[1.0, 1.0, 0.7]]
+
+
+def test_merge_top_k_equals_sorting_by_score_then_index():
+  rng = np.random.default_rng(3)
+  # Few distinct scores: ties everywhere, inside the lists and across them.
+  lists = [(-np.sort(-rng.integers(0, 6, (40, n)).astype(np.float32), 1),
+            rng.permutation(1000)[:40 * n].reshape(40, n)) for n in (5, 9, 3)]
+  s, i = search.merge_top_k([x for x, _ in lists], [y for _, y in lists], 8)
+  all_s = np.concatenate([x for x, _ in lists], 1)
+  all_i = np.concatenate([y for _, y in lists], 1)
+  order = np.lexsort((all_i, -all_s), axis=1)[:, :8]
+  np.testing.assert_array_equal(i, np.take_along_axis(all_i, order, 1))
+  np.testing.assert_array_equal(s, np.take_along_axis(all_s, order, 1))
 
 
 def test_faiss_indexes_from_shards_find_the_exact_neighbours(tmp_path):
