@@ -35,6 +35,8 @@ LAYOUT = (
     ("labels/stats.partial.json", "label", "the same for a run that left queries unlabelled"),
     ("ranker/checkpoints/", "train_ranker", "Orbax checkpoints: `latest/` to resume, `best/` by dev loss"),
     ("ranker/metrics.jsonl", "train_ranker", "train and dev loss per logged step"),
+    ("ranker/events.out.tfevents.*", "train_ranker", "the same metrics as TensorBoard events "
+     "(`tensorboard --logdir WORKDIR`; each retriever directory has its own)"),
     ("ranker/fusion.json", "train_ranker",
      "the fusion with the initial retriever fitted on the dev queries, and their dev ListMLE"),
     ("ranker/done.json", "train_ranker", "done marker: selected step, head, dev figures"),
@@ -42,7 +44,7 @@ LAYOUT = (
      "kept with the ranker's identity (a retrained ranker scores afresh)"),
     ("ranker/rerank_scores_{split}.npz", "evaluate", "the same for the re-ranked evaluation split"),
     ("retriever/", "distill", "the distilled retriever (`distill.teacher=ranker`): checkpoints/, "
-     "metrics.jsonl, done.json"),
+     "metrics.jsonl, TensorBoard events, done.json"),
     ("retriever_direct/", "direct", "the same trainer on the LLM's rankings (`distill.teacher=llm`)"),
     ("retriever_supervised/", "supervised",
      "the same trainer on the training queries' gold qrels (`distill.teacher=qrels`)"),
