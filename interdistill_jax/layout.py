@@ -61,6 +61,7 @@ LAYOUT = (
     ("export/ranker/", "export", "the ranker as a cross-encoder folder (+ query_tower/, fusion.json)"),
     ("export/labels/", "export", "the labels as a Hub data set"),
     ("export/done.json", "export", "done marker: what was exported and where it was pushed"),
+    ("point.json", "sweep", "a sweep point's swept values and its whole config"),
     (".lock", "any", "held by the run using the workdir (its host and pid): a second run refuses"),
     ("stale/{stage}-{time}/", "any", "outputs a stage found from other settings, moved aside "
      "before it started afresh (nothing is deleted)"),
@@ -167,6 +168,44 @@ def stale_dir(workdir: str, stage: str, time: str) -> str:
   return _join(workdir, "stale", f"{stage}-{time}")
 
 
+# --- sweeps: a root directory of workdirs (`interdistill_jax.sweep`) ------------------------
+
+SWEEP_LAYOUT = (
+    ("sweep.json", "sweep", "the points (name, swept values), the shared upstream workdirs and "
+     "which points use each; a later sweep over the same root adds its points"),
+    ("{point}/", "sweep", "one point's workdir (the layout above), named by its swept values"),
+    ("upstream/retrieve-{key}/", "sweep", "a workdir where `retrieve` ran once for every point "
+     "with the same data, model, encode and retrieve settings"),
+    ("upstream/label-{key}/", "sweep", "a workdir where `label` ran once for every point with the "
+     "same teacher and label settings (over the same candidates)"),
+    ("aggregate/", "aggregate", "report.md, summary.json and the PNG plots over every point"),
+)
+
+
+def point_record(workdir: str) -> str:
+  return _join(workdir, "point.json")
+
+
+def sweep_plan(root: str) -> str:
+  return os.path.join(root, "sweep.json")
+
+
+def point_dir(root: str, name: str) -> str:
+  return os.path.join(root, name)
+
+
+def upstream_dir(root: str, stage: str, key: str) -> str:
+  return os.path.join(root, "upstream", f"{stage}-{key}")
+
+
+def aggregate_dir(root: str) -> str:
+  return os.path.join(root, "aggregate")
+
+
+def aggregate_file(root: str, name: str) -> str:
+  return os.path.join(root, "aggregate", name)
+
+
 # --- done markers ---------------------------------------------------------------------------
 
 def done(stage_dir: str) -> str:
@@ -216,8 +255,8 @@ STAGES = {
 }
 
 
-def markdown_table() -> str:
-  """The README's workdir table."""
+def markdown_table(table=LAYOUT) -> str:
+  """The README's workdir table (or, with `SWEEP_LAYOUT`, its sweep root table)."""
   rows = ["| path | written by | what |", "|---|---|---|"]
-  rows += [f"| `{path}` | {stage} | {what} |" for path, stage, what in LAYOUT]
+  rows += [f"| `{path}` | {stage} | {what} |" for path, stage, what in table]
   return "\n".join(rows)
