@@ -173,6 +173,9 @@ def label_config() -> ml_collections.ConfigDict:
       split="train",
       num_candidates=20,       # Top candidates of candidates/{split}.trec shown to the teacher.
       max_queries=0,           # 0 labels every query of the split.
+      # max_queries > 0: -1 labels the first queries of candidates/{split}.trec; >= 0 a sample
+      # seeded by it. Either way fewer queries are a subset of more (nested learning curves).
+      sample_seed=-1,
       on_failure="prefix",     # Malformed answer: "prefix" (keep the ranked part), "retry", "drop".
       reasks=2,                # "retry": re-asks per window before falling back to "prefix".
       # Teacher audit (stats.json "quality"): with qrels for the labelled queries, a teacher whose

@@ -25,7 +25,7 @@ import datetime
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -42,14 +42,29 @@ from interdistill_jax.teachers.cache import Cache
 _RESUME_FIELDS = ("backend", "model", "prompt_version", "mode")
 
 
-def load_candidates(path: str, num_candidates: int, max_queries: int = 0) -> dict[str, list[str]]:
-  """qid -> its top `num_candidates` docids, best first, in the run file's query order."""
+def select_queries(qids: Sequence[str], *, max_queries: int, sample_seed: int = -1) -> list[str]:
+  """The queries `label` labels, in `qids`' order: all of them (`max_queries` 0), or
+  `max_queries` of them: the first ones (`sample_seed` < 0), or the first ones of a permutation
+  seeded by `sample_seed`. Either way a smaller selection is a subset of a larger one over the same
+  `qids` (nested learning curves)."""
+  if max_queries <= 0:
+    return list(qids)
+  if sample_seed < 0:
+    return list(qids)[:max_queries]
+  chosen = np.random.default_rng(sample_seed).permutation(len(qids))[:max_queries]
+  return [qids[i] for i in sorted(chosen)]
+
+
+def load_candidates(path: str, num_candidates: int, max_queries: int = 0,
+                    sample_seed: int = -1) -> dict[str, list[str]]:
+  """qid -> its top `num_candidates` docids, best first, in the run file's query order, for the
+  queries `select_queries` picks."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run the `retrieve` task first")
   run = data.read_trec_run(path)
   if not run:
     raise data.DataError(path, None, "no candidates")
-  qids = list(run)[:max_queries] if max_queries > 0 else list(run)
+  qids = select_queries(list(run), max_queries=max_queries, sample_seed=sample_seed)
   return {qid: data.ranked(run[qid])[:num_candidates] for qid in qids}
 
 
@@ -376,7 +391,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
            "stats": layout.label_stats(workdir), "partial_stats": layout.label_partial_stats(workdir)}
   dataset = assets.load_dataset(config.data)
   run_path = layout.candidates(workdir, config.label.split)
-  candidates = load_candidates(run_path, config.label.num_candidates, config.label.max_queries)
+  candidates = load_candidates(run_path, config.label.num_candidates, config.label.max_queries,
+                               config.label.sample_seed)
   for qid, docids in candidates.items():
     if qid not in dataset.queries:
       raise data.DataError(run_path, None, f"query {qid!r} is not in {config.data.dir}/queries.jsonl")

@@ -36,6 +36,8 @@ LAYOUT = (
     ("labels/stats.partial.json", "label", "the same for a run that left queries unlabelled"),
     ("ranker/checkpoints/", "train_ranker", "Orbax checkpoints: `latest/` to resume, `best/` by dev loss"),
     ("ranker/metrics.jsonl", "train_ranker", "train and dev loss per logged step"),
+    ("ranker/events.out.tfevents.*", "train_ranker", "the same metrics as TensorBoard events "
+     "(`tensorboard --logdir WORKDIR`; each retriever directory has its own)"),
     ("ranker/fusion.json", "train_ranker",
      "the fusion with the initial retriever fitted on the dev queries, and their dev ListMLE"),
     ("ranker/done.json", "train_ranker", "done marker: selected step, head, dev figures"),
@@ -43,7 +45,7 @@ LAYOUT = (
      "kept with the ranker's identity (a retrained ranker scores afresh)"),
     ("ranker/rerank_scores_{split}.npz", "evaluate", "the same for the re-ranked evaluation split"),
     ("retriever/", "distill", "the distilled retriever (`distill.teacher=ranker`): checkpoints/, "
-     "metrics.jsonl, done.json"),
+     "metrics.jsonl, TensorBoard events, done.json"),
     ("retriever_direct/", "direct", "the same trainer on the LLM's rankings (`distill.teacher=llm`)"),
     ("retriever_supervised/", "supervised",
      "the same trainer on the training queries' gold qrels (`distill.teacher=qrels`)"),
@@ -60,6 +62,7 @@ LAYOUT = (
     ("export/ranker/", "export", "the ranker as a cross-encoder folder (+ query_tower/, fusion.json)"),
     ("export/labels/", "export", "the labels as a Hub data set"),
     ("export/done.json", "export", "done marker: what was exported and where it was pushed"),
+    ("point.json", "sweep", "a sweep point's swept values and its whole config"),
     (".lock", "any", "held by the run using the workdir (its host and pid): a second run refuses"),
     (".peers/{run}/", "any", "a multi-process run's files: each process's proof that it sees the "
      "workdir, barriers, and the error of a process that failed (`peers.py`)"),
@@ -194,6 +197,44 @@ def corpus_index(cache_dir: str, corpus_path: str, fingerprint: str) -> str:
                       f"{os.path.basename(real)}-{path_hash}", version)
 
 
+# --- sweeps: a root directory of workdirs (`interdistill_jax.sweep`) ------------------------
+
+SWEEP_LAYOUT = (
+    ("sweep.json", "sweep", "the points (name, swept values), the shared upstream workdirs and "
+     "which points use each; a later sweep over the same root adds its points"),
+    ("{point}/", "sweep", "one point's workdir (the layout above), named by its swept values"),
+    ("upstream/retrieve-{key}/", "sweep", "a workdir where `retrieve` ran once for every point "
+     "with the same data, model, encode and retrieve settings"),
+    ("upstream/label-{key}/", "sweep", "a workdir where `label` ran once for every point with the "
+     "same teacher and label settings (over the same candidates)"),
+    ("aggregate/", "aggregate", "report.md, summary.json and the PNG plots over every point"),
+)
+
+
+def point_record(workdir: str) -> str:
+  return _join(workdir, "point.json")
+
+
+def sweep_plan(root: str) -> str:
+  return os.path.join(root, "sweep.json")
+
+
+def point_dir(root: str, name: str) -> str:
+  return os.path.join(root, name)
+
+
+def upstream_dir(root: str, stage: str, key: str) -> str:
+  return os.path.join(root, "upstream", f"{stage}-{key}")
+
+
+def aggregate_dir(root: str) -> str:
+  return os.path.join(root, "aggregate")
+
+
+def aggregate_file(root: str, name: str) -> str:
+  return os.path.join(root, "aggregate", name)
+
+
 # --- done markers ---------------------------------------------------------------------------
 
 def done(stage_dir: str) -> str:
@@ -243,8 +284,8 @@ STAGES = {
 }
 
 
-def markdown_table() -> str:
-  """The README's workdir table."""
+def markdown_table(table=LAYOUT) -> str:
+  """The README's workdir table (or, with `SWEEP_LAYOUT`, its sweep root table)."""
   rows = ["| path | written by | what |", "|---|---|---|"]
-  rows += [f"| `{path}` | {stage} | {what} |" for path, stage, what in LAYOUT]
+  rows += [f"| `{path}` | {stage} | {what} |" for path, stage, what in table]
   return "\n".join(rows)

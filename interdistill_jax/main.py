@@ -12,7 +12,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from interdistill_jax import layout, peers, tasks
+from interdistill_jax import peers, tasks
+from interdistill_jax.locking import WorkdirBusy, lock_workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -49,34 +50,6 @@ def distributed_kwargs(environ=os.environ) -> dict:
   coordinator, num_processes, process_id = (environ[name] for name in DISTRIBUTED_ENV)
   return {"coordinator_address": coordinator, "num_processes": int(num_processes),
           "process_id": int(process_id)}
-
-
-class WorkdirBusy(RuntimeError):
-  """Another run holds the workdir."""
-
-
-def lock_workdir(workdir: str):
-  """Holds `workdir/.lock` for this process's life: a second run on the same workdir refuses,
-  naming the first one's host and pid (the OS frees the lock when a run dies, even by SIGKILL).
-  Returns the open lock file."""
-  import fcntl  # noqa: PLC0415 (POSIX)
-  import socket  # noqa: PLC0415
-  import time  # noqa: PLC0415
-  os.makedirs(workdir, exist_ok=True)
-  path = layout.lock(workdir)
-  f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until the process ends)
-  try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    f.seek(0)
-    holder = f.read().strip() or "another process"
-    f.close()
-    raise WorkdirBusy(f"{workdir} is in use by {holder}; wait for it, or use another --workdir") from None
-  f.seek(0)
-  f.truncate()
-  f.write(f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-  f.flush()
-  return f
 
 
 def main(argv):

@@ -46,6 +46,11 @@ NEUTRAL = frozenset({
     "export.repo_id_labels",
 })
 
+# Fields declared after stages began recording their inputs, with the default that does what
+# the stage did before they existed: left out of the inputs at that default, so a workdir
+# recorded earlier stays current.
+ADDED_LATER = {"label.sample_seed": -1}
+
 # Provenance stages: the pipeline's `distill` is one of the three retriever stages, by teacher.
 RETRIEVER_STAGES = layout.SYSTEM_TEACHERS
 
@@ -122,7 +127,8 @@ def config_fields(name: str, config) -> dict:
       node = node[part]
     _flatten(node, key, flat)
   ignored = NEUTRAL | _NOT_READ.get(name, set())
-  return {k: v for k, v in sorted(flat.items()) if k not in ignored}
+  return {k: v for k, v in sorted(flat.items())
+          if k not in ignored and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def _data_files(config) -> dict:

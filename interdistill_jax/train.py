@@ -34,6 +34,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
+from interdistill_jax import events as events_lib
 from interdistill_jax import layout, sharding
 
 
@@ -209,12 +210,15 @@ class LoopConfig:
 
 class _Metrics:
   """Train metrics left on the devices, fetched every `log_every` steps (one host sync for many
-  steps), written one line per step to metrics.jsonl, and checked for a non-finite loss."""
+  steps), written one line per step to metrics.jsonl and to TensorBoard event files beside it,
+  and checked for a non-finite loss."""
 
-  def __init__(self, path: str, schedule, steps_per_epoch: int, out_dir: str):
+  def __init__(self, path: str, schedule, steps_per_epoch: int, out_dir: str, resumed_step: int):
     self.path, self.schedule, self.steps_per_epoch, self.out_dir = path, schedule, steps_per_epoch, out_dir
     self.pending: list[tuple[int, dict]] = []
     self.examples, self.t_last = 0, time.perf_counter()
+    self.events = (events_lib.EventWriter(out_dir, resumed_step=resumed_step)
+                   if jax.process_index() == 0 else None)
 
   def add(self, step: int, metrics: dict, examples: int):
     self.pending.append((step, metrics))
@@ -244,6 +248,11 @@ class _Metrics:
   def write(self, records: list[dict]):
     if records and jax.process_index() == 0:
       data_lib.append_jsonl(self.path, records)
+      self.events.write(records)
+
+  def close(self):
+    if self.events is not None:
+      self.events.close()
 
 
 def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np.ndarray], dict],
@@ -301,7 +310,7 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
                            rest_sharding=rest_sharding)
   metrics_path = os.path.join(out_dir, "metrics.jsonl")
   _truncate_metrics(metrics_path, step)
-  metrics = _Metrics(metrics_path, schedule, steps_per_epoch, out_dir)
+  metrics = _Metrics(metrics_path, schedule, steps_per_epoch, out_dir, resumed_step=step)
 
   def dev_loss(params):
     if dev_batches is None:
@@ -345,6 +354,7 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
       metrics.restart_clock()
   finally:
     pbar.close()
+    metrics.close()
     ckpts.close()
   best, best_step = ckpts.best_params(abstract.params)
   nnx.update(model, jax.device_get(best))

@@ -117,6 +117,32 @@ def test_noiseless_simulated_teacher_puts_the_relevant_document_first(dataset):
   assert quality["initial_ndcg@10"] < 1.0
 
 
+def test_fewer_labelled_queries_are_a_subset_of_more():
+  qids = [f"q{i}" for i in range(50)]
+  # label.sample_seed -1 (the default): the first queries of the run file, as always.
+  assert labeling.select_queries(qids, max_queries=10) == qids[:10]
+  assert labeling.select_queries(qids, max_queries=0, sample_seed=3) == qids
+  for seed in (0, 1):
+    sizes = [labeling.select_queries(qids, max_queries=n, sample_seed=seed) for n in (5, 10, 30, 50)]
+    for smaller, larger in zip(sizes, sizes[1:]):
+      assert set(smaller) < set(larger)
+    assert [len(s) for s in sizes] == [5, 10, 30, 50]
+    assert sizes[0] == [q for q in qids if q in set(sizes[0])]  # in the run file's order
+    assert sizes[1] != qids[:10]  # a sample, not the first ones
+  assert (labeling.select_queries(qids, max_queries=10, sample_seed=0)
+          != labeling.select_queries(qids, max_queries=10, sample_seed=1))
+
+
+def test_a_sampled_selection_labels_those_queries(dataset):
+  root, workdir = dataset
+  config = _config(root)
+  config.label.max_queries, config.label.sample_seed = 5, 0
+  labeling.run(config, str(workdir))
+  run = data.read_trec_run(workdir / "candidates" / "train.trec")
+  want = labeling.select_queries(list(run), max_queries=5, sample_seed=0)
+  assert sorted(r["qid"] for r in _labels(workdir)) == sorted(want)
+
+
 def test_a_rerun_on_a_warm_cache_makes_no_calls_and_gives_the_same_labels(dataset):
   root, workdir = dataset
   config = _config(root, sim_noise=1.0, sim_malformed_rate=0.3)

@@ -87,6 +87,13 @@ def test_readme_workdir_table_is_the_layout_table():
       "layout.markdown_table() into the Artifacts section")
 
 
+def test_readme_sweep_table_is_the_sweep_layout_table():
+  readme = (REPO / "README.md").read_text(encoding="utf-8")
+  assert layout.markdown_table(layout.SWEEP_LAYOUT) in readme, (
+      "README.md's sweep table differs from layout.SWEEP_LAYOUT: paste "
+      "layout.markdown_table(layout.SWEEP_LAYOUT) into the Sweeps section")
+
+
 def test_layout_paths_are_in_the_table():
   patterns = [p for p, _, _ in layout.LAYOUT]
   w = "W"
@@ -99,7 +106,7 @@ def test_layout_paths_are_in_the_table():
            layout.eval_file(w, "compare.json"), layout.report(w),
            *(layout.export_dir(w, k) + "/" for k in ("retriever", "ranker", "labels")),
            layout.done(layout.export_dir(w)), layout.done(layout.eval_dir(w)),
-           layout.stale_dir(w, "{stage}", "{time}") + "/", layout.lock(w),
+           layout.stale_dir(w, "{stage}", "{time}") + "/", layout.lock(w), layout.point_record(w),
            layout.peer_run(w, "{run}") + "/"]
   for path in paths:
     assert os.path.relpath(path, w).replace(os.sep, "/") + ("/" if path.endswith("/") else "") \

@@ -168,3 +168,17 @@ def test_each_retriever_stage_reads_only_its_own_distill_fields(tmp_path):
   assert fields["supervised"]["distill.teacher"] == "qrels"
   assert not {"distill.depth", "distill.llm_loss"} & set(fields["supervised"])
   assert config.distill.teacher == "ranker"  # the caller's config is never changed
+
+
+def test_a_field_added_later_leaves_earlier_records_current_at_its_default(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  for name in ("retrieve", "label"):
+    _finish(name, config, workdir)
+  # As a workdir labelled before label.sample_seed existed recorded its inputs.
+  with open(provenance.marker("label", workdir)) as f:
+    recorded = json.load(f)
+  assert "label.sample_seed" not in recorded["inputs"]["config"]
+  assert provenance.status("label", config, workdir)[0] == "current"
+  config.label.sample_seed = 0
+  assert provenance.status("label", config, workdir) == (
+      "stale", ["label.sample_seed: '<absent>' then, 0 now"])

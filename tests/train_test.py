@@ -16,7 +16,7 @@ from flax import nnx
 
 from interdistill_jax import defaults, fusion, layout, models, ranker, sharding, tokenization, train
 from interdistill_jax import data as data_lib
-from tests import fixtures
+from tests import events_test, fixtures
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,12 @@ def test_each_step_compiles_once_per_shape(tiny, tmp_path):
   assert [r["step"] for r in records if "train/examples_per_s" in r] == [3, 4, 6, 8, 9]
   assert list(records[2]) == ["step", "train/loss", "train/grad_norm", "train/lr", "epoch", "dev/loss",
                               "train/examples_per_s"]
+  # The same numbers as TensorBoard events beside metrics.jsonl, under namespaced tags.
+  scalars = events_test.read_scalars(tmp_path / "run")
+  assert set(scalars) == {"train/loss", "train/grad_norm", "train/lr", "train/epoch", "dev/loss",
+                          "train/examples_per_s"}
+  assert scalars["train/loss"] == {r["step"]: pytest.approx(r["train/loss"]) for r in records}
+  assert scalars["dev/loss"] == {r["step"]: pytest.approx(r["dev/loss"]) for r in records if "dev/loss" in r}
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
@@ -244,6 +250,9 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tiny, tmp_path):
   assert done_full == done_killed
   steps = [json.loads(line)["step"] for line in open(metrics)]
   assert steps == list(range(1, 13))  # the resumed log has each step once
+  # So do the TensorBoard curves, with the resumed run's values past its checkpoint.
+  losses = {json.loads(line)["step"]: json.loads(line)["train/loss"] for line in open(metrics)}
+  assert events_test.read_scalars(killed / "ranker")["train/loss"] == pytest.approx(losses)
 
 
 @pytest.mark.slow  # end to end: ranker, three distillations, evaluate

@@ -82,3 +82,14 @@ class Cache:
 
   def close(self) -> None:
     self._db.close()
+
+  def add_from(self, other: "Cache") -> int:
+    """Adds every answer of `other` this cache lacks (another workdir's answers to the same
+    prompts: a sweep's points share what was paid for once); returns how many were added."""
+    rows = other._db.execute("SELECT key, backend, model, answer, prompt_tokens, completion_tokens, "
+                             "created FROM answers").fetchall()
+    before = len(self)
+    self._db.execute("BEGIN")
+    self._db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    self._db.execute("COMMIT")
+    return len(self) - before

@@ -1,0 +1,282 @@
+"""Every system over the points of a sweep: mean ± sd over seeds, each seed's bootstrap CI.
+
+  python -m interdistill_jax.aggregate --root=runs/learning_curve [--metric=ndcg@10]
+
+Reads the points of `ROOT/sweep.json` (`interdistill_jax.sweep`) whose `evaluate` finished, and
+groups them into cells: the points with the same swept values but the seed. For each cell and
+system: each metric's mean ± sd over the seeds, the gain over the baseline (mean ± sd), and each
+seed's paired-bootstrap 95% CI against the baseline (`eval/compare.json`). Writes
+`ROOT/aggregate/`: `report.md`, `summary.json`, and the plots (`aggregate_plots`): the metric
+against the number of labelled queries, the distilled gain against the teacher's own quality on
+its training lists (labels/stats.json "quality"), and each system's dev loss (done.json) against
+its test metric.
+
+`read_run` and `over_seeds` are also what `benchmarks/seeds.py` reports over seed workdirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags
+
+from interdistill_jax import data as data_lib
+from interdistill_jax import layout, metrics
+
+SEED = "seed"
+# evaluate's systems in the order its report lists them.
+SYSTEM_ORDER = ("baseline", "ranker", "ranker_fused", *layout.SYSTEMS)
+# Where each system's dev figure is in a `read_run` record's "dev" (lower is better): the
+# ranker's ListMLE of the teacher's dev rankings (alone, fused with the initial retriever, and
+# the initial retriever's own, each at its best scale), each retriever's after training.
+DEV_FIGURES = {"baseline": ("ranker", "initial"), "ranker": ("ranker", "ranker"),
+               "ranker_fused": ("ranker", "fused"),
+               **{s: (s, "dev_llm_listmle", "trained") for s in layout.SYSTEMS}}
+
+def _json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def read_run(workdir: str) -> dict:
+  """One finished workdir: each system's headline metrics, its bootstrap comparison with the
+  baseline, the dev figures of done.json, the teacher audit and how many queries were labelled."""
+  out = {"workdir": workdir, "systems": {}, "vs_baseline": {}, "dev": {}}
+  done = _json(layout.done(layout.eval_dir(workdir))) or {}
+  names = [f"{s}.json" for s in done.get("systems", [])] or sorted(
+      n for n in os.listdir(layout.eval_dir(workdir)) if n.endswith(".json"))
+  for name in names:
+    r = _json(layout.eval_file(workdir, name))
+    if r and "system" in r and "metrics" in r:  # not compare.json, done.json, inputs.json
+      out["systems"][r["system"]] = {m: r["metrics"][m] for m in metrics.HEADLINE if m in r["metrics"]}
+  for system, per_metric in (_json(layout.eval_file(workdir, "compare.json")) or {}).items():
+    out["vs_baseline"][system] = {m: {k: c[k] for k in ("diff", "ci_low", "ci_high", "p_value")}
+                                  for m, c in per_metric.items()}
+  ranker = _json(layout.done(layout.ranker_dir(workdir))) or {}
+  if "dev_listmle" in ranker:
+    out["dev"]["ranker"] = dict(ranker["dev_listmle"], head=ranker.get("head"))
+  for system in layout.SYSTEMS:
+    done = _json(layout.done(layout.system_dir(workdir, system)))
+    if done:
+      out["dev"][system] = {k: done.get(k) for k in ("dev_llm_listmle", "teacher", "llm_loss",
+                                                     "list_size", "teacher_temperature", "selected_step")}
+  stats = _json(layout.label_stats(workdir)) or {}
+  out["teacher_audit"] = stats.get("quality")
+  out["labelled"] = (stats.get("labels") or {}).get("queries")
+  return out
+
+
+def dev_figure(run: dict, system: str) -> float | None:
+  """`system`'s dev figure in a `read_run` record (DEV_FIGURES), or None."""
+  node = run["dev"]
+  for key in DEV_FIGURES.get(system, ("-",)):
+    node = node.get(key) if isinstance(node, dict) else None
+  return float(node) if isinstance(node, (int, float)) else None
+
+
+def _stats(values: Sequence[float]) -> dict:
+  return {"mean": float(np.mean(values)),
+          "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+          "values": [float(v) for v in values]}
+
+
+def over_seeds(runs: Sequence[dict]) -> dict:
+  """system -> {"seeds": n, metric: {mean, sd, values}, "gain": {metric: {mean, sd, values}},
+  "vs_baseline": {metric: [each seed's diff, ci_low, ci_high, p_value]},
+  "{metric}_ci_low_above_0_in": "k/n"} over `read_run` records of one setting's seeds."""
+  found = {s for r in runs for s in r["systems"]}
+  systems = [s for s in SYSTEM_ORDER if s in found] + sorted(found - set(SYSTEM_ORDER))
+  summary = {}
+  for system in systems:
+    rows = [r["systems"][system] for r in runs if system in r["systems"]]
+    out = summary[system] = {"seeds": len(rows)}
+    for m in metrics.HEADLINE:
+      values = [row[m] for row in rows if m in row]
+      if values:
+        out[m] = _stats(values)
+    comparisons = [r["vs_baseline"][system] for r in runs if system in r["vs_baseline"]]
+    if comparisons:
+      out["gain"], out["vs_baseline"] = {}, {}
+      for m in metrics.HEADLINE:
+        per_seed = [c[m] for c in comparisons if m in c]
+        if per_seed:
+          out["gain"][m] = _stats([c["diff"] for c in per_seed])
+          out["vs_baseline"][m] = per_seed
+          out[f"{m}_ci_low_above_0_in"] = f"{sum(c['ci_low'] > 0 for c in per_seed)}/{len(per_seed)}"
+  return summary
+
+
+# --- a sweep root ---------------------------------------------------------------------------
+
+def read_points(root: str) -> tuple[list[dict], list[str]]:
+  """(finished points: `read_run` records with "name" and "values", unfinished point names)."""
+  plan = _json(layout.sweep_plan(root))
+  if plan is None:
+    raise FileNotFoundError(f"{layout.sweep_plan(root)} not found: run `interdistill_jax.sweep "
+                            f"--root={root}` first")
+  finished, unfinished = [], []
+  for name, entry in plan["points"].items():
+    workdir = layout.point_dir(root, name)
+    if not layout.is_done(layout.eval_dir(workdir)):
+      unfinished.append(name)
+      continue
+    values = dict(entry["values"])
+    # A field another sweep over this root varied: this point ran with its config's value.
+    config = (_json(layout.point_record(workdir)) or {}).get("config", {})
+    for field in plan["axes"]:
+      if field not in values:
+        values[field] = _lookup(config, field)
+    finished.append(read_run(workdir) | {"name": name, "values": values})
+  return finished, unfinished
+
+
+def _lookup(config: dict, field: str):
+  node = config
+  for part in field.split("."):
+    node = node.get(part) if isinstance(node, dict) else None
+  return node
+
+
+def cells(points: Sequence[dict]) -> list[dict]:
+  """Points grouped by their values but the seed, in the order they first appear."""
+  groups: dict[str, dict] = {}
+  for p in points:
+    values = {k: v for k, v in p["values"].items() if k != SEED}
+    key = json.dumps(values, sort_keys=True, default=str)
+    groups.setdefault(key, {"values": values, "points": []})["points"].append(p)
+  out = []
+  for cell in groups.values():
+    runs = cell["points"]
+    audits = [r["teacher_audit"] for r in runs if r.get("teacher_audit")]
+    teacher = {k: _stats([a[k] for a in audits if k in a])
+               for k in ("teacher_ndcg@10", "initial_ndcg@10", "kendall_tau")
+               if any(k in a for a in audits)}
+    labelled = [r["labelled"] for r in runs if r.get("labelled") is not None]
+    out.append({"values": cell["values"], "points": [r["name"] for r in runs],
+                "seeds": [r["values"].get(SEED) for r in runs],
+                "labelled": _stats(labelled) if labelled else None,
+                "teacher": teacher, "systems": over_seeds(runs)})
+  return out
+
+
+def _varying(points: Sequence[dict]) -> list[str]:
+  fields = list(dict.fromkeys(k for p in points for k in p["values"]))
+  return [f for f in fields
+          if len({json.dumps(p["values"].get(f), default=str) for p in points}) > 1]
+
+
+def _fmt(stats: dict | None, signed: bool = False) -> str:
+  if not stats:
+    return ""
+  mean = f"{stats['mean']:+.4f}" if signed else f"{stats['mean']:.4f}"
+  return mean if stats["sd"] is None else f"{mean} ± {stats['sd']:.4f}"
+
+
+def markdown(summary: dict, plots: Sequence[str]) -> str:
+  """The report: one table per cell, then the plots."""
+  metric = summary["metric"]
+  shown = [m for m in metrics.HEADLINE if any(m in s for c in summary["cells"] for s in c["systems"].values())]
+  lines = [f"# Sweep: {summary['root']}", "",
+           f"{len(summary['points'])} finished points in {len(summary['cells'])} settings; each "
+           "metric is the mean ± sd over the seeds (sample sd), and each seed's paired bootstrap "
+           "(10,000 resamples) against the baseline gives its 95% CI.", ""]
+  if summary["unfinished"]:
+    lines += [f"Not finished (left out): {', '.join(summary['unfinished'])}.", ""]
+  varying = summary["varying"]
+  for cell in summary["cells"]:
+    title = ", ".join(f"{k}={v}" for k, v in cell["values"].items() if k in varying) or "all points"
+    seeds = ", ".join(str(s) for s in cell["seeds"])
+    lines += [f"## {title}", "", f"Seeds: {seeds}."]
+    if cell["labelled"]:
+      lines[-1] += f" Labelled queries: {cell['labelled']['mean']:.0f}."
+    t = cell["teacher"]
+    if "teacher_ndcg@10" in t:
+      lines[-1] += (f" Teacher nDCG@10 on its training lists {_fmt(t['teacher_ndcg@10'])} "
+                    f"(initial order {_fmt(t.get('initial_ndcg@10'))}).")
+    head = ["system", "seeds", *shown, f"Δ {metric}", f"{metric} 95% CI per seed", "CI above 0"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for system, s in cell["systems"].items():
+      cis = "; ".join(f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+                      for c in s.get("vs_baseline", {}).get(metric, []))
+      row = [system, str(s["seeds"]), *(_fmt(s.get(m)) for m in shown),
+             _fmt(s.get("gain", {}).get(metric), signed=True), cis,
+             s.get(f"{metric}_ci_low_above_0_in", "")]
+      lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+  if summary["dev_vs_test"]:
+    lines += ["## Dev loss against the test metric", "",
+              f"Spearman's rank correlation over the points, per system (dev figure: done.json; "
+              f"lower is better, so a dev figure that predicts {metric} correlates negatively).", "",
+              "| system | points | Spearman rho |", "|---|---|---|"]
+    for system, c in summary["dev_vs_test"].items():
+      rho = "" if c["spearman"] is None else f"{c['spearman']:+.3f}"
+      lines.append(f"| {system} | {len(c['points'])} | {rho} |")
+    lines.append("")
+  lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+  return "\n".join(lines) + "\n"
+
+
+def _dev_vs_test(points: Sequence[dict], metric: str) -> dict:
+  from scipy import stats  # noqa: PLC0415
+  out = {}
+  for system in DEV_FIGURES:
+    pairs = [(dev_figure(p, system), p["systems"][system][metric], p["name"]) for p in points
+             if system in p["systems"] and metric in p["systems"][system]]
+    pairs = [x for x in pairs if x[0] is not None]
+    if not pairs:
+      continue
+    rho = None
+    if len(pairs) >= 3 and len({x[0] for x in pairs}) > 1 and len({x[1] for x in pairs}) > 1:
+      rho = float(stats.spearmanr([x[0] for x in pairs], [x[1] for x in pairs]).statistic)
+    out[system] = {"spearman": rho, "points": [x[2] for x in pairs],
+                   "dev": [x[0] for x in pairs], "test": [x[1] for x in pairs]}
+  return out
+
+
+def aggregate(root: str, *, metric: str = "ndcg@10") -> dict:
+  """Writes ROOT/aggregate/{report.md, summary.json, *.png}; returns the summary."""
+  from interdistill_jax import aggregate_plots  # noqa: PLC0415 (matplotlib only here)
+  points, unfinished = read_points(root)
+  if not points:
+    raise ValueError(f"{root}: no point has finished `evaluate` yet ({len(unfinished)} unfinished)")
+  available = sorted({m for p in points for s in p["systems"].values() for m in s})
+  if metric not in available:
+    raise ValueError(f"--metric={metric!r} is not in the points' results; they have {available}")
+  summary = {"root": root, "metric": metric, "varying": _varying(points), "cells": cells(points),
+             "points": {p["name"]: p for p in points}, "unfinished": unfinished,
+             "dev_vs_test": _dev_vs_test(points, metric)}
+  os.makedirs(layout.aggregate_dir(root), exist_ok=True)
+  plots = aggregate_plots.write_all(root, summary)
+  summary["plots"] = [os.path.basename(p) for p in plots]
+  data_lib.write_json(layout.aggregate_file(root, "summary.json"), summary)
+  data_lib.atomic_write_text(layout.aggregate_file(root, "report.md"), markdown(summary, plots))
+  return summary
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("root", None, "A sweep's root directory (interdistill_jax.sweep --root).")
+  flags.DEFINE_string("metric", "ndcg@10", "The test metric of the plots and the CI column.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    summary = aggregate(flags.FLAGS.root, metric=flags.FLAGS.metric)
+  except (ValueError, FileNotFoundError) as e:
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(1)
+  print(f"{len(summary['points'])} points, {len(summary['cells'])} settings: "  # noqa: T201
+        f"{layout.aggregate_file(flags.FLAGS.root, 'report.md')}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  flags.mark_flag_as_required("root")
+  app.run(main)
