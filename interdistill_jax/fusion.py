@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, losses, retrieval
+from interdistill_jax import checks, layout, losses, retrieval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +97,7 @@ def load_fusion(config, workdir: str) -> Fusion | None:
 
 
 def check_fuse_initial(value: str) -> str:
-  if value not in ("none", "fit"):
-    raise ValueError(f"ranker.fuse_initial must be 'none' or 'fit', got {value!r}")
-  return value
+  return checks.require_one_of("ranker.fuse_initial", value, checks.FUSE_INITIAL)
 
 
 class InitialScores:

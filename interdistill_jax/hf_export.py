@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, model_cards, models, provenance, sharding
+from interdistill_jax import checks, layout, model_cards, models, provenance, sharding
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _TOKENIZER_FILES = ("vocab.txt", "special_tokens_map.json")
@@ -385,9 +385,7 @@ def _export_ranker(config, workdir: str, info: dict, mesh) -> Exported:
 
 def run(config, workdir: str) -> None:
   """Task `export`: export/retriever, export/ranker, export/labels; then the Hub when asked."""
-  if config.export.push_to_hub and not any(_repo_ids(config.export).values()):
-    raise ValueError("export.push_to_hub is set but no export.repo_id_retriever / repo_id_ranker / "
-                     "repo_id_labels is")
+  checks.require(checks.push_target(config.export))
   if jax.process_index() != 0:
     return
   inputs = provenance.begin("export", config, workdir, every_process=False)  # process 0 exports

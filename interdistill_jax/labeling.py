@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from interdistill_jax import assets, data, layout, metrics, provenance
+from interdistill_jax import assets, checks, data, layout, metrics, provenance
 from interdistill_jax import teachers
 from interdistill_jax.teachers import pricing
 from interdistill_jax.teachers.cache import Cache
@@ -264,8 +264,7 @@ def _quality(dataset: data.Dataset, split: str, labels_path: str) -> dict[str, A
 def check_teacher(quality: dict[str, Any] | None, policy: str, where: str) -> None:
   """Says loudly what the teacher teaches; `label.weak_teacher="stop"` stops on a teacher that is
   not better than the initial retriever on the judged training lists."""
-  if policy not in ("warn", "stop", "ignore"):
-    raise ValueError(f"label.weak_teacher must be 'warn', 'stop' or 'ignore', got {policy!r}")
+  checks.require_one_of("label.weak_teacher", policy, checks.WEAK_TEACHER)
   if not quality or policy == "ignore":
     return
   agreement = (f"Kendall tau with the initial order {quality['kendall_tau']:.3f}, keeps the initial "

@@ -11,7 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from interdistill_jax import layout, tasks
+from interdistill_jax import checks, layout, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -73,6 +73,21 @@ def lock_workdir(workdir: str):
   return f
 
 
+def run(config, workdir: str) -> None:
+  """Checks every section of the config, then holds the workdir and runs `config.task` in it.
+
+  A bad value anywhere stops the run here, before anything is computed or written (the check
+  only reads the workdir, to see which pipeline stages are complete).
+  """
+  checks.check_config(config, workdir=workdir)
+  task = tasks.resolve(config.task)
+  # The peers of a multi-host run share the workdir: process 0 holds it for them all.
+  import jax  # noqa: PLC0415
+  lock = lock_workdir(workdir) if jax.process_index() == 0 else None
+  task(config, workdir)
+  del lock
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -85,20 +100,13 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   logging.info("task=%s workdir=%s", config.task, workdir)
   try:
-    task = tasks.resolve(config.task)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  try:
-    # The peers of a multi-host run share the workdir: process 0 holds it for them all.
-    import jax  # noqa: PLC0415
-    lock = lock_workdir(workdir) if jax.process_index() == 0 else None
-    task(config, workdir)
+    run(config, workdir)
   except (WorkdirBusy, *USER_ERRORS) as e:
     if _VERBOSE_ERRORS.value:
       raise
-    sys.stderr.write(f"error: {e}\n(--verbose_errors shows the traceback)\n")
+    sys.stderr.write("".join(f"error: {line}\n" for line in str(e).splitlines()))
+    sys.stderr.write("(--verbose_errors shows the traceback)\n")
     sys.exit(1)
-  del lock
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ import jax
 import numpy as np
 from absl import logging
 
+from interdistill_jax import checks
 from interdistill_jax import data as data_lib
 from interdistill_jax import search as search_lib
 
-DTYPES = {"float16": np.float16, "float32": np.float32}
+DTYPES = {name: np.dtype(name).type for name in checks.SHARD_DTYPES}
 
 
 def _shard_name(i: int) -> str:
@@ -89,8 +90,7 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
   `encoder` must live on this process's devices only (`Encoder(..., mesh=local mesh)`): the
   processes encode different shards at the same time and never wait for one another until the end.
   """
-  if dtype not in DTYPES:
-    raise ValueError(f"encode.shard_dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  checks.require_one_of("encode.shard_dtype", dtype, checks.SHARD_DTYPES)
   os.makedirs(directory, exist_ok=True)
   manifest_path = os.path.join(directory, "manifest.json")
   want = {"format": 1, "dtype": dtype, "shard_size": shard_size, **(meta or {})}
@@ -206,7 +206,7 @@ def build_faiss(store: ShardStore, kind: str, *, nlist: int = 0, pq_m: int = 48,
     index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = ef_construction
   else:
-    raise ValueError(f"retrieve.index must be 'exact', 'ivfpq' or 'hnsw', got {kind!r}")
+    checks.require_one_of("retrieve.index", kind, checks.FAISS_INDEXES)
   for s in range(store.num_shards):
     index.add(np.ascontiguousarray(store.embeddings(s), dtype=np.float32))
   return index

@@ -34,7 +34,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, sharding
+from interdistill_jax import checks, layout, sharding
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,7 +54,7 @@ def make_optimizer(optim_config, total_steps: int) -> tuple[optax.GradientTransf
   elif optim_config.schedule == "constant":
     schedule = optax.constant_schedule(lr)
   else:
-    raise ValueError(f"optim.schedule: unknown schedule {optim_config.schedule!r}")
+    checks.require_one_of("optim.schedule", optim_config.schedule, checks.SCHEDULES)
   return optax.chain(
       optax.clip_by_global_norm(optim_config.max_grad_norm),
       optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=optim_config.weight_decay),
