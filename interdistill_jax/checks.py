@@ -331,10 +331,10 @@ def _label(c) -> list:
       at_least("label.reasks", lab.reasks, 0),
       one_of("label.weak_teacher", lab.weak_teacher, WEAK_TEACHER),
   ]
-  if lab.num_candidates > c.retrieve.k:
+  stages = planned_stages(c)
+  if "label" in stages and lab.num_candidates > c.retrieve.k:
     out.append(f"label.num_candidates={lab.num_candidates}: must be at most retrieve.k="
                f"{c.retrieve.k} (the candidates retrieved per query)")
-  stages = planned_stages(c)
   if lab.split and {"retrieve", "label"} <= set(stages) and lab.split not in c.retrieve.splits:
     out.append(f"label.split={lab.split!r}: must be one of retrieve.splits="
                f"{tuple(c.retrieve.splits)!r} (the pipeline retrieves its candidates there)")
@@ -411,7 +411,7 @@ def _distill(c) -> list:
       at_least("distill.in_batch_weight", d.in_batch_weight, 0),
       *_loop("distill", d),
   ]
-  if d.depth > c.retrieve.k:
+  if "distill" in planned_stages(c) and d.depth > c.retrieve.k:
     out.append(f"distill.depth={d.depth}: must be at most retrieve.k={c.retrieve.k} (the "
                "candidates retrieved per query)")
   return out
@@ -523,11 +523,14 @@ def _data_files(c) -> list:
               for split in ("train", "test") if not os.path.isfile(os.path.expanduser(d.qa[split]))]
     return out
   root = os.path.expanduser(d.dir)
-  if not (root and os.path.isfile(os.path.join(root, "queries.jsonl"))):
+  queries = os.path.join(root, "queries.jsonl")
+  if not (root and os.path.isfile(queries)):
     if d.download_url:
       return []  # fetched when the stage starts
-    return [f"data.dir={d.dir!r}: not a BEIR-layout directory (no queries.jsonl there) and no "
-            "data.download_url to fetch it from"]
+    if not root or not os.path.isdir(root):
+      return [f"data.dir={d.dir!r}: no such directory, and no data.download_url to fetch it from"]
+    return [f"data.dir={d.dir!r}: {queries} not found (a BEIR-layout directory holds "
+            "corpus.jsonl, queries.jsonl and qrels/)"]
   corpus = os.path.expanduser(d.corpus_file)
   corpus = corpus if os.path.isabs(corpus) else os.path.join(root, corpus)
   return [] if os.path.isfile(corpus) else [

@@ -278,7 +278,7 @@ def run(config, workdir: str) -> None:
   inputs = provenance.begin(provenance.stage_name("distill", config), config, workdir)
   mesh = sharding.mesh_from_config(config.mesh)
   dataset = assets.load_dataset(config.data)
-  labels = data_lib.load_labels(layout.labels(workdir))
+  labels = data_lib.load_labels(layout.labels(workdir), dataset)
   scores = fusion = None
   extra = {}
   records, width = labels, section.list_size  # the lists the retriever trains on

@@ -8,7 +8,6 @@ for `a * ranker + b * initial retriever` on the dev queries (`ranker/fusion.json
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -78,8 +77,7 @@ def read_fusion(workdir: str) -> Fusion | None:
   path = layout.fusion(workdir)
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    info = json.load(f)
+  info = data_lib.read_json(path)
   return Fusion(info["ce_weight"], info["initial_weight"])
 
 

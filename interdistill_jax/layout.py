@@ -9,8 +9,9 @@ is what `pipeline` runs and how it knows a stage has finished.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+
+from interdistill_jax import data
 
 # evaluate's system name -> the directory its retriever is trained in; `distill.teacher` -> system.
 SYSTEMS = {"distilled": "retriever", "direct": "retriever_direct", "supervised": "retriever_supervised"}
@@ -33,7 +34,8 @@ LAYOUT = (
     ("labels/llm_cache.sqlite", "label", "every answered LLM call (a rerun never pays twice)"),
     ("labels/stats.json", "label", "done marker: counts, tokens, cost and the teacher audit"),
     ("labels/stats.partial.json", "label", "the same for a run that left queries unlabelled"),
-    ("ranker/checkpoints/", "train_ranker", "Orbax checkpoints: `latest/` to resume, `best/` by dev loss"),
+    ("ranker/checkpoints/", "train_ranker", "Orbax checkpoints: `latest/` to resume, `best/` by dev "
+     "loss; `aside/` those a resume could not use (moved, never deleted)"),
     ("ranker/metrics.jsonl", "train_ranker", "train and dev loss per logged step"),
     ("ranker/fusion.json", "train_ranker",
      "the fusion with the initial retriever fitted on the dev queries, and their dev ListMLE"),
@@ -184,8 +186,11 @@ def read_done(stage_dir: str) -> dict:
   path = done(stage_dir)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: the stage has not finished in this workdir")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    return data.read_json(path)
+  except data.DataError as e:
+    raise data.DataError(path, e.line, f"{e.problem}: a damaged done marker; run its stage again "
+                         "(`pipeline` does: it resumes from the stage's own files)") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from interdistill_jax import checks, layout, tasks
+from interdistill_jax import checks, defaults, layout, tasks, teachers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -21,9 +21,11 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
 _VERBOSE_ERRORS = flags.DEFINE_bool("verbose_errors", False,
                                     "Show the Python traceback of an input or config error too.")
 
-# What a user can fix (bad input, a config value, a missing asset, a stale artifact): one line
-# and exit status 1. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+# What a user can fix (bad input, a config value, a missing asset, a stale artifact, an LLM API
+# that refuses the key or has no quota left): one line and exit status 1. Anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+               teachers.CallFailed)
 
 # Set by launch/local.sh for each process; absent on TPU pods / SLURM, where JAX autodetects them.
 DISTRIBUTED_ENV = ("INTERDISTILL_COORDINATOR", "INTERDISTILL_NUM_PROCESSES", "INTERDISTILL_PROCESS_ID")
@@ -88,6 +90,47 @@ def run(config, workdir: str) -> None:
   del lock
 
 
+def _fail(lines) -> None:
+  sys.stderr.write("".join(f"error: {line}\n" for line in lines))
+  sys.stderr.write("(--verbose_errors shows the traceback)\n")
+  sys.exit(1)
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+  """The first `--config.a.b=v` of `argv` that names no declared field, as a problem line."""
+  import difflib  # noqa: PLC0415
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    node = defaults.base_config()
+    for i, key in enumerate(path):
+      if not hasattr(node, "keys") or key not in node:
+        known = list(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {'.'.join(path[:i] + close)}?" if close else ""
+        return f"--config.{'.'.join(path)}: unknown field {'.'.join(path[:i + 1])} (not declared " \
+               f"in interdistill_jax/defaults.py){hint}"
+      node = node[key]
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad `--config.a.b=v` said in one line like every user error."""
+  verbose = any(a in ("--verbose_errors", "--verbose_errors=true", "--verbose_errors=True")
+                for a in argv)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    if verbose:
+      raise
+    _fail([str(e)])
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # raised by config overrides
+    if verbose:
+      raise
+    _fail([_unknown_override(argv) or f"{type(e).__name__}: {e}"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -104,11 +147,9 @@ def main(argv):
   except (WorkdirBusy, *USER_ERRORS) as e:
     if _VERBOSE_ERRORS.value:
       raise
-    sys.stderr.write("".join(f"error: {line}\n" for line in str(e).splitlines()))
-    sys.stderr.write("(--verbose_errors shows the traceback)\n")
-    sys.exit(1)
+    _fail(str(e).splitlines())
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -142,6 +142,14 @@ def test_a_bad_value_names_its_field_and_nothing_is_written(data_dir, tmp_path, 
   assert not workdir.exists()
 
 
+def test_a_rule_between_sections_holds_only_where_both_are_used(data_dir):
+  # The candidates shown to the teacher come from retrieve.k: no question when nothing labels.
+  assert checks.problems(_config(data_dir, **{"task": "retrieve", "label.num_candidates": 50,
+                                              "retrieve.k": 10})) == []
+  assert checks.problems(_config(data_dir, **{"pipeline.stages": ("retrieve", "evaluate"),
+                                              "label.split": "dev", "distill.depth": 500})) == []
+
+
 def test_every_problem_is_reported_at_once(data_dir):
   problems = checks.problems(_config(data_dir, **{"distill.llm_loss": "mse", "ranker.head": "mlp",
                                                   "label.on_failure": "skip"}))
@@ -219,8 +227,10 @@ def test_a_pipeline_stage_already_complete_needs_no_key(data_dir, tmp_path, no_k
 
 
 def test_missing_files_the_stages_need(data_dir, tmp_path):
-  with pytest.raises(checks.ConfigError, match="^data.dir=.*no queries.jsonl"):
+  with pytest.raises(checks.ConfigError, match="^data.dir=.*: no such directory"):
     checks.check_config(_config(data_dir, **{"data.dir": str(tmp_path / "nowhere")}))
+  with pytest.raises(checks.ConfigError, match="^data.dir=.*queries.jsonl not found"):
+    checks.check_config(_config(data_dir, **{"data.dir": str(tmp_path)}))
   with pytest.raises(checks.ConfigError, match="^data.corpus_file='missing.jsonl': .*not found"):
     checks.check_config(_config(data_dir, **{"data.corpus_file": "missing.jsonl"}))
   with pytest.raises(checks.ConfigError, match="^teacher.model='/no/such.gguf': no such GGUF file"):
