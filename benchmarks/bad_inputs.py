@@ -379,7 +379,7 @@ def run_case(bench: Bench, case: Case) -> dict:
                    and not p.startswith(setup.damaged or "\0"))
   output = proc.stdout + proc.stderr
   text = message(proc, setup.damaged)
-  for where, name in ((case_dir, "<case>"), (bench.root, "<tmp>")):
+  for where, name in ((case_dir, "CASE"), (bench.root, "TMP")):
     text = text.replace(str(where), name)
   return {
       "case": case.name,
