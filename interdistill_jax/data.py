@@ -20,7 +20,7 @@ from interdistill_jax import corpus as corpus_lib
 from interdistill_jax import textfiles
 # Also data.X, as the package and its users have always named them.
 from interdistill_jax.corpus import Document, iter_corpus, load_corpus  # noqa: F401
-from interdistill_jax.textfiles import DataError
+from interdistill_jax.textfiles import DataError, read_json  # noqa: F401 (data.read_json)
 
 Qrels = dict[str, dict[str, int]]  # qid -> docid -> graded relevance
 Run = dict[str, dict[str, float]]  # qid -> docid -> score
@@ -78,12 +78,28 @@ def load_qrels(path: str | os.PathLike) -> Qrels:
       qid, _, docid, rel = parts
     else:
       raise DataError(path, lineno, f"expected 3 (BEIR) or 4 (TREC) fields, got {len(parts)}")
-    try:
-      relevance = int(float(rel))
-    except ValueError:
-      raise DataError(path, lineno, f"relevance {rel!r} is not a number") from None
-    qrels.setdefault(qid, {})[docid] = relevance
+    qrels.setdefault(qid, {})[docid] = _grade(rel, path, lineno)
   return qrels
+
+
+def _grade(text: str, path, lineno: int) -> int:
+  """A relevance grade: an integer ("2", or "2.0" as some tools write it), never rounded."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise DataError(path, lineno, f"relevance {text!r} is not a number") from None
+  if not value.is_integer():
+    raise DataError(path, lineno, f"relevance {text!r} is not an integer grade")
+  return int(value)
+
+
+def first_line_of(path: str | os.PathLike, key: str) -> int | None:
+  """The number of the first line of a whitespace-separated file whose first field is `key`."""
+  for lineno, line in textfiles.lines(path):
+    fields = line.split()
+    if fields and fields[0] == key:
+      return lineno
+  return None
 
 
 def read_trec_run(path: str | os.PathLike) -> Run:
@@ -175,8 +191,9 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
     os.fsync(f.fileno())
 
 
-def load_labels(path: str | os.PathLike) -> list[dict]:
-  """`labels.jsonl` records, each checked against the artifact contract."""
+def load_labels(path: str | os.PathLike, dataset: Dataset | None = None) -> list[dict]:
+  """`labels.jsonl` records, each checked against the artifact contract, and with `dataset`,
+  against its queries and corpus (labels made over another data set stop at their first line)."""
   labels = []
   seen: set[str] = set()
   for lineno, obj in textfiles.jsonl_objects(path):
@@ -190,8 +207,20 @@ def load_labels(path: str | os.PathLike) -> list[dict]:
     prefix = obj.get("ranked_prefix", len(ranking))
     if not isinstance(prefix, int) or not 0 <= prefix <= len(ranking):
       raise DataError(path, lineno, f"'ranked_prefix' must be an int in [0, {len(ranking)}]")
+    if dataset is not None:
+      _check_labelled(obj, dataset, path, lineno)
     labels.append(obj)
   return labels
+
+
+def _check_labelled(record: Mapping, dataset: Dataset, path, lineno: int) -> None:
+  unknown = ("query", record["qid"]) if record["qid"] not in dataset.queries else next(
+      (("document", d) for d in record["docids"] if d not in dataset.corpus), None)
+  if unknown:
+    what, key = unknown
+    raise DataError(path, lineno, f"{what} {key!r} is not in the data set {dataset.root} (labels "
+                    "of another data set?); move labels.jsonl and stats.json away and run `label` "
+                    "again (answered calls stay in its cache)")
 
 
 def load_split_ids(path: str | os.PathLike) -> list[str]:
@@ -320,7 +349,10 @@ class Dataset:
   def _check_known(self, path: str, qids: Iterable[str]) -> None:
     missing = [qid for qid in qids if qid not in self.queries]
     if missing:
-      raise DataError(path, None, f"{len(missing)} query ids not in queries.jsonl, e.g. {missing[0]!r}")
+      others = f" ({len(missing) - 1} more query ids are missing too)" if len(missing) > 1 else ""
+      raise DataError(path, first_line_of(path, missing[0]),
+                      f"query {missing[0]!r} is not in {os.path.join(self.root, 'queries.jsonl')}"
+                      f"{others}")
 
 
 def load_beir(root: str | os.PathLike, corpus_file: str = "corpus.jsonl", *,

@@ -29,16 +29,15 @@ from absl import logging
 from flax import nnx
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, fusion as fusion_lib, layout, losses, models, ranker as ranker_lib, retrieval
+from interdistill_jax import assets, checks, fusion as fusion_lib, layout, losses, models, ranker as ranker_lib
+from interdistill_jax import retrieval
 from interdistill_jax import provenance, sharding, tokenization, train
 
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
 
 
 def check_teacher(section) -> str:
-  layout.check_teacher(section.teacher)
-  if section.llm_loss not in ("listmle", "kl"):
-    raise ValueError(f"distill.llm_loss must be 'listmle' or 'kl', got {section.llm_loss!r}")
+  checks.require(*checks.distill_teacher(section))
   return section.teacher
 
 
@@ -50,9 +49,8 @@ def output_dir(config, workdir: str) -> str:
 def llm_top_k(config) -> int:
   """How many of the LLM's first positions the no-ranker reference learns (0: the whole trusted
   prefix). By default the trust the ranker gets (`ranker.top_k`): both learn the same signal."""
+  checks.require(checks.llm_top_k(config.distill))
   k = config.distill.llm_top_k
-  if k < -1:
-    raise ValueError(f"distill.llm_top_k must be -1 (ranker.top_k), 0 or a positive count, got {k}")
   return config.ranker.top_k if k == -1 else k
 
 
@@ -63,8 +61,7 @@ def uses_listmle(section) -> bool:
 
 def build_student(config, towers: str) -> tuple[models.DualEncoder, models.Checkpoint, object]:
   """The retriever to train and the filter of its trainable parameters."""
-  if towers not in ("query", "both"):
-    raise ValueError(f"distill.towers must be 'query' or 'both', got {towers!r}")
+  checks.require_one_of("distill.towers", towers, checks.TOWERS)
   shared = towers == "both"
   model, ckpt = models.load_dual_encoder(config.model, shared=shared, seed=config.seed)
   return model, ckpt, (nnx.Param if shared else QUERY_TOWER)
@@ -281,7 +278,7 @@ def run(config, workdir: str) -> None:
   inputs = provenance.begin(provenance.stage_name("distill", config), config, workdir)
   mesh = sharding.mesh_from_config(config.mesh)
   dataset = assets.load_dataset(config.data)
-  labels = data_lib.load_labels(layout.labels(workdir))
+  labels = data_lib.load_labels(layout.labels(workdir), dataset)
   scores = fusion = None
   extra = {}
   records, width = labels, section.list_size  # the lists the retriever trains on

@@ -8,7 +8,6 @@ for `a * ranker + b * initial retriever` on the dev queries (`ranker/fusion.json
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -17,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, losses, retrieval
+from interdistill_jax import checks, layout, losses, retrieval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +77,7 @@ def read_fusion(workdir: str) -> Fusion | None:
   path = layout.fusion(workdir)
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    info = json.load(f)
+  info = data_lib.read_json(path)
   return Fusion(info["ce_weight"], info["initial_weight"])
 
 
@@ -97,9 +95,7 @@ def load_fusion(config, workdir: str) -> Fusion | None:
 
 
 def check_fuse_initial(value: str) -> str:
-  if value not in ("none", "fit"):
-    raise ValueError(f"ranker.fuse_initial must be 'none' or 'fit', got {value!r}")
-  return value
+  return checks.require_one_of("ranker.fuse_initial", value, checks.FUSE_INITIAL)
 
 
 class InitialScores:

@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, model_cards, models, provenance, sharding
+from interdistill_jax import checks, layout, model_cards, models, provenance, sharding
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _TOKENIZER_FILES = ("vocab.txt", "special_tokens_map.json")
@@ -402,9 +402,7 @@ def run(config, workdir: str) -> None:
   Every process restores the models (a checkpoint restore takes them all), each onto its own
   devices so that it holds them whole; process 0 alone writes and pushes.
   """
-  if config.export.push_to_hub and not any(_repo_ids(config.export).values()):
-    raise ValueError("export.push_to_hub is set but no export.repo_id_retriever / repo_id_ranker / "
-                     "repo_id_labels is")
+  checks.require(checks.push_target(config.export))
   inputs = provenance.begin("export", config, workdir)
   mesh = sharding.local_mesh(sharding.mesh_from_config(config.mesh))
   retriever, ranker = _load_retriever(config, workdir, mesh), _load_ranker(config, workdir, mesh)

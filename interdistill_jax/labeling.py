@@ -22,7 +22,6 @@ import asyncio
 import collections
 import dataclasses
 import datetime
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from interdistill_jax import assets, data, layout, metrics, peers, provenance
+from interdistill_jax import assets, checks, data, layout, metrics, peers, provenance
 from interdistill_jax import teachers
 from interdistill_jax.teachers import pricing
 from interdistill_jax.teachers.cache import Cache
@@ -264,8 +263,7 @@ def recorded_audit(workdir: str) -> dict[str, Any] | None:
   path = layout.label_stats(workdir)
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f).get("quality")
+  return data.read_json(path).get("quality")
 
 
 def _quality(dataset: data.Dataset, split: str, labels_path: str) -> dict[str, Any] | None:
@@ -279,8 +277,7 @@ def _quality(dataset: data.Dataset, split: str, labels_path: str) -> dict[str, A
 def check_teacher(quality: dict[str, Any] | None, policy: str, where: str) -> None:
   """Says loudly what the teacher teaches; `label.weak_teacher="stop"` stops on a teacher that is
   not better than the initial retriever on the judged training lists."""
-  if policy not in ("warn", "stop", "ignore"):
-    raise ValueError(f"label.weak_teacher must be 'warn', 'stop' or 'ignore', got {policy!r}")
+  checks.require_one_of("label.weak_teacher", policy, checks.WEAK_TEACHER)
   if not quality or policy == "ignore":
     return
   agreement = (f"Kendall tau with the initial order {quality['kendall_tau']:.3f}, keeps the initial "
@@ -352,7 +349,8 @@ async def _label(config: ml_collections.ConfigDict, paths: Mapping[str, str], da
     cache.close()
     raise
   try:
-    existing = data.load_labels(paths["labels"]) if os.path.exists(paths["labels"]) else []
+    existing = (data.load_labels(paths["labels"], dataset) if os.path.exists(paths["labels"])
+                else [])
     _check_resumable(paths["labels"], existing, candidates, teacher.provenance())
     done = {r["qid"] for r in existing}
     pending = [qid for qid in candidates if qid not in done]
@@ -414,8 +412,14 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
                "stats in %s", q["labelled"], stats["labels"]["queries"], q["dropped"], q["failed"],
                stats["calls"]["answered"], stats["calls"]["cache_hits"], stats_path)
   if tally.fatal:
-    raise tally.fatal[0]
+    e = tally.fatal[0]
+    raise teachers.CallFailed(
+        f"label stopped: the {config.teacher.backend} teacher failed ({e}); {q['labelled']} queries "
+        f"labelled this run are kept in {paths['labels']}, answered calls in {paths['cache']} "
+        f"(report: {stats_path})", cause=e.cause, fatal=True) from e
   if tally.failed:
-    raise RuntimeError(f"{len(tally.failed)} queries could not be labelled (see {stats_path}); run "
-                       "`label` again to retry them: answered calls are cached")
+    raise teachers.CallFailed(
+        f"{len(tally.failed)} queries could not be labelled (e.g. {next(iter(tally.failed.values()))}; "
+        f"see {stats_path}); run `label` again to retry them: answered calls are cached",
+        cause="retries")
   check_teacher(stats["quality"], config.label.weak_teacher, stats_path)

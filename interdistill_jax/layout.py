@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
+
+from interdistill_jax import textfiles
 
 # evaluate's system name -> the directory its retriever is trained in; `distill.teacher` -> system.
 SYSTEMS = {"distilled": "retriever", "direct": "retriever_direct", "supervised": "retriever_supervised"}
@@ -34,7 +35,8 @@ LAYOUT = (
     ("labels/llm_cache.sqlite", "label", "every answered LLM call (a rerun never pays twice)"),
     ("labels/stats.json", "label", "done marker: counts, tokens, cost and the teacher audit"),
     ("labels/stats.partial.json", "label", "the same for a run that left queries unlabelled"),
-    ("ranker/checkpoints/", "train_ranker", "Orbax checkpoints: `latest/` to resume, `best/` by dev loss"),
+    ("ranker/checkpoints/", "train_ranker", "Orbax checkpoints: `latest/` to resume, `best/` by dev "
+     "loss; `aside/` those a resume could not use (moved, never deleted)"),
     ("ranker/metrics.jsonl", "train_ranker", "train and dev loss per logged step"),
     ("ranker/events.out.tfevents.*", "train_ranker", "the same metrics as TensorBoard events "
      "(`tensorboard --logdir WORKDIR`; each retriever directory has its own)"),
@@ -254,8 +256,11 @@ def read_done(stage_dir: str) -> dict:
   path = done(stage_dir)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: the stage has not finished in this workdir")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    return textfiles.read_json(path)
+  except textfiles.DataError as e:
+    raise textfiles.DataError(path, e.line, f"{e.problem}: a damaged done marker; run its stage again "
+                         "(`pipeline` does: it resumes from the stage's own files)") from None
 
 
 @dataclasses.dataclass(frozen=True)

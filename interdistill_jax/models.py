@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from interdistill_jax import assets
+from interdistill_jax import assets, checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,7 +373,7 @@ def resolve_checkpoint(init: str) -> Checkpoint:
 
 
 def _dtype(name: str):
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+  return getattr(jnp, checks.require_one_of("model.dtype", name, checks.COMPUTE_DTYPES))
 
 
 def attention_impl(model_config) -> str:
@@ -384,9 +384,7 @@ def attention_impl(model_config) -> str:
   if choice == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(f"model.attention='cudnn' needs a CUDA GPU; this run's backend is "
                      f"{jax.default_backend()!r} (use 'auto' or 'xla')")
-  if choice not in ("xla", "cudnn"):
-    raise ValueError(f"model.attention must be 'auto', 'xla' or 'cudnn', got {choice!r}")
-  return choice
+  return checks.require_one_of("model.attention", choice, checks.ATTENTION)
 
 
 def _bert_config(ckpt: Checkpoint, model_config) -> BertConfig:
@@ -422,8 +420,7 @@ def has_classifier(tensors: dict[str, np.ndarray]) -> bool:
 def ranker_head(head: str, tensors: dict[str, np.ndarray]) -> str:
   """`ranker.head` resolved for a checkpoint's tensors: "auto" is "cls" for a checkpoint with a
   one-label classifier (a cross-encoder), "residual" otherwise (a bi-encoder such as MiniLM)."""
-  if head not in ("auto", "cls", "residual"):
-    raise ValueError(f"ranker.head must be 'auto', 'cls' or 'residual', got {head!r}")
+  checks.require_one_of("ranker.head", head, checks.RANKER_HEADS)
   if head != "auto":
     return head
   return "cls" if has_classifier(tensors) else "residual"

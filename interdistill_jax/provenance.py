@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from absl import logging
 
 from interdistill_jax import assets, layout, peers
+from interdistill_jax import data as data_lib
 
 # Config fields that cannot change any stage's result.
 NEUTRAL = frozenset({
@@ -148,11 +149,25 @@ def _data_files(config) -> dict:
 
 
 def read_marker(name: str, workdir: str) -> dict | None:
-  path = marker(name, workdir)
+  """Stage `name`'s done marker; None when it is absent or damaged (the stage counts as not done
+  and runs again, resuming from its own files: no LLM call is paid twice)."""
+  return _read_record(marker(name, workdir))
+
+
+_DAMAGED: set[str] = set()  # damaged records already reported
+
+
+def _read_record(path: str) -> dict | None:
   if not os.path.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    return data_lib.read_json(path)
+  except data_lib.DataError as e:
+    if path not in _DAMAGED:
+      _DAMAGED.add(path)
+      logging.warning("%s: a damaged record, taken as absent: its stage runs again and resumes "
+                      "from its own files", e)
+    return None
 
 
 def upstream(name: str, workdir: str) -> tuple[str, ...]:
@@ -282,10 +297,7 @@ def begin(name: str, config, workdir: str, *, every_process: bool = True) -> dic
 def _settle(name: str, workdir: str, rec: dict) -> None:
   """Moves aside what stage `name` left from other settings, and records `rec` as its start."""
   path = started(name, workdir)
-  previous = None
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      previous = json.load(f)
+  previous = _read_record(path)
   done = read_marker(name, workdir)
   left = previous or (done if done and "fingerprint" in done else None)
   if left is None and any(os.path.exists(p) for p in _outputs(name, workdir)):
@@ -297,7 +309,6 @@ def _settle(name: str, workdir: str, rec: dict) -> None:
     moved = move_aside(name, workdir)
     logging.warning("%s: the outputs in %s came from other settings (%s); moved to %s, starting "
                     "afresh", name, workdir, "; ".join(diffs), moved)
-  from interdistill_jax import data as data_lib  # noqa: PLC0415
   data_lib.write_json(path, rec)
 
 

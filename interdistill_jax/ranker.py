@@ -271,7 +271,7 @@ def run(config, workdir: str) -> None:
   inputs = provenance.begin("train_ranker", config, workdir)
   mesh = sharding.mesh_from_config(config.mesh)
   dataset = assets.load_dataset(config.data)
-  labels = data_lib.load_labels(layout.labels(workdir))
+  labels = data_lib.load_labels(layout.labels(workdir), dataset)
   if not labels:
     raise ValueError(f"{layout.labels(workdir)} has no labelled queries")
   from interdistill_jax import labeling  # noqa: PLC0415 (the teacher's code only for its audit)

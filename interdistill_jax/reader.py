@@ -164,7 +164,8 @@ def rag_metrics(config: ml_collections.ConfigDict, workdir: str, dataset: data_l
     read) and `rag.questions`; per_query[`rag.em@{k}`][qid] is one question's score.
 
   Raises:
-    RuntimeError: when some calls failed after every retry (answered ones are cached: rerun).
+    teachers.CallFailed: when some calls failed after every retry (answered ones are cached:
+      rerun), or one failed in a way that stops the run (a refused key, an exhausted quota).
   """
   cfg = config.reader
   qids = [qid for qid, q in queries.items() if q.answers]
@@ -178,9 +179,10 @@ def rag_metrics(config: ml_collections.ConfigDict, workdir: str, dataset: data_l
       cfg, layout.eval_file(workdir, "reader_cache.sqlite"), dataset, queries, run, qids, system,
       config.seed))
   if failed:
-    raise RuntimeError(f"reader: {len(failed)} calls failed for system {system!r} (e.g. "
-                       f"{next(iter(failed.values()))}); run `evaluate` again: answered calls are "
-                       "cached")
+    raise teachers.CallFailed(
+        f"reader: {len(failed)} calls failed for system {system!r} (e.g. "
+        f"{next(iter(failed.values()))}); run `evaluate` again: answered calls are cached",
+        cause="retries")
   aggregate: dict[str, float] = {}
   per_query: dict[str, dict[str, float]] = {}
   lines = []

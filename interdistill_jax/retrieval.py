@@ -87,13 +87,13 @@ class Encoder:
     path = None
     if cache_dir:
       path = os.path.join(cache_dir, f"corpus-{self.cache_key(corpus_id)}.npy")
-      if os.path.exists(path):
-        emb = np.load(path)
-        if emb.shape[0] == len(docids):
-          logging.info("Corpus embeddings from cache %s", path)
-          return docids, emb
-        logging.warning("Ignoring stale embedding cache %s (%d rows for %d docs)", path,
-                        emb.shape[0], len(docids))
+      meta = {"model": self.model_id, "corpus": corpus_id, "num_docs": len(docids)}
+      emb, problem = _read_cache(path, meta) if os.path.exists(path) else (None, None)
+      if emb is not None:
+        logging.info("Corpus embeddings from cache %s", path)
+        return docids, emb
+      if problem:  # recomputed from the corpus: safe, and it costs no LLM call
+        logging.warning("%s: %s; encoding the corpus again to replace it", path, problem)
     emb = self.encode_documents(corpus.values(), len(docids))
     if path and jax.process_index() == 0:
       os.makedirs(cache_dir, exist_ok=True)
@@ -116,6 +116,28 @@ class Encoder:
         out = np.zeros((num_docs, emb.shape[1]), np.float32)
       out[i * CORPUS_CHUNK:i * CORPUS_CHUNK + len(chunk)] = emb
     return out
+
+
+def _read_cache(path: str, meta: dict) -> tuple[np.ndarray | None, str | None]:
+  """(embeddings, None) from a cache file that `meta` (model, corpus, num_docs) describes, else
+  (None, what is wrong with it): damaged, from another model or corpus, or cut short."""
+  record = path[:-len(".npy")] + ".json"
+  if not os.path.exists(record):
+    return None, f"no {os.path.basename(record)} says what it holds"
+  try:
+    recorded = data_lib.read_json(record)
+  except data_lib.DataError as e:
+    return None, str(e)
+  differ = [key for key, value in meta.items() if recorded.get(key) != value]
+  if differ:
+    return None, f"written for another {', '.join(differ)} ({record})"
+  try:
+    emb = np.load(path)
+  except (ValueError, OSError, EOFError) as e:
+    return None, f"not a readable array ({e})"
+  if emb.shape != (meta["num_docs"], recorded.get("dim")):
+    return None, f"holds {emb.shape}, not ({meta['num_docs']}, {recorded.get('dim')})"
+  return emb, None
 
 
 def _encode(model, ids, types, mask, *, tower: str):

@@ -12,14 +12,15 @@ assembles it.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 import jax
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-DATA_AXIS = "data"
+from interdistill_jax import checks
+
+DATA_AXIS, = checks.MESH_AXES
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -132,28 +133,16 @@ def put_replicated(tree, mesh: Mesh):
 
 # --- parameter placement ---------------------------------------------------------------------
 
-REPLICATE, FSDP = "replicate", "fsdp"
+REPLICATE, FSDP = checks.PARAM_LAYOUTS
 
 
 def _parse_rules(rules, mesh: Mesh) -> list[tuple[re.Pattern, str | tuple]]:
   """`config.mesh.param_rules` -> [(compiled regex, "replicate" | "fsdp" | spec tuple)]."""
   out = []
   for rule in rules:
-    if not (isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2
-            and isinstance(rule[0], str)):
-      raise ValueError(f"mesh.param_rules: {rule!r} is not a (regex, layout) pair")
+    checks.require(checks.param_rule_problem(rule, mesh.axis_names))
     pattern, layout = rule
-    if isinstance(layout, str):
-      if layout not in (REPLICATE, FSDP):
-        raise ValueError(f"mesh.param_rules: layout {layout!r} of {pattern!r} is not "
-                         f"{REPLICATE!r}, {FSDP!r} or a spec tuple such as (None, {DATA_AXIS!r})")
-    else:
-      layout = tuple(layout)
-      for axis in layout:
-        if axis is not None and axis not in mesh.axis_names:
-          raise ValueError(f"mesh.param_rules: {pattern!r} names axis {axis!r}; the mesh has "
-                           f"{mesh.axis_names}")
-    out.append((re.compile(pattern), layout))
+    out.append((re.compile(pattern), layout if isinstance(layout, str) else tuple(layout)))
   return out
 
 

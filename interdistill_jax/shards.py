@@ -8,7 +8,9 @@ A shard store is one directory per (model, corpus, passage length, storage dtype
   shard-00000.ids      the shard's docids, one per line
 
 A shard is written to a temporary name and renamed, ids first, so one that exists is complete and
-a killed run re-encodes at most the shards it was writing. Process p of n encodes shards p, p+n, ...
+a killed run re-encodes at most the shards it was writing. A shard found damaged (cut short,
+unreadable, its rows not matching its ids), in a finished store too, is encoded again with a
+warning naming it: the corpus is at hand and no LLM call is involved. Process p of n encodes shards p, p+n, ...
 on its own devices: memory holds one shard's texts and embeddings at a time, whatever the corpus.
 On several hosts the directory must be on storage every host sees (process 0 checks that every
 shard exists before it marks the store complete; FAISS builds read them all).
@@ -17,7 +19,6 @@ shard exists before it marks the store complete; FAISS builds read them all).
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -26,11 +27,12 @@ import jax
 import numpy as np
 from absl import logging
 
+from interdistill_jax import checks
 from interdistill_jax import data as data_lib
 from interdistill_jax import peers
 from interdistill_jax import search as search_lib
 
-DTYPES = {"float16": np.float16, "float32": np.float32}
+DTYPES = {name: np.dtype(name).type for name in checks.SHARD_DTYPES}
 
 
 def _shard_name(i: int) -> str:
@@ -52,8 +54,7 @@ class ShardStore:
 
   def __init__(self, directory: str):
     self.directory = directory
-    with open(os.path.join(directory, "manifest.json")) as f:
-      self.manifest = json.load(f)
+    self.manifest = data_lib.read_json(os.path.join(directory, "manifest.json"))
     if not self.manifest.get("complete"):
       raise ValueError(f"{directory}: shard store is incomplete; rerun the encoding to finish it")
     self.num_shards = self.manifest["num_shards"]
@@ -83,6 +84,46 @@ class ShardStore:
     return out
 
 
+def _shard_problem(base: str, rows: int | None, dim: int | None) -> str | None:
+  """What is wrong with a shard on disk (None: complete and readable)."""
+  try:
+    emb = np.load(base + ".npy", mmap_mode="r")
+  except (ValueError, OSError, EOFError) as e:
+    return f"not a readable array ({e})"
+  if emb.ndim != 2 or (dim is not None and emb.shape[1] != dim):
+    return f"holds {emb.shape}, not [rows, {dim}]"
+  if not os.path.exists(base + ".ids"):
+    return "its .ids file is missing"
+  with open(base + ".ids", "rb") as f:
+    ids = f.read().count(b"\n")
+  if ids != emb.shape[0] or (rows is not None and ids != rows):
+    return f"holds {emb.shape[0]} rows and {ids} ids, not {rows if rows is not None else ids}"
+  return None
+
+
+def _drop_damaged(directory: str, manifest: dict) -> bool:
+  """Removes the damaged shards of a finished store, so they are encoded again (the corpus is
+  at hand, no LLM call is involved) and marks the store unfinished. Returns whether any was."""
+  offsets = manifest["offsets"] + [manifest["num_docs"]]
+  damaged = []
+  for i in range(manifest["num_shards"]):
+    base = os.path.join(directory, _shard_name(i))
+    problem = _shard_problem(base, offsets[i + 1] - offsets[i], manifest["dim"])
+    if problem:
+      damaged.append(i)
+      logging.warning("%s.npy: %s; encoding this shard again", base, problem)
+  if damaged and jax.process_index() == 0:
+    for i in damaged:
+      for suffix in (".npy", ".ids"):
+        path = os.path.join(directory, _shard_name(i) + suffix)
+        if os.path.exists(path):
+          os.remove(path)
+    data_lib.write_json(os.path.join(directory, "manifest.json"),
+                        {k: v for k, v in manifest.items()
+                         if k not in ("complete", "dim", "num_docs", "num_shards", "offsets")})
+  return bool(damaged)
+
+
 def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: int,
                      dtype: str = "float16", meta: dict | None = None) -> ShardStore:
   """Encodes the corpus file into `directory` (resuming), and returns the finished store.
@@ -90,29 +131,35 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
   `encoder` must live on this process's devices only (`Encoder(..., mesh=local mesh)`): the
   processes encode different shards at the same time and never wait for one another until the end.
   """
-  if dtype not in DTYPES:
-    raise ValueError(f"encode.shard_dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  checks.require_one_of("encode.shard_dtype", dtype, checks.SHARD_DTYPES)
   os.makedirs(directory, exist_ok=True)
   manifest_path = os.path.join(directory, "manifest.json")
   want = {"format": 1, "dtype": dtype, "shard_size": shard_size, **(meta or {})}
   if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      have = json.load(f)
+    have = data_lib.read_json(manifest_path)
     diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
     if diff:
       raise ValueError(f"{manifest_path} was written for other settings {diff}; remove {directory} "
                        "or choose another workdir")
-    if have.get("complete"):
+    if have.get("complete") and not _drop_damaged(directory, have):
       return ShardStore(directory)
   elif jax.process_index() == 0:
     data_lib.write_json(manifest_path, want)
   n, p = jax.process_count(), jax.process_index()
+  if n > 1:  # no process looks for the shards to encode before process 0 has dropped damaged ones
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("shards-checked:" + directory)
   counts = []
   for i, docs in iter_chunks(corpus_path, shard_size):
     counts.append(len(docs))
     base = os.path.join(directory, _shard_name(i))
-    if i % n != p or os.path.exists(base + ".npy"):
+    if i % n != p:
       continue
+    if os.path.exists(base + ".npy"):
+      problem = _shard_problem(base, len(docs), None)
+      if problem is None:
+        continue
+      logging.warning("%s.npy: %s; encoding this shard again", base, problem)
     emb = encoder.encode([d.full_text() for d in docs], tower="doc", desc=f"encode shard {i}")
     data_lib.atomic_write_text(base + ".ids", "".join(d.docid + "\n" for d in docs))
     tmp = base + ".tmp.npy"
@@ -207,7 +254,7 @@ def build_faiss(store: ShardStore, kind: str, *, nlist: int = 0, pq_m: int = 48,
     index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = ef_construction
   else:
-    raise ValueError(f"retrieve.index must be 'exact', 'ivfpq' or 'hnsw', got {kind!r}")
+    checks.require_one_of("retrieve.index", kind, checks.FAISS_INDEXES)
   for s in range(store.num_shards):
     index.add(np.ascontiguousarray(store.embeddings(s), dtype=np.float32))
   return index

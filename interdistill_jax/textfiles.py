@@ -69,3 +69,15 @@ def require_str(obj: dict, key: str, path, lineno: int | None, *, allow_empty=Fa
   if not allow_empty and not value.strip():
     raise DataError(path, lineno, f"field {key!r} is empty")
   return value
+
+
+def read_json(path: str | os.PathLike):
+  """A JSON file; a damaged one (cut short, not JSON, not UTF-8) is a DataError naming it."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    return json.loads(raw.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    raise DataError(path, raw.count(b"\n", 0, e.start) + 1, "not UTF-8 text") from None
+  except json.JSONDecodeError as e:
+    raise DataError(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None

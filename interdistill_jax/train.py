@@ -17,9 +17,11 @@ Resume order: an existing checkpoint in the stage's directory > the stage's init
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -34,8 +36,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
+from interdistill_jax import checks, layout, sharding
 from interdistill_jax import events as events_lib
-from interdistill_jax import layout, sharding
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,7 +57,7 @@ def make_optimizer(optim_config, total_steps: int) -> tuple[optax.GradientTransf
   elif optim_config.schedule == "constant":
     schedule = optax.constant_schedule(lr)
   else:
-    raise ValueError(f"optim.schedule: unknown schedule {optim_config.schedule!r}")
+    checks.require_one_of("optim.schedule", optim_config.schedule, checks.SCHEDULES)
   return optax.chain(
       optax.clip_by_global_norm(optim_config.max_grad_norm),
       optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=optim_config.weight_decay),
@@ -134,17 +136,23 @@ class Checkpoints:
   """Orbax checkpoints of one stage: `latest/` for resume and `best/` by the dev metric."""
 
   def __init__(self, directory: str, *, keep: int, interval: int):
-    directory = os.path.abspath(directory)
-    # Two managers save at the same step: on several hosts each needs its own barrier names.
-    sync = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)  # noqa: E731
-    self.latest = ocp.CheckpointManager(
-        os.path.join(directory, "latest"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval,
-                                             multiprocessing_options=sync("latest")))
-    self.best = ocp.CheckpointManager(
-        os.path.join(directory, "best"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["dev_loss"],
-                                             best_mode="min", multiprocessing_options=sync("best")))
+    self.directory = os.path.abspath(directory)
+    self._keep, self._interval = keep, interval
+    self.latest = self._latest_manager()
+    self.best = self._best_manager()
+
+  def _best_manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.join(self.directory, "best"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=_dev_loss, best_mode="min",
+                                             multiprocessing_options=_sync("best")))
+
+  def _latest_manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.join(self.directory, "latest"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=self._keep,
+                                             save_interval_steps=self._interval,
+                                             multiprocessing_options=_sync("latest")))
 
   def save(self, step: int, state: TrainState, *, force=False, dev_loss: float | None = None):
     tree = {"params": state.params, "opt_state": state.opt_state}
@@ -154,18 +162,59 @@ class Checkpoints:
                      metrics={"dev_loss": float(dev_loss)}, force=True)
 
   def restore_latest(self, abstract: TrainState) -> tuple[int, TrainState] | None:
-    """(step, state laid out as `abstract`) of the latest checkpoint, or None."""
-    step = self.latest.latest_step()
+    """(step, state laid out as `abstract`) of the latest readable checkpoint, or None.
+
+    A damaged one (a run killed while saving, a disk error) is moved to `aside/` beside
+    `latest/`, with a warning, and the one before it is taken: resuming earlier costs some
+    training steps, never a result.
+
+    Best-of-dev checkpoints past the resumed step (a run killed between its two saves of a
+    step, or resumed earlier as above) are moved aside too: the resumed run retraces the same
+    steps exactly and saves them again as they were.
+    """
+    _quiet_closed_loop()
+    while (step := self.latest.latest_step()) is not None:
+      try:
+        tree = self.latest.restore(step, args=ocp.args.StandardRestore(
+            {"params": abstract.params, "opt_state": abstract.opt_state}))
+      except Exception as e:  # noqa: BLE001 (damage shows as any error of tensorstore, JSON, files)
+        self._move_aside("latest", [step], f"a damaged checkpoint ({_short(e)})")
+        continue
+      break
+    later = [s for s in self.best.all_steps() if s > (step or 0)]
+    if later:
+      self._move_aside("best", later, f"past the step resumed from ({step or 0}); it is retraced")
     if step is None:
       return None
-    tree = self.latest.restore(step, args=ocp.args.StandardRestore(
-        {"params": abstract.params, "opt_state": abstract.opt_state}))
     return int(step), TrainState(tree["params"], tree["opt_state"],
                                  jax.device_put(np.int32(step), abstract.step.sharding))
 
+  def _move_aside(self, kind: str, steps: Sequence[int], why: str) -> None:
+    """Moves steps of `latest/` or `best/` to `aside/{kind}-{step}-{time}/` (nothing is deleted)."""
+    getattr(self, kind).close()
+    if jax.process_count() > 1:  # every process has tried to read them before any is moved
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      multihost_utils.sync_global_devices(f"checkpoints-read:{self.directory}/{kind}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for step in steps:
+      source = os.path.join(self.directory, kind, str(step))
+      dest = os.path.join(self.directory, "aside", f"{kind}-{step}-{stamp}")
+      if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(source, dest)
+      logging.warning("%s: %s; moved to %s", source, why, dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoints-aside:{self.directory}/{kind}")
+    setattr(self, kind, self._latest_manager() if kind == "latest" else self._best_manager())
+
   def best_params(self, abstract_params):
     step = self.best.best_step()
-    tree = self.best.restore(step, args=ocp.args.StandardRestore({"params": abstract_params}))
+    try:
+      tree = self.best.restore(step, args=ocp.args.StandardRestore({"params": abstract_params}))
+    except Exception as e:  # noqa: BLE001 (as in restore_latest)
+      where = os.path.join(self.directory, "best", str(step))
+      raise ValueError(f"{where}: the selected checkpoint cannot be read ({_short(e)}); move "
+                       f"{self.directory} away and run the stage again") from e
     return tree["params"], step
 
   def close(self):
@@ -173,6 +222,37 @@ class Checkpoints:
     self.best.wait_until_finished()
     self.latest.close()
     self.best.close()
+
+
+def _dev_loss(metrics: dict) -> float:
+  return metrics["dev_loss"]
+
+
+def _quiet_closed_loop() -> None:
+  """Reads still in flight when a restore fails call back into orbax's closed event loop, even
+  after the process has moved on; each is reported as a traceback that says nothing about the
+  checkpoint (the failure itself is reported). Only that report is silenced, for the process."""
+  previous = sys.unraisablehook
+  if getattr(previous, "func", None) is _unless_closed_loop:
+    return
+  sys.unraisablehook = functools.partial(_unless_closed_loop, previous=previous)
+
+
+def _unless_closed_loop(unraisable, *, previous) -> None:
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"):
+    previous(unraisable)
+
+
+def _sync(name: str):
+  # Two managers save at the same step: on several hosts each needs its own barrier names.
+  return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
+def _short(error: Exception) -> str:
+  """An error's first words: tensorstore appends its whole spec to every message."""
+  text = str(error).split(" [tensorstore_spec")[0].splitlines()[0] if str(error) else repr(error)
+  return text if len(text) <= 240 else text[:237] + "..."
 
 
 def _abstract(tree, shardings):
@@ -368,7 +448,21 @@ def _truncate_metrics(path: str, step: int) -> None:
   if not os.path.exists(path) or jax.process_index() != 0:
     return
   with open(path, encoding="utf-8") as f:
-    keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    lines = f.readlines()
+  if lines and not lines[-1].endswith("\n"):
+    logging.warning("%s: dropping an unfinished last line left by an interrupted run", path)
+    lines.pop()
+  keep = []
+  for lineno, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise data_lib.DataError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno}); move "
+                               "the file away to resume without its log") from None
+    if record.get("step", 0) <= step:
+      keep.append(line)
   data_lib.atomic_write_text(path, "".join(keep))
 
 
@@ -380,10 +474,16 @@ def restore_params(model: nnx.Module, out_dir: str, *, mesh, param_rules=(),
   _, params, _ = nnx.split(model, trainable, ...)
   # Placed on this run's devices, whatever topology saved them (a pod's checkpoint loads on a laptop).
   abstract = _abstract(params, sharding.param_shardings(params, mesh, param_rules))
-  mngr = ocp.CheckpointManager(os.path.join(os.path.abspath(out_dir), "checkpoints", "best"),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  tree = mngr.restore(info["selected_step"], args=ocp.args.StandardRestore({"params": abstract}))
-  mngr.close()
+  best = os.path.join(os.path.abspath(out_dir), "checkpoints", "best")
+  mngr = ocp.CheckpointManager(best, options=ocp.CheckpointManagerOptions(read_only=True))
+  _quiet_closed_loop()
+  try:
+    tree = mngr.restore(info["selected_step"], args=ocp.args.StandardRestore({"params": abstract}))
+  except Exception as e:  # noqa: BLE001 (as in Checkpoints.restore_latest)
+    raise ValueError(f"{best}/{info['selected_step']}: the selected checkpoint cannot be read "
+                     f"({_short(e)}); move {out_dir} away and run its stage again") from e
+  finally:
+    mngr.close()
   nnx.update(model, tree["params"])
   return info["selected_step"]
 

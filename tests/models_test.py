@@ -129,7 +129,7 @@ def test_attention_auto_is_xla_off_gpu_and_cudnn_is_refused_there():
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
       models.attention_impl(config.model)
   config.model.attention = "flash"
-  with pytest.raises(ValueError, match="must be 'auto', 'xla' or 'cudnn'"):
+  with pytest.raises(ValueError, match="model.attention=.flash.: must be one of .auto., .xla., .cudnn."):
     models.attention_impl(config.model)
 
 

@@ -20,7 +20,9 @@ from interdistill_jax.teachers.runner import CallFailed, Runner
 from interdistill_jax.teachers.teacher import ListwiseTeacher, PointwiseTeacher, QueryRanking, Teacher
 
 BACKENDS = ("openai", "gemini", "llamacpp", "simulated")
-__all__ = ["BACKENDS", "CallFailed", "Passage", "QueryRanking", "Teacher", "api_key", "make_backend",
+# The environment variables each remote backend takes its API key from, first one first.
+KEY_VARS = {"openai": ("OPENAI_API_KEY",), "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+__all__ = ["BACKENDS", "KEY_VARS", "CallFailed", "Passage", "QueryRanking", "Teacher", "api_key", "make_backend",
            "make_teacher"]
 
 
@@ -29,14 +31,12 @@ def api_key(backend: str) -> str | None:
 
   Keys go straight to the SDK client; they are never logged, cached or written to any output.
   """
-  if backend == "openai":
-    return os.environ.get("OPENAI_API_KEY") or None
-  if backend == "gemini":
-    gemini, google = os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_API_KEY")
-    if gemini and google and gemini != google:
-      logging.warning("GEMINI_API_KEY and GOOGLE_API_KEY are both set and differ; using GEMINI_API_KEY")
-    return gemini or google or None
-  return None
+  values = [os.environ.get(name) for name in KEY_VARS.get(backend, ())]
+  present = [v for v in values if v]
+  if len(set(present)) > 1:
+    logging.warning("%s are set and differ; using %s", " and ".join(KEY_VARS[backend]),
+                    KEY_VARS[backend][0])
+  return present[0] if present else None
 
 
 def make_backend(cfg: ml_collections.ConfigDict, *,

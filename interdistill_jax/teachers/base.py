@@ -107,6 +107,11 @@ class PermanentError(Exception):
     self.fatal = fatal
 
 
+# What a status that stops the run means, said with the server's own message.
+_FATAL = {401: "the server refused the API key", 403: "the API key has no access to this model",
+          404: "no such model or endpoint (check the model name and base_url)"}
+
+
 def error_for_status(status: int, message: str, retry_after: float | None) -> Exception:
   """The error an HTTP status means: 429, 408 and 5xx are retried; 401/403/404 stop the run."""
   if status == 429:
@@ -115,7 +120,9 @@ def error_for_status(status: int, message: str, retry_after: float | None) -> Ex
     return TransientError("timeout", message, retry_after)
   if status >= 500:
     return TransientError("server_error", message, retry_after)
-  return PermanentError(message, fatal=status in (401, 403, 404))
+  if status in _FATAL:
+    return PermanentError(f"{_FATAL[status]} ({message})", fatal=True)
+  return PermanentError(message)
 
 
 class TokenCounter(Protocol):

@@ -31,6 +31,7 @@ class GeminiBackend(Backend):
     if not api_key and not base_url:
       raise ValueError("the gemini backend needs GEMINI_API_KEY or GOOGLE_API_KEY in the environment")
     self._types, self._errors = types, errors
+    self._key = api_key
     http_options = types.HttpOptions(
         base_url=base_url or None, api_version=api_version or None,
         timeout=max(1, int(timeout * 1000)), retry_options=types.HttpRetryOptions(attempts=1))
@@ -51,7 +52,7 @@ class GeminiBackend(Backend):
       response = await self._client.aio.models.generate_content(
           model=self.model, contents=contents, config=config)
     except self._errors.APIError as e:
-      raise _classify(e) from None
+      raise _classify(e, self._key) from None
     except (TimeoutError, aiohttp.ServerTimeoutError) as e:
       raise TransientError("timeout", f"timed out: {e!r}") from None
     except aiohttp.ClientError as e:
@@ -76,9 +77,11 @@ def _text(response) -> str:
   return "".join(p.text for p in parts if p.text and not getattr(p, "thought", False))
 
 
-def _classify(e) -> Exception:
+def _classify(e, key: str | None = None) -> Exception:
   code = e.code or 0
   message = f"{code} {e.status}: {e.message}"
+  if key:  # a server may echo the key it refused: it never reaches a message, log or file
+    message = message.replace(key, "<API key>")
   retry_after = parse_retry_after(getattr(e.response, "headers", None))
   if retry_after is None:
     retry_after = _retry_info(e.details)

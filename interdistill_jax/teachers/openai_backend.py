@@ -27,6 +27,7 @@ class OpenAIBackend(Backend):
       raise ValueError("the openai backend needs OPENAI_API_KEY in the environment "
                        "(or teacher.base_url for a local server that takes no key)")
     self._openai = openai
+    self._key = api_key
     # Local servers (vLLM, Ollama, ...) usually take no key, but the SDK insists on one.
     self._client = openai.AsyncOpenAI(api_key=api_key or "no-key", base_url=base_url or None,
                                       timeout=timeout, max_retries=0)
@@ -44,7 +45,9 @@ class OpenAIBackend(Backend):
     except openai.APIConnectionError as e:
       raise TransientError("connection", str(e)) from None
     except openai.APIStatusError as e:
-      raise _classify(e.status_code, str(e), e.response.headers, e.body) from None
+      # A server may echo the key it refused: it never reaches a message, log or file.
+      message = str(e).replace(self._key, "<API key>") if self._key else str(e)
+      raise _classify(e.status_code, message, e.response.headers, e.body) from None
     if not response.choices:
       raise TransientError("server_error", "response without choices")
     usage = response.usage
@@ -61,5 +64,6 @@ def _classify(status: int, message: str, headers, body) -> Exception:
   code = body.get("code") if isinstance(body, dict) else None
   if status == 429 and code == "insufficient_quota":
     # OpenAI reports an exhausted balance as 429 too; waiting will not fix it.
-    return PermanentError(message, fatal=True)
+    return PermanentError(f"the account's quota is exhausted ({message}): add credit or raise the "
+                          "limit, then run again", fatal=True)
   return error_for_status(status, message, retry_after)

@@ -23,8 +23,10 @@ from interdistill_jax.teachers.base import Answer, Backend, PermanentError, Requ
 from interdistill_jax.teachers.cache import Cache, cache_key
 
 
-class CallFailed(Exception):
-  """A call that could not be answered: retries exhausted, or a permanent error."""
+class CallFailed(RuntimeError):
+  """A call that could not be answered: retries exhausted, or a permanent error. What reaches
+  the entry point (a fatal error, or calls still failing after every retry) is the user's to fix
+  (a key, a quota, a server) and is printed as one line."""
 
   def __init__(self, message: str, *, cause: str, fatal: bool = False):
     super().__init__(message)

@@ -42,11 +42,13 @@ class Fault:
   retry_after: value of the Retry-After header, if any.
   delay: seconds to wait before responding (longer than the client timeout simulates a timeout).
   text: answer text to return instead of the consistent ranking (a malformed permutation).
+  code: the error's `code` in an OpenAI error body (e.g. "insufficient_quota" with status 429).
   """
   status: int = 0
   retry_after: str | None = None
   delay: float = 0.0
   text: str | None = None
+  code: str | None = None
 
 
 def overlap_ranking(query: str, passages: Sequence[str]) -> list[int]:
@@ -159,7 +161,8 @@ class FakeLLMServer:
     fault = await self._common(prompt_hash)
     if fault.status:
       return self._error(fault.status, fault.retry_after,
-                         {"error": {"message": f"scripted {fault.status}", "type": "fake"}})
+                         {"error": {"message": f"scripted {fault.status}", "type": fault.code or "fake",
+                                    "code": fault.code}})
     query, passages = parse_listwise_prompt([m["content"] for m in messages if m["role"] == "user"])
     text = fault.text if fault.text is not None else self.answer_fn(query, passages)
     prompt_tokens = sum(len(m["content"].split()) for m in messages)
