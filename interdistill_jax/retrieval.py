@@ -96,12 +96,13 @@ class Encoder:
         logging.warning("%s: %s; encoding the corpus again to replace it", path, problem)
     emb = self.encode_documents(corpus.values(), len(docids))
     if path and jax.process_index() == 0:
-      os.makedirs(cache_dir, exist_ok=True)
+      # The description first, the embeddings last: their presence is what marks the cache
+      # complete, so a killed run leaves both files or none that is read.
+      data_lib.write_json(path[:-4] + ".json", {"model": self.model_id, "corpus": corpus_id,
+                                                "num_docs": len(docids), "dim": int(emb.shape[1])})
       tmp = path + ".tmp.npy"
       np.save(tmp, emb)
       os.replace(tmp, path)
-      data_lib.write_json(path[:-4] + ".json", {"model": self.model_id, "corpus": corpus_id,
-                                                "num_docs": len(docids), "dim": int(emb.shape[1])})
     return docids, emb
 
   def encode_documents(self, docs: Iterable[data_lib.Document], num_docs: int) -> np.ndarray:

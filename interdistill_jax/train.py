@@ -155,11 +155,21 @@ class Checkpoints:
                                              multiprocessing_options=_sync("latest")))
 
   def save(self, step: int, state: TrainState, *, force=False, dev_loss: float | None = None):
+    """Saves `step` to `best/` (with its `dev_loss`, when given), then to `latest/`.
+
+    Both commit in the background, so a kill can fall between the two commits. `best/` goes
+    first and is waited for: `latest/` never holds a step whose dev loss `best/` has not weighed
+    (the resumed run starts after it and would never evaluate it again). The other way round, a
+    `best/` step past `latest/` is replayed by the resumed run with the same dev loss and
+    parameters, and kept as it is.
+    """
+    if dev_loss is not None:
+      if step not in self.best.all_steps():
+        self.best.save(step, args=ocp.args.StandardSave({"params": state.params}),
+                       metrics={"dev_loss": float(dev_loss)}, force=True)
+      self.best.wait_until_finished()
     tree = {"params": state.params, "opt_state": state.opt_state}
     self.latest.save(step, args=ocp.args.StandardSave(tree), force=force)
-    if dev_loss is not None:
-      self.best.save(step, args=ocp.args.StandardSave({"params": state.params}),
-                     metrics={"dev_loss": float(dev_loss)}, force=True)
 
   def restore_latest(self, abstract: TrainState) -> tuple[int, TrainState] | None:
     """(step, state laid out as `abstract`) of the latest readable checkpoint, or None.
@@ -444,7 +454,8 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
 
 
 def _truncate_metrics(path: str, step: int) -> None:
-  """Drops metric lines past the resumed step, so a resumed run's log has no duplicates."""
+  """Drops metric lines past the resumed step, so a resumed run's log has no duplicates, and a
+  last line a kill cut short (no newline: it was being written, before any save of its step)."""
   if not os.path.exists(path) or jax.process_index() != 0:
     return
   with open(path, encoding="utf-8") as f:

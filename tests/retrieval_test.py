@@ -1,5 +1,8 @@
 """Exact search: against brute force, and identical on 1 and 4 devices; the automatic inference batch."""
 
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -120,3 +123,52 @@ def test_exact_backend_follows_the_mesh_platform_unless_forced():
   assert search.exact_backend("auto", FakeMesh()) == "jax"
   with pytest.raises(ValueError, match="retrieve.exact_backend must be one of"):
     search.exact_backend("blas", cpu)
+
+
+class _StubEncoder:
+  """What `Encoder.encode_corpus` uses of an encoder, without a model."""
+
+  model_id = "stub"
+
+  def __init__(self):
+    self.encoded = 0
+
+  def cache_key(self, corpus_id):
+    return corpus_id
+
+  def encode(self, texts, *, tower, desc=None):
+    self.encoded += 1
+    return np.arange(4 * len(texts), dtype=np.float32).reshape(len(texts), 4)
+
+  def encode_documents(self, docs, num_docs):
+    from interdistill_jax import retrieval
+    return retrieval.Encoder.encode_documents(self, docs, num_docs)
+
+
+def test_the_embedding_cache_is_complete_or_absent_after_a_kill(tmp_path, monkeypatch):
+  """The cache's description is written before the embeddings, whose arrival marks it complete:
+  a run killed between the two leaves no embeddings, and the rerun writes both (a rerun that
+  found embeddings would never write a missing description)."""
+  from interdistill_jax import retrieval
+  from interdistill_jax.data import Document
+  corpus = {f"d{i}": Document(f"d{i}", "", f"text {i}") for i in range(3)}
+  landed, real_replace = [], os.replace
+
+  def replace(src, dst):
+    if dst.endswith(".npy"):
+      raise KeyboardInterrupt("killed before the embeddings landed")
+    landed.append(os.path.basename(dst))
+    real_replace(src, dst)
+
+  stub = _StubEncoder()
+  monkeypatch.setattr(os, "replace", replace)
+  with pytest.raises(KeyboardInterrupt):
+    retrieval.Encoder.encode_corpus(stub, corpus, str(tmp_path), "c")
+  assert landed == ["corpus-c.json"] and not (tmp_path / "corpus-c.npy").exists()
+  monkeypatch.setattr(os, "replace", real_replace)
+  docids, emb = retrieval.Encoder.encode_corpus(stub, corpus, str(tmp_path), "c")
+  assert stub.encoded == 2 and docids == list(corpus)
+  np.testing.assert_array_equal(np.load(tmp_path / "corpus-c.npy"), emb)
+  assert json.loads((tmp_path / "corpus-c.json").read_text())["num_docs"] == 3
+  retrieval.Encoder.encode_corpus(stub, corpus, str(tmp_path), "c")
+  assert stub.encoded == 2  # read from the cache

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -512,3 +513,89 @@ def test_residual_start_when_the_initial_order_does_not_predict_the_teacher(tiny
   assert 0 < scale < 0.01 and "do not predict the teacher's order" in caplog.text
   records = [dict(r, ranking=["a", "b", "c"]) for r in records]  # the teacher agrees: a real scale
   assert fusion.initial_scale(config, records, initial)[0] > 1.0
+
+
+class _Killed(Exception):
+  """Stands in for a SIGKILL at a chosen moment of a training run."""
+
+
+def _train_until(config, examples, out_dir, *, stop_after_save=None):
+  """train_loop with a dev set, a checkpoint and an evaluation every 2 steps; with
+  `stop_after_save`, the run dies right after its saves of that step have committed."""
+  mesh = sharding.make_mesh()
+  model, _ = models.load_cross_encoder(config.ranker.model)
+  loop = train.loop_config(config.ranker, 0)
+  loop.batch_size, loop.eval_every, loop.checkpoint_every, loop.epochs = 4, 2, 2, 2.0
+  real_save = train.Checkpoints.save
+
+  def save(self, step, state, **kwargs):
+    real_save(self, step, state, **kwargs)
+    if step == stop_after_save:
+      raise _Killed(step)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train.Checkpoints, "save", save)
+    model, summary = train.train_loop(
+        model=model, loss_fn=ranker.listmle_loss, make_batch=examples.batch,
+        num_examples=len(examples), dev_batches=train.dev_batches_fn(examples, 4, mesh), loop=loop,
+        optim_config=config.ranker.optim, out_dir=str(out_dir), mesh=mesh)
+  return summary, _params(model)
+
+
+@pytest.mark.slow  # ~40 s: three training runs
+def test_a_kill_between_the_best_and_the_latest_checkpoint_resumes_exactly(tiny, tmp_path):
+  """Killed after `best/` committed step 4 and before `latest/` did: the resumed run replays steps
+  3 and 4 from `latest/2`, finds step 4 already in `best/` (the same dev loss and parameters), and
+  ends with the uninterrupted run's selected step and parameters."""
+  bert, data_dir = tiny
+  config = fixtures.small_config(bert, data_dir)
+  config.ranker.optim.learning_rate = 1e-3  # the dev loss falls, so best/ keeps each new step
+  examples = _examples(config, data_dir, tmp_path)
+  full_summary, full_params = _train_until(config, examples, tmp_path / "full")
+  killed = tmp_path / "killed"
+  with pytest.raises(_Killed):
+    _train_until(config, examples, killed, stop_after_save=4)
+  ckpts = killed / "checkpoints"
+  assert sorted(os.listdir(ckpts / "best")) == ["4"]  # the state the kill leaves: best/ has
+  shutil.rmtree(ckpts / "latest" / "4")              # step 4, latest/ only step 2
+  assert sorted(os.listdir(ckpts / "latest")) == ["2"]
+  summary, params = _train_until(config, examples, killed)
+  assert summary == full_summary
+  for a, b in zip(jax.tree.leaves(full_params), jax.tree.leaves(params), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_best_has_committed_a_step_before_latest_records_it(tiny, tmp_path):
+  """`latest/` is never ahead of `best/`: the latest save of an evaluated step starts only once
+  `best/` has committed that step's candidate, so a kill between the two saves cannot lose a dev
+  loss (the resumed run starts after that step and would never evaluate it again)."""
+  bert, data_dir = tiny
+  config = fixtures.small_config(bert, data_dir)
+  examples = _examples(config, data_dir, tmp_path)
+  events = []
+  real_init = train.Checkpoints.__init__
+
+  def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    best_save, latest_save = self.best.save, self.latest.save
+    self.best.save = lambda step, *a, **kw: events.append(("best", step)) or best_save(step, *a, **kw)
+    self.latest.save = lambda step, *a, **kw: events.append(
+        ("latest", step, self.best.is_saving_in_progress())) or latest_save(step, *a, **kw)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train.Checkpoints, "__init__", init)
+    _train_until(config, examples, tmp_path / "run")
+  assert events == [("best", 2), ("latest", 2, False), ("best", 4), ("latest", 4, False),
+                    ("best", 6), ("latest", 6, False)]
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+  """A kill can cut metrics.jsonl's last line (it is written before its step is saved): the
+  resumed run drops it with the lines past its checkpoint instead of failing to parse it."""
+  path = tmp_path / "metrics.jsonl"
+  lines = [json.dumps({"step": s, "train/loss": 1.0}) + "\n" for s in (1, 2, 3)]
+  path.write_text("".join(lines) + '{"step": 4, "train/lo')
+  train._truncate_metrics(str(path), 3)
+  assert path.read_text() == "".join(lines)
+  train._truncate_metrics(str(path), 2)
+  assert path.read_text() == "".join(lines[:2])
