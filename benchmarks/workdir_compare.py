@@ -31,13 +31,17 @@ RUN_FIELDS = {"labels/stats.json": ("queries.already_labelled", "queries.labelle
 # Not artifacts: the workdir lock and SQLite's journal files (the cache is read through SQLite).
 _SKIPPED_NAMES = (".lock",)
 _SKIPPED_SUFFIXES = ("-wal", "-shm")
+# TensorBoard event files are a view of metrics.jsonl (which is compared), one file per run named
+# by its start time: a resumed stage has one more. Not compared.
+_SKIPPED_INFIXES = (".tfevents.",)
 
 
-def is_debris(name: str) -> bool:
+def is_debris(name: str, rel: str = "") -> bool:
   """A temporary file a kill left behind an atomic write (`data.atomic_write_text`'s `.tmp-*`,
-  the `*.tmp.npy` / `*.tmp.npz` of the score and embedding caches): never read, so reported
-  apart from the artifacts."""
-  return name.startswith(".tmp-") or ".tmp." in name
+  the `*.tmp.npy` / `*.tmp.npz` of the score and embedding caches), or a checkpoint a resumed
+  run moved to `checkpoints/aside/` (never read again): reported apart from the artifacts."""
+  return (name.startswith(".tmp-") or ".tmp." in name
+          or f"{os.sep}checkpoints{os.sep}aside{os.sep}" in f"{os.sep}{rel}")
 
 
 def checkpoint_steps(directory: str) -> tuple[list[int], int]:
@@ -179,7 +183,8 @@ def compare_checkpoints(a: str, b: str) -> dict[str, list[str]]:
 
 def _checkpoint_dirs(root: pathlib.Path) -> list[str]:
   """Orbax managers' directories (`*/checkpoints/{latest,best}`), relative to `root`."""
-  return sorted(str(p.relative_to(root)) for p in root.glob("*/checkpoints/*") if p.is_dir())
+  return sorted(str(p.relative_to(root)) for p in root.glob("*/checkpoints/*")
+                if p.is_dir() and p.name in ("latest", "best"))
 
 
 def compare_workdirs(a: str | os.PathLike, b: str | os.PathLike) -> dict:
@@ -199,9 +204,10 @@ def compare_workdirs(a: str | os.PathLike, b: str | os.PathLike) -> dict:
     for p in root.rglob("*"):
       rel = str(p.relative_to(root))
       if (not p.is_file() or p.name in _SKIPPED_NAMES or p.name.endswith(_SKIPPED_SUFFIXES)
+          or any(x in p.name for x in _SKIPPED_INFIXES)
           or any(rel.startswith(d + os.sep) for d in ckpt_dirs)):
         continue
-      if is_debris(p.name):
+      if is_debris(p.name, rel):
         debris.append(f"{side}: {rel}")
       else:
         out.add(rel)
