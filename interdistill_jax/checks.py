@@ -557,4 +557,5 @@ def check_config(config, *, workdir: str | None = None) -> None:
   Reads the workdir (which pipeline stages are complete) but writes nothing anywhere.
   """
   require(*problems(config))
+  require(files.storage_problem(workdir) if workdir else None)
   require(*environment_problems(config, stages_to_run(config, workdir)))

@@ -46,12 +46,35 @@ def path(p: PathLike) -> epath.Path:
   """`p` as an `epath.Path`; a scheme `epath` does not know is a ValueError naming it (rather
   than a local directory called `foo:`)."""
   text = os.fspath(p)
-  out = epath.Path(text)
   match = _SCHEME.match(text)
-  if match and not str(out).startswith(match.group(0)):
+  try:
+    out = epath.Path(text)
+  except KeyError:  # epath's word for a scheme it has no class for
+    out = None
+  if match and (out is None or not str(out).startswith(match.group(0))):
     raise ValueError(f"{text}: unsupported storage {match.group(0)!r} (local paths, gs://, s3://, "
                      "az:// and hf:// are)")
   return out
+
+
+def storage_problem(p: PathLike) -> str | None:
+  """Why `p`'s storage cannot be reached from here (an unknown scheme, or the package `epath`
+  needs for it missing), or None. Local paths are always reachable."""
+  if is_local(p):
+    return None
+  try:
+    path(p)
+  except ValueError as e:
+    return str(e)
+  import importlib.util  # noqa: PLC0415
+  if importlib.util.find_spec("tensorflow") is not None:
+    return None  # epath reaches buckets through tf.io.gfile then
+  import fsspec  # noqa: PLC0415 (installed with etils[epath])
+  try:
+    fsspec.get_filesystem_class(_SCHEME.match(os.fspath(p)).group(1))
+  except ImportError as e:
+    return f"{os.fspath(p)}: {e} (etils.epath reaches it through fsspec)"
+  return None
 
 
 def absolute(p: PathLike) -> str:
