@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, metrics
+from interdistill_jax import files, layout, metrics
 
 SEED = "seed"
 # evaluate's systems in the order its report lists them.
@@ -38,9 +38,9 @@ DEV_FIGURES = {"baseline": ("ranker", "initial"), "ranker": ("ranker", "ranker")
                **{s: (s, "dev_llm_listmle", "trained") for s in layout.SYSTEMS}}
 
 def _json(path: str):
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
+  with files.open_file(path, "r") as f:
     return json.load(f)
 
 
@@ -50,7 +50,7 @@ def read_run(workdir: str) -> dict:
   out = {"workdir": workdir, "systems": {}, "vs_baseline": {}, "dev": {}}
   done = _json(layout.done(layout.eval_dir(workdir))) or {}
   names = [f"{s}.json" for s in done.get("systems", [])] or sorted(
-      n for n in os.listdir(layout.eval_dir(workdir)) if n.endswith(".json"))
+      n for n in files.listdir(layout.eval_dir(workdir)) if n.endswith(".json"))
   for name in names:
     r = _json(layout.eval_file(workdir, name))
     if r and "system" in r and "metrics" in r:  # not compare.json, done.json, inputs.json
@@ -251,7 +251,7 @@ def aggregate(root: str, *, metric: str = "ndcg@10") -> dict:
   summary = {"root": root, "metric": metric, "varying": _varying(points), "cells": cells(points),
              "points": {p["name"]: p for p in points}, "unfinished": unfinished,
              "dev_vs_test": _dev_vs_test(points, metric)}
-  os.makedirs(layout.aggregate_dir(root), exist_ok=True)
+  files.makedirs(layout.aggregate_dir(root))
   plots = aggregate_plots.write_all(root, summary)
   summary["plots"] = [os.path.basename(p) for p in plots]
   data_lib.write_json(layout.aggregate_file(root, "summary.json"), summary)

@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Sequence
 
-from interdistill_jax import layout
+from interdistill_jax import files, layout
 
 MAX_QUERIES = "label.max_queries"
 
@@ -120,13 +120,15 @@ def dev_vs_test(root: str, summary: dict) -> str | None:
 
 def _save(fig, root: str, name: str) -> str:
   path = layout.aggregate_file(root, name)
-  fig.savefig(path, dpi=100)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=100, format="png")
+  files.write_bytes(path, buffer.getvalue())
   _plt().close(fig)
   return path
 
 
 def write_all(root: str, summary: dict) -> list[str]:
   """Writes the plots the sweep's points support; returns their paths."""
-  os.makedirs(layout.aggregate_dir(root), exist_ok=True)
+  files.makedirs(layout.aggregate_dir(root))
   plots = (learning_curve(root, summary), gain_vs_teacher(root, summary), dev_vs_test(root, summary))
   return [p for p in plots if p]

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import ml_collections
 
-from interdistill_jax import defaults, layout, qa_data, reader, tasks, teachers
+from interdistill_jax import defaults, files, layout, qa_data, reader, tasks, teachers
 from interdistill_jax.teachers import llamacpp_backend
 from interdistill_jax.teachers import teacher as teacher_lib
 
@@ -478,7 +478,7 @@ def problems(config) -> list[str]:
 def stages_to_run(config, workdir: str | None) -> list[str]:
   """The planned stages that will run: a pipeline skips those complete in `workdir`."""
   stages = list(planned_stages(config))
-  if config.task != "pipeline" or not workdir or not os.path.isdir(workdir):
+  if config.task != "pipeline" or not workdir or not files.is_dir(workdir):
     return stages
   from interdistill_jax import pipeline  # noqa: PLC0415
   return [s for s in stages if not pipeline.is_complete(s, config, workdir)]
@@ -557,4 +557,5 @@ def check_config(config, *, workdir: str | None = None) -> None:
   Reads the workdir (which pipeline stages are complete) but writes nothing anywhere.
   """
   require(*problems(config))
+  require(files.storage_problem(workdir) if workdir else None)
   require(*environment_problems(config, stages_to_run(config, workdir)))

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from interdistill_jax import corpus as corpus_lib
+from interdistill_jax import files
 from interdistill_jax import textfiles
 # Also data.X, as the package and its users have always named them.
 from interdistill_jax.corpus import Document, iter_corpus, load_corpus  # noqa: F401
@@ -159,19 +159,8 @@ def write_trec_run(path: str | os.PathLike, run: Run, tag: str) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  """Writes `path` whole or not at all (a kill leaves the old file or the new one: `files`)."""
+  files.atomic_write_text(path, text)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -183,12 +172,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> None:
-  os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-  with open(path, "a", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+  """Appends one line per record (fsynced on local disk; `files.append_text`)."""
+  files.append_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def load_labels(path: str | os.PathLike, dataset: Dataset | None = None) -> list[dict]:

@@ -24,7 +24,7 @@ import jax
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, corpus, layout, metrics, provenance, reader, report, retrieval
+from interdistill_jax import assets, corpus, files, layout, metrics, provenance, reader, report, retrieval
 from interdistill_jax import search
 from interdistill_jax import sharding, tokenization
 
@@ -111,7 +111,7 @@ def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, bas
   model, ckpt, info = distill.load_distilled(config, out_dir, mesh=base_encoder.mesh)
   encoder = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                               model_config=config.model, mesh=base_encoder.mesh,
-                              param_rules=config.mesh.param_rules, model_id=f"{os.path.abspath(out_dir)}|step{info['selected_step']}")
+                              param_rules=config.mesh.param_rules, model_id=f"{files.absolute(out_dir)}|step{info['selected_step']}")
   docids, index = base_index
   if info["towers"] != "query":  # the passage tower changed: the corpus must be re-encoded
     docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)

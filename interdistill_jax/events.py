@@ -5,12 +5,29 @@
 Written through tensorboardX, which needs no TensorFlow. Tags are metrics.jsonl's names
 (`train/loss`, `train/lr`, `train/grad_norm`, `train/examples_per_s`, `dev/loss`, and
 `train/epoch`).
+
+Local only: tensorboardX writes to a bucket only with extra packages, so a stage directory in a
+bucket (`gs://...`) gets no event files (`writes_events`, which says so once); its metrics.jsonl
+holds the same numbers.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+
+from absl import logging
+
+from interdistill_jax import files
+
+
+def writes_events(out_dir: str) -> bool:
+  """Whether `out_dir` gets TensorBoard event files: a local directory does, one in a bucket not."""
+  if files.is_local(out_dir):
+    return True
+  logging.warning("%s is in a bucket: no TensorBoard events are written there (tensorboardX "
+                  "needs extra packages for it); metrics.jsonl holds the same numbers", out_dir)
+  return False
 
 
 class EventWriter:

@@ -8,7 +8,6 @@ for `a * ranker + b * initial retriever` on the dev queries (`ranker/fusion.json
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import checks, layout, losses, retrieval
+from interdistill_jax import checks, files, layout, losses, retrieval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +74,7 @@ def fit_weights(features, x0, ranking, mask, prefix):
 def read_fusion(workdir: str) -> Fusion | None:
   """The fusion `train_ranker` fitted on the dev queries (None when there were none)."""
   path = layout.fusion(workdir)
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
   info = data_lib.read_json(path)
   return Fusion(info["ce_weight"], info["initial_weight"])

@@ -17,7 +17,9 @@ The sentence-transformers files use the long-standing layout (modules.json namin
 `sentence_transformers.models.*`, `pooling_mode_*` flags in 1_Pooling/config.json, max_seq_length in
 sentence_bert_config.json), which sentence-transformers 2 to 6 load and `models.resolve_checkpoint`
 reads. Each directory is written beside its destination and renamed into place, so an interrupted
-export never leaves half a model behind.
+export never leaves half a model behind. In a workdir in a bucket (`gs://...`) it is written in a
+local temporary directory and then uploaded over the destination, file by file: an interrupted
+upload can leave a mix there, which `export/done.json` (written last) does not vouch for.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import checks, layout, model_cards, models, provenance, sharding
+from interdistill_jax import checks, files, layout, model_cards, models, provenance, sharding
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _TOKENIZER_FILES = ("vocab.txt", "special_tokens_map.json")
@@ -55,7 +57,14 @@ class Exported:
 
 @contextlib.contextmanager
 def _staged_dir(out_dir: str) -> Iterator[str]:
-  """A fresh sibling directory that replaces `out_dir` when the block succeeds."""
+  """A fresh local directory whose files replace `out_dir` when the block succeeds: a sibling
+  renamed into place, or for a bucket a temporary directory uploaded over it."""
+  if not files.is_local(out_dir):
+    with tempfile.TemporaryDirectory(prefix="interdistill-export-") as tmp:
+      yield tmp
+      files.remove_tree(out_dir)
+      files.copy_tree(tmp, out_dir)
+    return
   out_dir = os.path.abspath(out_dir)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
@@ -76,10 +85,7 @@ def _staged_dir(out_dir: str) -> Iterator[str]:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, ensure_ascii=False)
-    f.write("\n")
+  files.write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _write_safetensors(path: str, tensors: Mapping[str, np.ndarray]) -> None:
@@ -244,13 +250,13 @@ RESIDUAL_QUERY_TOWER = "query_tower"
 def export_labels(workdir: str, out_dir: str, *, card: dict) -> str | None:
   """labels.jsonl, stats.json and a data set card in `out_dir`; None when there are no labels."""
   src = layout.labels(workdir)
-  if not os.path.exists(src):
+  if not files.exists(src):
     return None
   with _staged_dir(out_dir) as tmp:
-    shutil.copyfile(src, os.path.join(tmp, "labels.jsonl"))
+    files.copy_file(src, os.path.join(tmp, "labels.jsonl"))
     stats = layout.label_stats(workdir)
-    if os.path.exists(stats):
-      with open(stats, encoding="utf-8") as f:
+    if files.exists(stats):
+      with files.open_file(stats, "r") as f:
         recorded = json.load(f)
       # The recorded inputs name this machine's paths; the fingerprint still identifies them.
       recorded.pop("inputs", None)
@@ -297,8 +303,9 @@ def push_to_hub(export_config, exported: Sequence[Exported]) -> dict[str, str]:
       continue
     repo_type = "dataset" if item.kind == "labels" else "model"
     api.create_repo(repo_id, repo_type=repo_type, private=bool(export_config.private), exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=item.path, repo_type=repo_type,
-                      commit_message=f"Upload the {item.kind} (Intermediate Distillation export)")
+    with files.local_dir(item.path) as folder:  # the client uploads local folders only
+      api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type,
+                        commit_message=f"Upload the {item.kind} (Intermediate Distillation export)")
     logging.info("Pushed %s to the Hub %s repo %s", item.path, repo_type, repo_id)
     pushed[item.kind] = repo_id
   return pushed
@@ -312,7 +319,7 @@ def _trained_model(config, workdir: str, which: str, *,
   None when not trained."""
   out_dir = layout.ranker_dir(workdir) if which == "ranker" else layout.system_dir(workdir, "distilled")
   if not layout.is_done(out_dir):
-    if os.path.exists(os.path.join(out_dir, "checkpoints")):
+    if files.exists(os.path.join(out_dir, "checkpoints")):
       raise RuntimeError(f"{out_dir} has checkpoints but no done.json: the {which} stage did not "
                          "finish; rerun it (it resumes) before exporting")
     return None
@@ -388,12 +395,20 @@ def _export_ranker(config, workdir: str, info: dict, loaded: _Loaded) -> Exporte
   path = export_cross_encoder(loaded.model, loaded.source, out_dir, card=card,
                               max_length=config.ranker.max_length)
   if fusion is not None:
-    with open(layout.fusion(workdir), encoding="utf-8") as f:
+    with files.open_file(layout.fusion(workdir), "r") as f:
       fit = json.load(f)
-    if os.path.isabs(str(fit.get("initial_run"))):  # a path of this machine: relative to the workdir
-      fit["initial_run"] = os.path.relpath(fit["initial_run"], workdir)
+    if isinstance(fit.get("initial_run"), str):  # a path of this machine: relative to the workdir
+      fit["initial_run"] = _relative(fit["initial_run"], workdir)
     _write_json(os.path.join(out_dir, "fusion.json"), fit)
   return Exported("ranker", path, loaded.trained)
+
+
+def _relative(path: str, workdir: str) -> str:
+  """A path of this machine (or bucket) inside `workdir`, relative to it; any other as it is."""
+  if files.is_local(path) and os.path.isabs(path):
+    return os.path.relpath(path, workdir)
+  prefix = workdir.rstrip("/") + "/"
+  return path[len(prefix):] if not files.is_local(path) and path.startswith(prefix) else path
 
 
 def run(config, workdir: str) -> None:

@@ -22,7 +22,6 @@ import asyncio
 import collections
 import dataclasses
 import datetime
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,10 +31,10 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from interdistill_jax import assets, checks, data, layout, metrics, peers, provenance
+from interdistill_jax import assets, checks, data, files, layout, metrics, peers, provenance
 from interdistill_jax import teachers
 from interdistill_jax.teachers import pricing
-from interdistill_jax.teachers.cache import Cache
+from interdistill_jax.teachers.cache import Cache, open_cache
 
 # Provenance fields that must match for a resumed run to extend existing labels.
 _RESUME_FIELDS = ("backend", "model", "prompt_version", "mode")
@@ -58,7 +57,7 @@ def load_candidates(path: str, num_candidates: int, max_queries: int = 0,
                     sample_seed: int = -1) -> dict[str, list[str]]:
   """qid -> its top `num_candidates` docids, best first, in the run file's query order, for the
   queries `select_queries` picks."""
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f"{path} not found: run the `retrieve` task first")
   run = data.read_trec_run(path)
   if not run:
@@ -69,10 +68,9 @@ def load_candidates(path: str, num_candidates: int, max_queries: int = 0,
 
 def recover_labels(path: str) -> None:
   """Drops a last line cut short by a kill (no trailing newline); earlier lines are left alone."""
-  if not os.path.exists(path):
+  if not files.exists(path):
     return
-  with open(path, "rb") as f:
-    blob = f.read()
+  blob = files.read_bytes(path)
   if not blob or blob.endswith(b"\n"):
     return
   keep = blob[:blob.rfind(b"\n") + 1]
@@ -261,14 +259,14 @@ def teacher_audit(records: list[dict], qrels=None) -> dict[str, Any] | None:
 def recorded_audit(workdir: str) -> dict[str, Any] | None:
   """The teacher audit `label` recorded in labels/stats.json (None when absent)."""
   path = layout.label_stats(workdir)
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
   return data.read_json(path).get("quality")
 
 
 def _quality(dataset: data.Dataset, split: str, labels_path: str) -> dict[str, Any] | None:
   """The teacher audit of every line of labels.jsonl (`teacher_audit`)."""
-  if not os.path.exists(labels_path):
+  if not files.exists(labels_path):
     return None
   qrels = dataset.qrels(split) if dataset.has_qrels(split) else None
   return teacher_audit(data.read_jsonl(labels_path), qrels)
@@ -305,7 +303,7 @@ def _summary(config: ml_collections.ConfigDict, teacher: teachers.Teacher, cache
   price = pricing.price_for(config.teacher.backend, config.teacher.model,
                             input_override=config.teacher.price_input_per_mtok,
                             output_override=config.teacher.price_output_per_mtok)
-  labels = _aggregate(data.read_jsonl(labels_path) if os.path.exists(labels_path) else [])
+  labels = _aggregate(data.read_jsonl(labels_path) if files.exists(labels_path) else [])
   ledger = [row | {"cost_usd": pricing.cost(price, row["prompt_tokens"], row["completion_tokens"])}
             for row in cache.ledger()]
   return {
@@ -341,30 +339,31 @@ async def _label(config: ml_collections.ConfigDict, paths: Mapping[str, str], da
   relevance = None
   if config.teacher.backend == "simulated":
     relevance = _relevance(dataset, config.label.split, candidates)
-  cache = Cache(paths["cache"])
-  try:
+  with open_cache(paths["cache"], local_dir=config.data.cache_dir) as cache:
     teacher = teachers.make_teacher(config.teacher, cache=cache, on_failure=config.label.on_failure,
                                     reasks=config.label.reasks, relevance=relevance, seed=config.seed)
-  except BaseException:
-    cache.close()
-    raise
-  try:
-    existing = (data.load_labels(paths["labels"], dataset) if os.path.exists(paths["labels"])
-                else [])
-    _check_resumable(paths["labels"], existing, candidates, teacher.provenance())
-    done = {r["qid"] for r in existing}
-    pending = [qid for qid in candidates if qid not in done]
-    logging.info("label: %d queries, %d already labelled, %d to go; teacher %s", len(candidates),
-                 len(done & set(candidates)), len(pending), teacher.provenance())
-    tally = _Tally()
-    await _label_queries(teacher, pending, dataset, candidates, paths["labels"],
-                         config.teacher.concurrency, tally)
-    stats = _summary(config, teacher, cache, paths["labels"], len(candidates), len(pending), tally)
-    stats["quality"] = _quality(dataset, config.label.split, paths["labels"])
-    return stats, tally
-  finally:
-    await teacher.aclose()
-    cache.close()
+    try:
+      return await _label_with(config, paths, dataset, candidates, teacher, cache)
+    finally:
+      await teacher.aclose()
+
+
+async def _label_with(config: ml_collections.ConfigDict, paths: Mapping[str, str],
+                      dataset: data.Dataset, candidates: Mapping[str, list[str]],
+                      teacher: teachers.Teacher, cache: Cache) -> tuple[dict[str, Any], _Tally]:
+  existing = (data.load_labels(paths["labels"], dataset) if files.exists(paths["labels"])
+              else [])
+  _check_resumable(paths["labels"], existing, candidates, teacher.provenance())
+  done = {r["qid"] for r in existing}
+  pending = [qid for qid in candidates if qid not in done]
+  logging.info("label: %d queries, %d already labelled, %d to go; teacher %s", len(candidates),
+               len(done & set(candidates)), len(pending), teacher.provenance())
+  tally = _Tally()
+  await _label_queries(teacher, pending, dataset, candidates, paths["labels"],
+                       config.teacher.concurrency, tally)
+  stats = _summary(config, teacher, cache, paths["labels"], len(candidates), len(pending), tally)
+  stats["quality"] = _quality(dataset, config.label.split, paths["labels"])
+  return stats, tally
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -397,11 +396,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
     for d in docids:
       if d not in dataset.corpus:
         raise data.DataError(run_path, None, f"document {d!r} (query {qid!r}) is not in the corpus")
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   # stats.json marks the stage complete (the pipeline skips it then): written only on success.
   for stale in (paths["stats"], paths["partial_stats"]):
-    if os.path.exists(stale):
-      os.remove(stale)
+    files.remove(stale)
   recover_labels(paths["labels"])
   stats, tally = asyncio.run(_label(config, paths, dataset, candidates))
   complete = not tally.fatal and not tally.failed

@@ -1,7 +1,9 @@
 """The experiment directory: where every artifact lives, which stage writes it, and when a stage
 is done; and, outside it, where the data cache keeps the index of a corpus file.
 
-Every module finds its inputs and writes its outputs through these functions; `LAYOUT` is the
+Every module finds its inputs and writes its outputs through these functions, and reads and
+writes them through `files.py` (a workdir may be a bucket: `gs://b/run`; paths are strings, and
+`os.path.join` spells a bucket's as well as a local one's). `LAYOUT` is the
 table the README's workdir section is generated from (a test checks the two agree), and `STAGES`
 is what `pipeline` runs and how it knows a stage has finished.
 """
@@ -12,7 +14,7 @@ import dataclasses
 import hashlib
 import os
 
-from interdistill_jax import textfiles
+from interdistill_jax import files, textfiles
 
 # evaluate's system name -> the directory its retriever is trained in; `distill.teacher` -> system.
 SYSTEMS = {"distilled": "retriever", "direct": "retriever_direct", "supervised": "retriever_supervised"}
@@ -199,6 +201,16 @@ def corpus_index(cache_dir: str, corpus_path: str, fingerprint: str) -> str:
                       f"{os.path.basename(real)}-{path_hash}", version)
 
 
+def local_mirror(cache_dir: str, path: str) -> str:
+  """Where a file of a workdir in a bucket is kept on local disk when it has to be local (an
+  SQLite call cache, the workdir's lock): under `cache_dir/remote/`, by its address, so
+  `gs://b/run/labels/llm_cache.sqlite` is `CACHE/remote/gs/b/run/labels/llm_cache.sqlite`."""
+  scheme, sep, rest = path.partition("://")
+  if not sep:
+    raise ValueError(f"{path} is local: it needs no local mirror")
+  return os.path.join(os.path.expanduser(cache_dir), "remote", scheme, rest.strip("/"))
+
+
 # --- sweeps: a root directory of workdirs (`interdistill_jax.sweep`) ------------------------
 
 SWEEP_LAYOUT = (
@@ -249,12 +261,12 @@ def started(stage_dir: str) -> str:
 
 
 def is_done(stage_dir: str) -> bool:
-  return os.path.exists(done(stage_dir))
+  return files.exists(done(stage_dir))
 
 
 def read_done(stage_dir: str) -> dict:
   path = done(stage_dir)
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f"{path} not found: the stage has not finished in this workdir")
   try:
     return textfiles.read_json(path)

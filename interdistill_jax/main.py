@@ -67,7 +67,8 @@ def run(config, workdir: str, *, peer_timeout: float = 60.0) -> None:
   peers.start(workdir, timeout=peer_timeout)
   # The processes of a multi-process run share the workdir: process 0 holds it for them all.
   import jax  # noqa: PLC0415
-  lock = lock_workdir(workdir) if jax.process_index() == 0 else None
+  lock = (lock_workdir(workdir, local_dir=config.data.cache_dir) if jax.process_index() == 0
+          else None)
   peers.prune(workdir)
   task(config, workdir)
   peers.finish()

@@ -6,7 +6,6 @@ prompt version), how many queries were labelled, and the metrics in `eval/`.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from typing import Any
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, metrics
+from interdistill_jax import files, layout, metrics
 
 PAPER = "https://arxiv.org/abs/2406.12169"
 PACKAGED_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -25,7 +24,7 @@ _STATS_NOT_IN_CARD = ("cache", "teacher", "inputs")
 
 def _read_json(path: str) -> Any:
   try:
-    with open(path, encoding="utf-8") as f:
+    with files.open_file(path, "r") as f:
       return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     logging.warning("Model card: skipping %s (%s)", path, e)
@@ -60,10 +59,10 @@ def card_info(config, workdir: str) -> dict:
   """
   labels_path = layout.labels(workdir)
   stats_path = layout.label_stats(workdir)
-  stats = _read_json(stats_path) if os.path.exists(stats_path) else None
+  stats = _read_json(stats_path) if files.exists(stats_path) else None
   stats = stats if isinstance(stats, dict) else {}
   num_labelled, teacher = None, stats.get("teacher")
-  if os.path.exists(labels_path):
+  if files.exists(labels_path):
     records = data_lib.read_jsonl(labels_path)
     num_labelled = len(records)
     if not teacher and records:
@@ -76,7 +75,7 @@ def card_info(config, workdir: str) -> dict:
     teacher = {k: teacher[k] for k in ("backend", "model", "prompt_version", "mode", "simulated")
                if k in teacher}
   evals = []
-  for path in sorted(glob.glob(layout.eval_file(workdir, "*.json"))):
+  for path in files.glob(layout.eval_dir(workdir), "*.json"):
     result = _read_json(path)
     if isinstance(result, dict) and isinstance(result.get("metrics"), dict):
       evals.append(result)

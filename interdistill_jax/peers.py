@@ -1,7 +1,8 @@
 """The processes of a multi-process run: one shared workdir, barriers through it, and a failure
 anywhere stopping every process.
 
-The contract: the workdir is storage every process sees (NFS, a mounted bucket). Process 0 alone
+The contract: the workdir is storage every process sees (NFS, a mounted bucket, or a bucket
+itself: `gs://...`, through `files.py`; each barrier file is one object). Process 0 alone
 writes what a stage shares (candidates, labels, done markers, fusion.json); the others read it
 from the same path once a barrier says it is there. So:
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
-import shutil
 import socket
 import sys
 import threading
@@ -35,7 +35,7 @@ import time
 
 from absl import logging
 
-from interdistill_jax import data, layout
+from interdistill_jax import data, files, layout
 
 _TOKEN_BYTES = 32
 _POLL_MAX = 0.5  # seconds between two looks at the shared directory, at most
@@ -61,7 +61,7 @@ class Run:
     self._stopping = threading.Lock()  # held by whichever path ends this process first
     self._watching = threading.Event()
     self._watcher: threading.Thread | None = None
-    os.makedirs(directory, exist_ok=True)
+    files.makedirs(directory)
 
   def _path(self, kind: str, index: int) -> str:
     return os.path.join(self.directory, f"{kind}.{index}")
@@ -87,7 +87,7 @@ class Run:
     returns the processes whose file it did not see."""
     data.atomic_write_text(self._path("joined", self.index),
                            f"host {socket.gethostname()} pid {os.getpid()}\n")
-    unseen = lambda: [j for j in self._others() if not os.path.exists(self._path("joined", j))]  # noqa: E731
+    unseen = lambda: [j for j in self._others() if not files.exists(self._path("joined", j))]  # noqa: E731
     self._wait(lambda: not unseen(), self.timeout)
     return unseen()
 
@@ -113,10 +113,9 @@ class Run:
     self._barriers += 1
     data.atomic_write_text(self._path(f"barrier-{k}", self.index), name)
     paths = {j: self._path(f"barrier-{k}", j) for j in self._others()}
-    self._wait(lambda: all(os.path.exists(p) for p in paths.values()), None)
+    self._wait(lambda: all(files.exists(p) for p in paths.values()), None)
     for j, path in paths.items():
-      with open(path, encoding="utf-8") as f:
-        theirs = f.read()
+      theirs = files.read_text(path)
       if theirs != name:
         raise RuntimeError(f"the processes are out of step: barrier {k} is {name!r} on process "
                            f"{self.index} and {theirs!r} on process {j} ({path})")
@@ -127,9 +126,8 @@ class Run:
     """(index, one-line error) of a peer that failed, or None."""
     for j in self._others():
       path = self._path("error", j)
-      if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-          return j, f.read().strip()
+      if files.exists(path):
+        return j, files.read_text(path).strip()
     return None
 
   def fail(self, message: str) -> None:
@@ -138,7 +136,7 @@ class Run:
     if not self._stopping.acquire(blocking=False):
       self._wait(lambda: False, None)  # the watcher is ending the process already
     data.atomic_write_text(self._path("error", self.index), " ".join(message.split()) + "\n")
-    seen = lambda j: any(os.path.exists(self._path(k, j)) for k in ("stopped", "error"))  # noqa: E731
+    seen = lambda j: any(files.exists(self._path(k, j)) for k in ("stopped", "error"))  # noqa: E731
     if not self._wait(lambda: all(seen(j) for j in self._others()), self.timeout):
       logging.warning("process %d: processes %s did not acknowledge its failure within %g s",
                       self.index, [j for j in self._others() if not seen(j)], self.timeout)
@@ -149,7 +147,7 @@ class Run:
     if self.index == 0:
       # Process 0 hosts JAX's coordination service: the others are aborted the moment it goes,
       # so it leaves last and they end with their own words.
-      gone = lambda j: any(os.path.exists(self._path(k, j)) for k in ("exited", "stopped"))  # noqa: E731
+      gone = lambda j: any(files.exists(self._path(k, j)) for k in ("exited", "stopped"))  # noqa: E731
       self._wait(lambda: all(gone(j) for j in self._others()), self.timeout)
       time.sleep(0.2)
     sys.stdout.flush()
@@ -253,10 +251,13 @@ def prune(workdir: str) -> None:
   if run is None or run.index != 0:
     return
   parent = layout.peers_dir(workdir)
-  for name in os.listdir(parent):
+  for name in files.listdir(parent):
     path = os.path.join(parent, name)
     if path != run.directory:
-      shutil.rmtree(path, ignore_errors=True)
+      try:
+        files.remove_tree(path)
+      except OSError as e:  # another run's leftovers: not worth stopping this one for
+        logging.warning("could not remove %s: %s", path, e)
 
 
 def barrier(name: str) -> None:

@@ -10,11 +10,9 @@ partial state (label cache, checkpoints) when that was started from the same inp
 
 from __future__ import annotations
 
-import os
-
 from absl import logging
 
-from interdistill_jax import layout, peers, provenance, tasks
+from interdistill_jax import files, layout, peers, provenance, tasks
 
 
 def stage(name: str) -> layout.Stage:
@@ -31,7 +29,7 @@ def stage_config(name: str, config):
 def state(name: str, config, workdir: str) -> tuple[str, list[str]]:
   """("missing" | "current" | "stale" | "unrecorded", what changed) of pipeline stage `name`."""
   cfg = stage_config(name, config)
-  if not all(os.path.exists(p) for p in stage(name).outputs(cfg, workdir)):
+  if not all(files.exists(p) for p in stage(name).outputs(cfg, workdir)):
     return "missing", []
   return provenance.status(provenance.stage_name(name, cfg), cfg, workdir)
 

@@ -23,12 +23,11 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Mapping
 
 from absl import logging
 
-from interdistill_jax import assets, layout, peers
+from interdistill_jax import assets, files, layout, peers
 from interdistill_jax import data as data_lib
 
 # Config fields that cannot change any stage's result.
@@ -158,7 +157,7 @@ _DAMAGED: set[str] = set()  # damaged records already reported
 
 
 def _read_record(path: str) -> dict | None:
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
   try:
     return data_lib.read_json(path)
@@ -268,7 +267,7 @@ def _outputs(name: str, workdir: str) -> list[str]:
   if name == "evaluate":
     keep = {os.path.basename(layout.eval_file(workdir, "reader_cache.sqlite"))}
     d = layout.eval_dir(workdir)
-    return [os.path.join(d, n) for n in sorted(os.listdir(d)) if n not in keep] if os.path.isdir(d) else []
+    return [os.path.join(d, n) for n in files.listdir(d) if n not in keep] if files.is_dir(d) else []
   return [layout.export_dir(workdir)]
 
 
@@ -300,7 +299,7 @@ def _settle(name: str, workdir: str, rec: dict) -> None:
   previous = _read_record(path)
   done = read_marker(name, workdir)
   left = previous or (done if done and "fingerprint" in done else None)
-  if left is None and any(os.path.exists(p) for p in _outputs(name, workdir)):
+  if left is None and any(files.exists(p) for p in _outputs(name, workdir)):
     # Outputs from before inputs were recorded: the stage's own checks decide whether they
     # resume; recording inputs now would pass them off as this config's.
     return
@@ -314,14 +313,14 @@ def _settle(name: str, workdir: str, rec: dict) -> None:
 
 def move_aside(name: str, workdir: str) -> str | None:
   """Moves stage `name`'s outputs to `stale/<stage>-<time>/` (nothing is deleted; process 0)."""
-  paths = [p for p in _outputs(name, workdir) if os.path.exists(p)]
+  paths = [p for p in _outputs(name, workdir) if files.exists(p)]
   if not paths or not _is_main_process():
     return None
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
   dest = layout.stale_dir(workdir, name, stamp)
-  os.makedirs(dest)
+  files.makedirs(dest)
   for p in paths:
-    shutil.move(p, os.path.join(dest, os.path.basename(p)))
+    files.move(p, os.path.join(dest, os.path.basename(p)))
   return dest
 
 

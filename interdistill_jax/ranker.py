@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -32,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, fusion, inference, layout, losses, models, peers, provenance
+from interdistill_jax import assets, files, fusion, inference, layout, losses, models, peers, provenance
 from interdistill_jax import retrieval, sharding, tokenization, train
 
 
@@ -240,8 +239,8 @@ def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str,
   """
   path = layout.ranker_scores(workdir, name)
   ident = _ranker_identity(config, workdir)
-  if os.path.exists(path):
-    cached = np.load(path)
+  if files.exists(path):
+    cached = files.load_npz(path)
     if "ranker" in cached and str(cached["ranker"]) == ident:
       have = dict(zip(zip(cached["qids"].tolist(), cached["docids"].tolist()), cached["scores"].tolist()))
       if all(p in have for p in pairs):
@@ -250,10 +249,8 @@ def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str,
   model, tokenizer = load_trained_ranker(config, workdir, mesh=mesh)
   scores = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc=desc, mesh=mesh)
   if jax.process_index() == 0:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, qids=np.array([q for q, _ in pairs]), docids=np.array([d for _, d in pairs]),
-             scores=scores, ranker=np.array(ident))
-    os.replace(tmp, path)
+    files.save_npz(path, qids=np.array([q for q, _ in pairs]), docids=np.array([d for _, d in pairs]),
+                   scores=scores, ranker=np.array(ident))
   return scores
 
 
@@ -308,8 +305,8 @@ def run(config, workdir: str) -> None:
                extra["head"], len(train_ex), len(dev_ex), section.list_size, section.max_length)
   out_dir = layout.ranker_dir(workdir)
   stale = layout.fusion(workdir)  # an earlier ranker's fit must not outlive it
-  if jax.process_index() == 0 and os.path.exists(stale):
-    os.remove(stale)
+  if jax.process_index() == 0:
+    files.remove(stale)
   model, summary = train.train_loop(
       model=model, loss_fn=listmle_loss, make_batch=train_ex.batch, num_examples=len(train_ex),
       dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),

@@ -28,7 +28,7 @@ from interdistill_jax import data as data_lib
 from interdistill_jax import defaults, layout, metrics, teachers
 from interdistill_jax.teachers import prompt
 from interdistill_jax.teachers.base import Passage, Request
-from interdistill_jax.teachers.cache import Cache
+from interdistill_jax.teachers.cache import Cache, open_cache
 from interdistill_jax.teachers.runner import Runner
 
 # Changing the prompt below changes what the reader is asked: bump the version, which keys the
@@ -108,41 +108,43 @@ async def _answer_all(runner: Runner, requests: Mapping[Any, Request],
 
 async def _read(cfg: ml_collections.ConfigDict, cache_path: str, dataset: data_lib.Dataset,
                 queries: Mapping[str, data_lib.Query], run: data_lib.Run, qids: Sequence[str],
-                system: str, seed: int) -> tuple[dict, dict, dict, dict]:
-  cache = Cache(cache_path)
-  try:
+                system: str, seed: int, local_dir: str) -> tuple[dict, dict, dict, dict]:
+  with open_cache(cache_path, local_dir=local_dir) as cache:
     backend = teachers.make_backend(backend_config(cfg), seed=seed)
-  except BaseException:
-    cache.close()
-    raise
+    try:
+      return await _read_with(cfg, cache, backend, dataset, queries, run, qids, system, seed)
+    finally:
+      await backend.aclose()
+
+
+async def _read_with(cfg: ml_collections.ConfigDict, cache: Cache, backend,
+                     dataset: data_lib.Dataset, queries: Mapping[str, data_lib.Query],
+                     run: data_lib.Run, qids: Sequence[str], system: str,
+                     seed: int) -> tuple[dict, dict, dict, dict]:
   backend.prompt_version = PROMPT_VERSION  # before the runner takes the backend's identity
   runner = Runner(backend, cache, concurrency=cfg.concurrency, rpm=cfg.rpm,
                   max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,
                   backoff_max=cfg.backoff_max, max_retry_after=cfg.max_retry_after,
                   timeout=cfg.timeout, seed=seed)
-  try:
-    counter = backend.token_counter() or prompt.make_token_counter(cfg.tokenizer)
-    shown: dict[str, str] = {}  # docid -> passage text cut to the budget, computed once
-    requests: dict[tuple[str, int], Request] = {}
-    for k in cfg.ks:
-      for qid in qids:
-        docids = _top_k(run, qid, k)
-        for d in docids:
-          if d not in shown:
-            shown[d] = prompt.truncate_passages([passage_text(dataset.corpus[d])], counter,
-                                                cfg.max_passage_tokens)[0]
-        question = queries[qid].text
-        chat = build_chat(question, [shown[d] for d in docids])
-        requests[(qid, k)] = Request(question, tuple(Passage(d, shown[d]) for d in docids),
-                                     chat=chat, stop=STOP)
-    start = time.monotonic()
-    answers, failed = await _answer_all(runner, requests, f"reader ({backend.name}, {system})")
-    seconds = time.monotonic() - start
-    return answers, failed, runner.stats.to_json(), {
-        "provenance": backend.provenance(), "seconds": round(seconds, 3)}
-  finally:
-    await backend.aclose()
-    cache.close()
+  counter = backend.token_counter() or prompt.make_token_counter(cfg.tokenizer)
+  shown: dict[str, str] = {}  # docid -> passage text cut to the budget, computed once
+  requests: dict[tuple[str, int], Request] = {}
+  for k in cfg.ks:
+    for qid in qids:
+      docids = _top_k(run, qid, k)
+      for d in docids:
+        if d not in shown:
+          shown[d] = prompt.truncate_passages([passage_text(dataset.corpus[d])], counter,
+                                              cfg.max_passage_tokens)[0]
+      question = queries[qid].text
+      chat = build_chat(question, [shown[d] for d in docids])
+      requests[(qid, k)] = Request(question, tuple(Passage(d, shown[d]) for d in docids),
+                                   chat=chat, stop=STOP)
+  start = time.monotonic()
+  answers, failed = await _answer_all(runner, requests, f"reader ({backend.name}, {system})")
+  seconds = time.monotonic() - start
+  return answers, failed, runner.stats.to_json(), {
+      "provenance": backend.provenance(), "seconds": round(seconds, 3)}
 
 
 def rag_metrics(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Dataset,
@@ -177,7 +179,7 @@ def rag_metrics(config: ml_collections.ConfigDict, workdir: str, dataset: data_l
   out_dir = layout.eval_file(workdir, "rag")
   answers, failed, calls, info = asyncio.run(_read(
       cfg, layout.eval_file(workdir, "reader_cache.sqlite"), dataset, queries, run, qids, system,
-      config.seed))
+      config.seed, config.data.cache_dir))
   if failed:
     raise teachers.CallFailed(
         f"reader: {len(failed)} calls failed for system {system!r} (e.g. "

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import layout, metrics
+from interdistill_jax import files, layout, metrics
 
 
 def table(results: list[dict]) -> str:
@@ -31,9 +32,9 @@ def _comparison_table(comparison: dict) -> str:
 
 
 def _read_metrics(path: str) -> list[dict]:
-  if not os.path.exists(path):
+  if not files.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
+  with files.open_file(path, "r") as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -59,7 +60,7 @@ def _plots(workdir: str, results: list[dict]) -> list[str]:
       ax.legend()
     fig.tight_layout()
     path = os.path.join(out_dir, "training_curves.png")
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     written.append(path)
   keys = [k for k in ("ndcg@10", "recall@100", "mrr@10", "top20_acc") if k in results[0]["metrics"]]
@@ -74,7 +75,7 @@ def _plots(workdir: str, results: list[dict]) -> list[str]:
   ax.set_title(f"{results[0]['dataset']} / {results[0]['split']}")
   fig.tight_layout()
   path = os.path.join(out_dir, "before_after.png")
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
   plt.close(fig)
   written.append(path)
   return written
@@ -106,10 +107,16 @@ def teacher_section(quality: dict | None, ranker_done: dict | None = None) -> li
   return lines
 
 
+def _save(fig, path: str) -> None:
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=100, format="png")
+  files.write_bytes(path, buffer.getvalue())
+
+
 def _read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
+  with files.open_file(path, "r") as f:
     return json.load(f)
 
 

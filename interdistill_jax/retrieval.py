@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, inference, layout, models, provenance, search, sharding
+from interdistill_jax import assets, files, inference, layout, models, provenance, search, sharding
 from interdistill_jax import shards, tokenization
 
 # Passages encoded per step of `Encoder.encode_documents` (SciFact's 5,183 in one).
@@ -88,7 +88,7 @@ class Encoder:
     if cache_dir:
       path = os.path.join(cache_dir, f"corpus-{self.cache_key(corpus_id)}.npy")
       meta = {"model": self.model_id, "corpus": corpus_id, "num_docs": len(docids)}
-      emb, problem = _read_cache(path, meta) if os.path.exists(path) else (None, None)
+      emb, problem = _read_cache(path, meta) if files.exists(path) else (None, None)
       if emb is not None:
         logging.info("Corpus embeddings from cache %s", path)
         return docids, emb
@@ -100,9 +100,7 @@ class Encoder:
       # complete, so a killed run leaves both files or none that is read.
       data_lib.write_json(path[:-4] + ".json", {"model": self.model_id, "corpus": corpus_id,
                                                 "num_docs": len(docids), "dim": int(emb.shape[1])})
-      tmp = path + ".tmp.npy"
-      np.save(tmp, emb)
-      os.replace(tmp, path)
+      files.save_npy(path, emb)
     return docids, emb
 
   def encode_documents(self, docs: Iterable[data_lib.Document], num_docs: int) -> np.ndarray:
@@ -123,7 +121,7 @@ def _read_cache(path: str, meta: dict) -> tuple[np.ndarray | None, str | None]:
   """(embeddings, None) from a cache file that `meta` (model, corpus, num_docs) describes, else
   (None, what is wrong with it): damaged, from another model or corpus, or cut short."""
   record = path[:-len(".npy")] + ".json"
-  if not os.path.exists(record):
+  if not files.exists(record):
     return None, f"no {os.path.basename(record)} says what it holds"
   try:
     recorded = data_lib.read_json(record)
@@ -133,7 +131,7 @@ def _read_cache(path: str, meta: dict) -> tuple[np.ndarray | None, str | None]:
   if differ:
     return None, f"written for another {', '.join(differ)} ({record})"
   try:
-    emb = np.load(path)
+    emb = files.load_npy(path)
   except (ValueError, OSError, EOFError) as e:
     return None, f"not a readable array ({e})"
   if emb.shape != (meta["num_docs"], recorded.get("dim")):

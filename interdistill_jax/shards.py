@@ -13,7 +13,8 @@ unreadable, its rows not matching its ids), in a finished store too, is encoded 
 warning naming it: the corpus is at hand and no LLM call is involved. Process p of n encodes shards p, p+n, ...
 on its own devices: memory holds one shard's texts and embeddings at a time, whatever the corpus.
 On several hosts the directory must be on storage every host sees (process 0 checks that every
-shard exists before it marks the store complete; FAISS builds read them all).
+shard exists before it marks the store complete; FAISS builds read them all). In a bucket
+(`gs://...`, through `files.py`) shards are read whole instead of memory-mapped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from interdistill_jax import checks
+from interdistill_jax import checks, files
 from interdistill_jax import data as data_lib
 from interdistill_jax import peers
 from interdistill_jax import search as search_lib
@@ -63,12 +64,11 @@ class ShardStore:
     self.offsets = np.asarray(self.manifest["offsets"], np.int64)  # first row of each shard
 
   def embeddings(self, i: int) -> np.ndarray:
-    """Shard i, memory-mapped (read on use, not held)."""
-    return np.load(os.path.join(self.directory, _shard_name(i) + ".npy"), mmap_mode="r")
+    """Shard i, memory-mapped (read on use, not held; a shard in a bucket is read whole)."""
+    return files.load_npy(os.path.join(self.directory, _shard_name(i) + ".npy"), mmap=True)
 
   def ids(self, i: int) -> list[str]:
-    with open(os.path.join(self.directory, _shard_name(i) + ".ids"), encoding="utf-8") as f:
-      return f.read().split("\n")[:-1]
+    return files.read_text(os.path.join(self.directory, _shard_name(i) + ".ids")).split("\n")[:-1]
 
   def docids(self) -> list[str]:
     return [d for i in range(self.num_shards) for d in self.ids(i)]
@@ -87,15 +87,14 @@ class ShardStore:
 def _shard_problem(base: str, rows: int | None, dim: int | None) -> str | None:
   """What is wrong with a shard on disk (None: complete and readable)."""
   try:
-    emb = np.load(base + ".npy", mmap_mode="r")
+    emb = files.load_npy(base + ".npy", mmap=True)
   except (ValueError, OSError, EOFError) as e:
     return f"not a readable array ({e})"
   if emb.ndim != 2 or (dim is not None and emb.shape[1] != dim):
     return f"holds {emb.shape}, not [rows, {dim}]"
-  if not os.path.exists(base + ".ids"):
+  if not files.exists(base + ".ids"):
     return "its .ids file is missing"
-  with open(base + ".ids", "rb") as f:
-    ids = f.read().count(b"\n")
+  ids = files.read_bytes(base + ".ids").count(b"\n")
   if ids != emb.shape[0] or (rows is not None and ids != rows):
     return f"holds {emb.shape[0]} rows and {ids} ids, not {rows if rows is not None else ids}"
   return None
@@ -115,9 +114,7 @@ def _drop_damaged(directory: str, manifest: dict) -> bool:
   if damaged and jax.process_index() == 0:
     for i in damaged:
       for suffix in (".npy", ".ids"):
-        path = os.path.join(directory, _shard_name(i) + suffix)
-        if os.path.exists(path):
-          os.remove(path)
+        files.remove(os.path.join(directory, _shard_name(i) + suffix))
     data_lib.write_json(os.path.join(directory, "manifest.json"),
                         {k: v for k, v in manifest.items()
                          if k not in ("complete", "dim", "num_docs", "num_shards", "offsets")})
@@ -132,10 +129,10 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
   processes encode different shards at the same time and never wait for one another until the end.
   """
   checks.require_one_of("encode.shard_dtype", dtype, checks.SHARD_DTYPES)
-  os.makedirs(directory, exist_ok=True)
+  files.makedirs(directory)
   manifest_path = os.path.join(directory, "manifest.json")
   want = {"format": 1, "dtype": dtype, "shard_size": shard_size, **(meta or {})}
-  if os.path.exists(manifest_path):
+  if files.exists(manifest_path):
     have = data_lib.read_json(manifest_path)
     diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
     if diff:
@@ -155,26 +152,24 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
     base = os.path.join(directory, _shard_name(i))
     if i % n != p:
       continue
-    if os.path.exists(base + ".npy"):
+    if files.exists(base + ".npy"):
       problem = _shard_problem(base, len(docs), None)
       if problem is None:
         continue
       logging.warning("%s.npy: %s; encoding this shard again", base, problem)
     emb = encoder.encode([d.full_text() for d in docs], tower="doc", desc=f"encode shard {i}")
     data_lib.atomic_write_text(base + ".ids", "".join(d.docid + "\n" for d in docs))
-    tmp = base + ".tmp.npy"
-    np.save(tmp, emb.astype(DTYPES[dtype]))
-    os.replace(tmp, base + ".npy")
+    files.save_npy(base + ".npy", emb.astype(DTYPES[dtype]))
     logging.info("Wrote %s.npy (%d passages)", base, len(docs))
   if not counts:
     raise data_lib.DataError(corpus_path, None, "no documents")
   peers.barrier("shards:" + directory)
   if p == 0:
     missing = [i for i in range(len(counts))
-               if not os.path.exists(os.path.join(directory, _shard_name(i) + ".npy"))]
+               if not files.exists(os.path.join(directory, _shard_name(i) + ".npy"))]
     if missing:
       raise RuntimeError(f"{directory}: shards {missing[:5]} are missing after encoding")
-    dim = int(np.load(os.path.join(directory, _shard_name(0) + ".npy"), mmap_mode="r").shape[1])
+    dim = int(files.load_npy(os.path.join(directory, _shard_name(0) + ".npy"), mmap=True).shape[1])
     data_lib.write_json(manifest_path, dict(
         want, complete=True, dim=dim, num_docs=sum(counts), num_shards=len(counts),
         offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()))
@@ -265,14 +260,19 @@ def load_or_build_faiss(store: ShardStore, kind: str, *, nlist: int = 0, pq_m: i
   """The store's FAISS index of this kind, built once (by process 0) and kept beside the shards."""
   faiss = _faiss()
   path = os.path.join(store.directory, f"faiss-{kind}-nlist{nlist}-m{pq_m}-hnsw{hnsw_m}-s{seed}.index")
-  if not os.path.exists(path) and jax.process_index() == 0:
+  if not files.exists(path) and jax.process_index() == 0:
     t = time.perf_counter()
     index = build_faiss(store, kind, nlist=nlist, pq_m=pq_m, hnsw_m=hnsw_m, seed=seed)
-    faiss.write_index(index, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    if files.is_local(path):
+      faiss.write_index(index, path + ".tmp")
+      os.replace(path + ".tmp", path)
+    else:  # FAISS writes local files only; its serialized form is the same bytes
+      files.atomic_write_bytes(path, faiss.serialize_index(index).tobytes())
     logging.info("Built %s in %.1f s", path, time.perf_counter() - t)
   peers.barrier("faiss:" + path)
-  return faiss.read_index(path)
+  if files.is_local(path):
+    return faiss.read_index(path)
+  return faiss.deserialize_index(np.frombuffer(files.read_bytes(path), np.uint8))
 
 
 class FaissIndex:

@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import grid, layout, locking, pipeline, provenance, sharing
+from interdistill_jax import files, grid, layout, locking, pipeline, provenance, sharing
 
 
 
@@ -180,8 +180,8 @@ def write_plan(root: str, points: list[PlannedPoint], argv: list[str]) -> dict:
   """ROOT/sweep.json: this sweep's points and stores added to those already recorded there."""
   path = layout.sweep_plan(root)
   record = {"points": {}, "axes": [], "upstream": {}, "commands": []}
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
+  if files.exists(path):
+    with files.open_file(path, "r") as f:
       record = json.load(f)
   for p in points:
     record["points"][p.name] = {"values": json.loads(json.dumps(p.values))}
@@ -215,6 +215,9 @@ def run(base_config, axes, root: str, *, source: str = "sweep", argv: list[str] 
         verbose_errors: bool = False) -> list[str]:
   """Runs every point not finished yet, one after another; returns the names of those that
   failed (each failure is logged, and the others still run)."""
+  if not files.is_local(root):
+    raise ValueError(f"--root={root}: a sweep's root must be on local disk (its points share "
+                     "embeddings through symbolic links and LLM answers through SQLite files)")
   points = plan(base_config, axes, root, source=source)
   record = write_plan(root, points, argv or [])
   workdirs = [layout.point_dir(root, name) for name in record["points"]]

@@ -10,6 +10,8 @@ import json
 import os
 from collections.abc import Iterator
 
+from interdistill_jax import files
+
 
 class DataError(ValueError):
   """Malformed input: carries the file, the line number and the reason."""
@@ -20,9 +22,11 @@ class DataError(ValueError):
     super().__init__(f"{where}: {problem}")
 
 
-def lines(path: str | os.PathLike, opener=open) -> Iterator[tuple[int, str]]:
+def lines(path: str | os.PathLike, opener=None) -> Iterator[tuple[int, str]]:
   """A UTF-8 text file's lines, numbered from 1: a byte that is not UTF-8 is a DataError that
-  names its line and column, not a decoder's offset into the file."""
+  names its line and column, not a decoder's offset into the file. Opened with `opener(path,
+  "rb")` (default: `files.open_file`, local or in a bucket)."""
+  opener = opener or files.open_file
   with opener(path, "rb") as f:
     for lineno, raw in enumerate(f, start=1):
       yield lineno, decode(raw, path, lineno)
@@ -73,8 +77,7 @@ def require_str(obj: dict, key: str, path, lineno: int | None, *, allow_empty=Fa
 
 def read_json(path: str | os.PathLike):
   """A JSON file; a damaged one (cut short, not JSON, not UTF-8) is a DataError naming it."""
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = files.read_bytes(path)
   try:
     return json.loads(raw.decode("utf-8"))
   except UnicodeDecodeError as e:

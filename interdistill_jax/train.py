@@ -36,7 +36,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import checks, layout, sharding
+from interdistill_jax import checks, files, layout, sharding
 from interdistill_jax import events as events_lib
 
 
@@ -136,7 +136,7 @@ class Checkpoints:
   """Orbax checkpoints of one stage: `latest/` for resume and `best/` by the dev metric."""
 
   def __init__(self, directory: str, *, keep: int, interval: int):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)  # Orbax reads it through etils.epath
     self._keep, self._interval = keep, interval
     self.latest = self._latest_manager()
     self.best = self._best_manager()
@@ -210,8 +210,7 @@ class Checkpoints:
       source = os.path.join(self.directory, kind, str(step))
       dest = os.path.join(self.directory, "aside", f"{kind}-{step}-{stamp}")
       if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.replace(source, dest)
+        files.move(source, dest)
       logging.warning("%s: %s; moved to %s", source, why, dest)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"checkpoints-aside:{self.directory}/{kind}")
@@ -308,7 +307,7 @@ class _Metrics:
     self.pending: list[tuple[int, dict]] = []
     self.examples, self.t_last = 0, time.perf_counter()
     self.events = (events_lib.EventWriter(out_dir, resumed_step=resumed_step)
-                   if jax.process_index() == 0 else None)
+                   if jax.process_index() == 0 and events_lib.writes_events(out_dir) else None)
 
   def add(self, step: int, metrics: dict, examples: int):
     self.pending.append((step, metrics))
@@ -338,7 +337,8 @@ class _Metrics:
   def write(self, records: list[dict]):
     if records and jax.process_index() == 0:
       data_lib.append_jsonl(self.path, records)
-      self.events.write(records)
+      if self.events is not None:
+        self.events.write(records)
 
   def close(self):
     if self.events is not None:
@@ -456,9 +456,9 @@ def train_loop(*, model: nnx.Module, loss_fn: Callable, make_batch: Callable[[np
 def _truncate_metrics(path: str, step: int) -> None:
   """Drops metric lines past the resumed step, so a resumed run's log has no duplicates, and a
   last line a kill cut short (no newline: it was being written, before any save of its step)."""
-  if not os.path.exists(path) or jax.process_index() != 0:
+  if jax.process_index() != 0 or not files.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
+  with files.open_file(path, "r") as f:
     lines = f.readlines()
   if lines and not lines[-1].endswith("\n"):
     logging.warning("%s: dropping an unfinished last line left by an interrupted run", path)
@@ -485,7 +485,7 @@ def restore_params(model: nnx.Module, out_dir: str, *, mesh, param_rules=(),
   _, params, _ = nnx.split(model, trainable, ...)
   # Placed on this run's devices, whatever topology saved them (a pod's checkpoint loads on a laptop).
   abstract = _abstract(params, sharding.param_shardings(params, mesh, param_rules))
-  best = os.path.join(os.path.abspath(out_dir), "checkpoints", "best")
+  best = os.path.join(files.absolute(out_dir), "checkpoints", "best")
   mngr = ocp.CheckpointManager(best, options=ocp.CheckpointManagerOptions(read_only=True))
   _quiet_closed_loop()
   try:

@@ -4,17 +4,26 @@ The key is a sha256 over the backend's identity (backend, model, prompt version,
 parameters) and the request (query, passages as shown, earlier corrections). An answer is committed
 before the caller sees it. WAL journaling with synchronous=NORMAL survives the process being killed
 at any point (only an OS crash or power loss can roll back the last commits).
+
+SQLite needs a file on local disk: a workdir in a bucket keeps its caches in a local mirror that
+is filled from the bucket and uploaded back (`open_cache`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from absl import logging
+
+from interdistill_jax import files, layout
 from interdistill_jax.teachers.base import Answer, Request
 
 _SCHEMA = """
@@ -93,3 +102,46 @@ class Cache:
     self._db.executemany("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
     self._db.execute("COMMIT")
     return len(self) - before
+
+
+@contextlib.contextmanager
+def open_cache(path: str, *, local_dir: str | None = None) -> Iterator[Cache]:
+  """The call cache kept at `path` (a workdir file), open for the block and closed after it.
+
+  A local `path` is the SQLite file itself. For one in a bucket (`gs://...`) the cache is a local
+  mirror, `layout.local_mirror(local_dir, path)` (`local_dir`: `data.cache_dir`): the bucket's
+  copy's answers are added to it as the block starts (a mirror a killed run left keeps its own),
+  and the mirror is uploaded over `path` as the block ends, failed or not. A run killed outright
+  uploads nothing: its answers wait in the mirror and reach the bucket at the end of the next
+  run on this host (one on another host pays for them again).
+  """
+  if files.is_local(path):
+    cache = Cache(path)
+    try:
+      yield cache
+    finally:
+      cache.close()
+    return
+  if not local_dir:
+    raise ValueError(f"{path}: a call cache in a bucket needs a local directory (data.cache_dir)")
+  mirror = layout.local_mirror(local_dir, path)
+  cache = Cache(mirror)
+  try:
+    if files.exists(path):
+      _add_remote(cache, path)
+    logging.info("Call cache %s: kept in %s while in use (SQLite needs a local file)", path, mirror)
+    yield cache
+  finally:
+    cache.close()
+    files.copy_file(mirror, path)
+
+
+def _add_remote(cache: Cache, path: str) -> None:
+  with tempfile.TemporaryDirectory(prefix="interdistill-cache-") as tmp:
+    local = os.path.join(tmp, os.path.basename(path))
+    files.copy_file(path, local)
+    other = Cache(local)
+    try:
+      cache.add_from(other)
+    finally:
+      other.close()
