@@ -16,6 +16,8 @@ process) and wall time:
   generate      the files above (peak: one shard of embeddings, one chunk of text)
   index         `corpus.open_corpus` the first time: reads and checks every record and writes the
                 byte-offset index (what the first task on a corpus does)
+  docids        what mapping rows to docids costs: the corpus's `DocidTable` against the list
+                and dict of every docid the tasks held before it (RSS deltas, `_phase_docids`)
   retrieve, label, train_ranker, distill, evaluate
                 `python -m interdistill_jax.main --config=configs/nq.py:dpr --config.task=STAGE`
                 with the overrides of `stage_overrides`: exact search streamed over the shards
@@ -25,7 +27,9 @@ process) and wall time:
                 cross-encoder's pairs take minutes on 2 cores and do not grow with the corpus.
 
 Peak RSS counts the pages of memory-mapped files a process touched (the offset index, the shards)
-as well as its own memory. Prints JSON and writes it to --out (benchmarks/results/
+as well as its own memory: each phase's anonymous and file-backed RSS are also sampled every
+0.1 s (`peak_anon_mb`, `peak_file_mb`), since only the first is memory the process holds (the
+kernel drops file pages under pressure and reads them again). Prints JSON and writes it to --out (benchmarks/results/
 rehearsal_<N>.json by default), with each stage's answer accuracy (`eval/*.json`) beside the
 accuracy the planting implies.
 """
@@ -40,8 +44,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+import numpy as np
 from absl import app, flags
 
 from benchmarks import rehearsal_config, synthetic_qa
@@ -62,8 +68,8 @@ _TEST_Q = flags.DEFINE_integer("test_queries", 100, "Test questions evaluated (d
 _RERANK = flags.DEFINE_integer("rerank_depth", 10, "Baseline candidates the ranker re-ranks in "
                                "evaluate (eval.rerank_depth).")
 _STEPS = flags.DEFINE_integer("train_steps", 3, "Steps of train_ranker and of distill.")
-_STAGES = flags.DEFINE_list("stages", ["index", "retrieve", "label", "train_ranker", "distill",
-                                       "evaluate"], "Phases run after generate.")
+_STAGES = flags.DEFINE_list("stages", ["index", "docids", "retrieve", "label", "train_ranker",
+                                       "distill", "evaluate"], "Phases run after generate.")
 _DIR = flags.DEFINE_string("dir", "", "Where the data and the workdir go (default: a temporary "
                            "directory, removed at the end unless --keep; one given is kept). A "
                            "directory holding this plan's data already is reused.")
@@ -71,7 +77,14 @@ _KEEP = flags.DEFINE_bool("keep", False, "Keep the generated data and the workdi
 _NICE = flags.DEFINE_integer("nice", 19, "Niceness of the phase processes (a shared machine).")
 _OUT = flags.DEFINE_string("out", "", "The JSON record ('' = benchmarks/results/"
                            "rehearsal_<N>.json; '-' prints it only).")
-_PHASE = flags.DEFINE_string("phase", "", "Internal: run one phase (generate, index) here.")
+_PHASE = flags.DEFINE_string("phase", "", "Internal: run one phase (generate, index, docids) here.")
+_TREND = flags.DEFINE_list("trend", [], "Instead of a run: records of runs at two or more sizes "
+                           "(benchmarks/results/rehearsal_<N>.json); prints each phase's peaks "
+                           "against N, their growth per million passages between the smallest and "
+                           "the largest, and the peaks that growth projects at --project_to "
+                           "passages, and writes them to --out (default rehearsal_trend.json).")
+_PROJECT_TO = flags.DEFINE_integer("project_to", 21_015_324, "Corpus size --trend projects to "
+                                   "(DPR's psgs_w100.tsv).")
 
 STAGES = ("retrieve", "label", "train_ranker", "distill", "evaluate")
 CONFIG = rehearsal_config.CONFIG
@@ -106,6 +119,42 @@ def _phase_index(root: str) -> dict:
           "index_mb": _size_mb(os.path.join(root, "cache"))}
 
 
+def _rss_mb() -> float:
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _phase_docids(root: str) -> dict:
+  """What mapping rows to docids and back costs, this code's way against the way before it: the
+  corpus's `DocidTable` (checked against the store, 10,000 lookups each way) against a list of
+  every docid read from the shards (`ShardStore.docids`, what retrieve and evaluate held) and a
+  dict from it (what `CorpusEmbeddings` held). RSS deltas in one process, the table first."""
+  import glob  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  from interdistill_jax import corpus, shards  # noqa: PLC0415
+  config = rehearsal_config.load_config(rehearsal_config.stage_overrides(root, plan(), settings()))
+  store = shards.ShardStore(*glob.glob(os.path.join(root, "work", "embeddings", "shards-*")))
+  rows = np.random.default_rng(0).integers(0, store.num_docs, 10_000)
+  out = {"baseline_rss_mb": _rss_mb()}
+  start = time.perf_counter()
+  table = corpus.docid_table(corpus.open_corpus(config.data.corpus_file,
+                                                cache_dir=config.data.cache_dir))
+  store.check_docids(table, config.data.corpus_file)
+  asked = [table[int(r)] for r in rows]
+  assert table.rows(asked).tolist() == rows.tolist()
+  out["table"] = {"rss_mb": _rss_mb() - out["baseline_rss_mb"], "s": time.perf_counter() - start}
+  before = _rss_mb()
+  start = time.perf_counter()
+  docids = store.docids()
+  out["list"] = {"rss_mb": _rss_mb() - before, "s": time.perf_counter() - start}
+  before = _rss_mb()
+  start = time.perf_counter()
+  row = {d: i for i, d in enumerate(docids)}
+  assert [row[d] for d in asked] == rows.tolist()
+  out["dict"] = {"rss_mb": _rss_mb() - before, "s": time.perf_counter() - start}
+  return out
+
+
 def _time_v(stderr: str) -> dict:
   """Peak RSS (MB), wall and CPU seconds from `/usr/bin/time -v`'s report."""
   def field(name):
@@ -119,6 +168,42 @@ def _time_v(stderr: str) -> dict:
           "cpu_s": float(field("User time (seconds)")) + float(field("System time (seconds)"))}
 
 
+class _Sampler:
+  """Peak anonymous and file-backed RSS of a process's descendants (/proc/PID/status RssAnon and
+  RssFile), sampled every `interval` seconds in a thread: what of the peak is the process's own
+  memory, and what is pages of memory-mapped files (the offset index, the shards), which the
+  kernel can drop and read again."""
+
+  def __init__(self, pid: int, interval: float = 0.1):
+    self.pid, self.interval = pid, interval
+    self.peak = {"RssAnon": 0, "RssFile": 0}
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+
+  def _run(self):
+    import psutil  # noqa: PLC0415
+    while not self._stop.wait(self.interval):
+      try:
+        children = psutil.Process(self.pid).children(recursive=True)
+      except psutil.Error:
+        continue
+      for child in children:
+        try:
+          with open(f"/proc/{child.pid}/status") as f:
+            for line in f:
+              key = line.split(":")[0]
+              if key in self.peak:
+                self.peak[key] = max(self.peak[key], int(line.split()[1]))
+        except OSError:
+          pass
+
+  def stop(self) -> dict:
+    self._stop.set()
+    self._thread.join()
+    return {"peak_anon_mb": self.peak["RssAnon"] / 1024, "peak_file_mb": self.peak["RssFile"] / 1024}
+
+
 def _measured(name: str, args: list[str], root: str) -> dict:
   """Runs `args` under /usr/bin/time -v (niced), its output in root/logs/<name>.log."""
   logs = os.path.join(root, "logs")
@@ -126,13 +211,16 @@ def _measured(name: str, args: list[str], root: str) -> dict:
   report = os.path.join(logs, f"{name}.time")
   cmd = ["nice", "-n", str(_NICE.value), "/usr/bin/time", "-v", "-o", report, *args]
   with open(os.path.join(logs, f"{name}.log"), "w") as log:
-    proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    sampler = _Sampler(proc.pid)
+    returncode = proc.wait()
+    sampled = sampler.stop()
   with open(os.path.join(logs, f"{name}.log")) as log:
     tail = log.read()[-3000:]
-  if proc.returncode != 0:
-    raise RuntimeError(f"{name} exited with status {proc.returncode}:\n{tail}")
+  if returncode != 0:
+    raise RuntimeError(f"{name} exited with status {returncode}:\n{tail}")
   with open(report) as f:
-    out = _time_v(f.read())
+    out = {**_time_v(f.read()), **sampled}
   result = re.findall(r"^PHASE_RESULT (.+)$", tail, re.M)
   if result:
     out["result"] = json.loads(result[-1])
@@ -184,10 +272,56 @@ def _accuracy(root: str) -> dict:
   return out
 
 
+def trend(records: list[dict], project_to: int) -> dict:
+  """Each phase's peaks (total, anonymous, file-backed RSS) against N, over one or more runs at
+  each size: their mean and spread (max - min) at each N, the growth of the mean per million
+  passages from the smallest size to the largest, and the peak that growth projects at
+  `project_to` passages if it went on linearly. A growth smaller than the spread between runs of
+  one size is not a trend."""
+  sizes = sorted({r["num_passages"] for r in records})
+  if len(sizes) < 2:
+    raise app.UsageError("--trend needs records of at least two corpus sizes")
+  millions = (sizes[-1] - sizes[0]) / 1e6
+  out = {"num_passages": sizes, "runs": {n: sum(r["num_passages"] == n for r in records)
+                                         for n in sizes},
+         "project_to": project_to, "phases": {}}
+  names = [n for n, phase in records[0]["phases"].items() if "peak_rss_mb" in phase]
+  for name in names:
+    row = {}
+    for key in ("peak_rss_mb", "peak_anon_mb", "peak_file_mb"):
+      by_size = {n: [r["phases"].get(name, {}).get(key) for r in records if r["num_passages"] == n]
+                 for n in sizes}
+      if any(None in v for v in by_size.values()):  # a record from before it was measured
+        continue
+      mean = {n: float(np.mean(v)) for n, v in by_size.items()}
+      growth = (mean[sizes[-1]] - mean[sizes[0]]) / millions
+      spread = {n: max(v) - min(v) for n, v in by_size.items()}
+      change = mean[sizes[-1]] - mean[sizes[0]]
+      row[key] = {"mean": mean, "spread": spread, "per_million": growth,
+                  # None: one run of some size, no spread to compare with
+                  "beyond_spread": (abs(change) > max(spread.values())
+                                    if min(out["runs"].values()) > 1 else None),
+                  "projected": mean[sizes[-1]] + growth * (project_to - sizes[-1]) / 1e6}
+    out["phases"][name] = row
+  return out
+
+
 def main(argv):
   del argv
+  if _TREND.value:
+    records = []
+    for path in _TREND.value:
+      with open(path) as f:
+        records.append(json.load(f))
+    text = json.dumps(trend(records, _PROJECT_TO.value), indent=1)
+    print(text)
+    out = _OUT.value or str(REPO / "benchmarks" / "results" / "rehearsal_trend.json")
+    if out != "-":
+      with open(out, "w") as f:
+        f.write(text + "\n")
+    return
   if _PHASE.value:
-    fn = {"generate": _phase_generate, "index": _phase_index}[_PHASE.value]
+    fn = {"generate": _phase_generate, "index": _phase_index, "docids": _phase_docids}[_PHASE.value]
     print("PHASE_RESULT " + json.dumps(fn(_DIR.value)), flush=True)
     return
   p = plan()
@@ -205,11 +339,12 @@ def main(argv):
     else:
       record["phases"]["generate"] = _run_phase("generate", root)
     for stage in _STAGES.value:
-      if stage == "index":
-        record["phases"]["index"] = _run_phase("index", root)
+      if stage in ("index", "docids"):
+        record["phases"][stage] = _run_phase(stage, root)
       else:
         if stage not in STAGES:
-          raise app.UsageError(f"--stages: {stage!r} is not one of index, {', '.join(STAGES)}")
+          raise app.UsageError(f"--stages: {stage!r} is not one of index, docids, "
+                               f"{', '.join(STAGES)}")
         record["phases"][stage] = _run_stage(stage, root, overrides)
       print(f"{stage}: {json.dumps(record['phases'][stage])}", file=sys.stderr, flush=True)
     record["accuracy"] = _accuracy(root)
