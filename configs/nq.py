@@ -25,7 +25,10 @@ controlled stand-in for an LLM, named as such in every artifact); a real one as 
 configs/scifact.py, e.g. `--config.teacher.backend=openai --config.teacher.model=gpt-4o-mini`.
 The reader defaults to the packaged SmolLM2-135M in-process (a harness check: the model is tiny);
 a real one: `--config.reader.backend=openai --config.reader.model=gpt-4o-mini`.
-Exact search over all 21M passages needs about 32 GB of accelerator memory for the embeddings.
+Exact search over all 21M passages in memory needs about 32 GB for the embeddings; with
+`--config.encode.shard_size=500000` they stay on disk (about 16 GB of float16 shards) and no stage's
+memory grows with the corpus but for the passage index's mapped pages (`benchmarks/rehearsal.py`
+rehearses the whole setting on a synthetic corpus of any size).
 """
 
 import ml_collections

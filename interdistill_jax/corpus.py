@@ -11,7 +11,9 @@ read from the corpus file when asked for. What stays in memory is the index, num
   sorted_rows  [N] int64       the row of each: a lookup is a binary search (np.searchsorted)
 
 32 bytes a passage for DPR's 21M (numeric ids of up to 8 bytes): 0.7 GB, memory-mapped from
-disk, against some 13 GB of text (and more again as Python strings).
+disk, against some 13 GB of text (and more again as Python strings). `docid_table` serves the
+docids by row and the row of a docid from the same arrays, for the tasks that map search results
+and embedding rows to docids: no list or dict of every docid is built.
 
 Why byte offsets and not a SQLite store: the records are already on disk in a format we read, and
 all we ask of them is "the passage with this id" and "every passage in order". An offset index
@@ -46,7 +48,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import ItemsView, Iterator, Mapping, ValuesView
+from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
 
 import numpy as np
 from absl import logging
@@ -215,6 +217,62 @@ class CorpusIndex:
                  for name in _ARRAYS))
 
 
+def _id_arrays(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(sorted ids, the file-order row of each) of fixed-width ids; equal ids keep file order."""
+  order = np.argsort(ids, kind="stable")
+  return ids[order], order.astype(np.int64, copy=False)
+
+
+class DocidTable(Sequence):
+  """A corpus's docids by file-order row (`table[row]`), and the row of a docid (`row`, `rows`).
+
+  A view of the index's arrays: nothing is copied, so it costs what the memory-mapped pages a
+  lookup touches cost, where a list of 21M docids and a dict from them would hold several GB of
+  Python objects. Rows are the corpus file's order, which is the order of its embeddings (the
+  in-memory cache and the on-disk shards alike).
+  """
+
+  def __init__(self, index: CorpusIndex):
+    self.index = index
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, row):
+    if isinstance(row, slice):
+      return [d.decode("utf-8") for d in self.index.ids[row].tolist()]
+    return self.index.ids[row].decode("utf-8")  # numpy raises IndexError past the end
+
+  def __iter__(self) -> Iterator[str]:
+    for start in range(0, len(self.index), _CHUNK):
+      for docid in self.index.ids[start:start + _CHUNK].tolist():
+        yield docid.decode("utf-8")
+
+  def row(self, docid: str) -> int | None:
+    """The row of `docid`, or None when the corpus has no such document."""
+    return self.index.row(docid) if isinstance(docid, str) else None
+
+  def rows(self, docids: Sequence[str]) -> np.ndarray:
+    """[len(docids)] int64 rows; KeyError naming the first docid the corpus does not hold."""
+    out = np.empty(len(docids), np.int64)
+    for i, docid in enumerate(docids):
+      row = self.row(docid)
+      if row is None:
+        raise KeyError(docid)
+      out[i] = row
+    return out
+
+
+def docid_table(corpus: Mapping[str, Document]) -> DocidTable:
+  """The `DocidTable` of a corpus: its index's for a `LazyCorpus`, else one built from its keys
+  (a corpus loaded whole, such as a gzipped TSV: already in memory, and small)."""
+  if isinstance(corpus, LazyCorpus):
+    return DocidTable(corpus.index)
+  ids = np.array([d.encode("utf-8") for d in corpus], dtype=bytes)
+  sorted_ids, sorted_rows = _id_arrays(ids)
+  return DocidTable(CorpusIndex(np.zeros(0, np.int64), ids, sorted_ids, sorted_rows))
+
+
 def build_index(path: str) -> CorpusIndex:
   """Reads and checks every record of the corpus file once: its offsets and ids.
 
@@ -240,15 +298,14 @@ def build_index(path: str) -> CorpusIndex:
   width = max(c.dtype.itemsize for c in chunks)
   ids = np.concatenate([c.astype(f"S{width}") for c in chunks])
   del chunks
-  order = np.argsort(ids, kind="stable")  # equal ids keep file order: the later is the duplicate
-  sorted_ids = ids[order]
+  sorted_ids, order = _id_arrays(ids)  # equal ids keep file order: the later is the duplicate
   same = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
   if len(same):
     row = int(order[same + 1].min())
     docid = ids[row].decode("utf-8")
     raise textfiles.DataError(path, lines[row], f"duplicate document id {docid!r}")
   offsets.append(end)
-  return CorpusIndex(np.frombuffer(offsets, np.int64), ids, sorted_ids, order.astype(np.int64))
+  return CorpusIndex(np.frombuffer(offsets, np.int64), ids, sorted_ids, order)
 
 
 class LazyCorpus(Mapping):

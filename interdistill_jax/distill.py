@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -203,6 +204,26 @@ def matched_temperature(teacher: np.ndarray, student_logits: np.ndarray, mask: n
   return float(np.exp((lo + hi) / 2))
 
 
+def list_docids(lists: Sequence[tuple[Sequence[dict], int]]) -> list[str]:
+  """The distinct docids of label-shaped records, each cut to its list width, first seen first:
+  every passage `CandidateLists` of those records can ask for."""
+  seen: dict[str, None] = {}
+  for records, width in lists:
+    for r in records:
+      seen.update(dict.fromkeys(r["docids"][:width]))
+  return list(seen)
+
+
+def passage_tokens(dataset, tokenizer, docids: Sequence[str],
+                   max_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ids [N, max_length] int32, lengths [N] int32): the token ids of `docids`' full texts."""
+  seqs = tokenizer.encode([dataset.corpus[d].full_text() for d in docids], max_length)
+  ids = np.zeros((len(seqs), max_length), np.int32)
+  for i, s in enumerate(seqs):
+    ids[i, :len(s)] = s
+  return ids, np.array([len(s) for s in seqs], np.int32)
+
+
 def teacher_scores(config, workdir: str, dataset, pairs, *, mesh):
   """(scores, fusion or None): the frozen ranker's score of each labelled (qid, docid) pair,
   cached on disk, fused with the initial retriever's score when the ranker was fitted so
@@ -300,23 +321,18 @@ def run(config, workdir: str) -> None:
     records = kept
   model, ckpt, trainable = build_student(config, section.towers)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
-  docids = list(dataset.corpus)
+  # Only the passages of the candidate lists are read: rows of a table of those alone.
+  docids = list_docids([(records, width), (labels, section.list_size)])
   doc_index = {d: i for i, d in enumerate(docids)}
   doc_emb = doc_tokens = None
   auto_temperature = scores is not None and section.teacher_temperature <= 0
   if section.towers == "query" or auto_temperature:
     encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-    _, initial_doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
+    initial_doc_emb = retrieval.CorpusEmbeddings.of(config, workdir, encoder, dataset)(docids)
   if section.towers == "query":
     doc_emb = initial_doc_emb
   else:
-    # values() reads the corpus file front to back, in the order of `docids`.
-    seqs = tokenizer.encode([doc.full_text() for doc in dataset.corpus.values()],
-                            config.model.max_doc_length)
-    ids = np.zeros((len(seqs), config.model.max_doc_length), np.int32)
-    for i, s in enumerate(seqs):
-      ids[i, :len(s)] = s
-    doc_tokens = (ids, np.array([len(s) for s in seqs], np.int32))
+    doc_tokens = passage_tokens(dataset, tokenizer, docids, config.model.max_doc_length)
   train_qids, dev_qids = train.dev_split([r["qid"] for r in records], section.dev_fraction, config.seed)
   by_qid = {r["qid"]: r for r in records}
   make = functools.partial(CandidateLists, dataset=dataset, tokenizer=tokenizer,

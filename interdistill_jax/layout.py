@@ -93,6 +93,11 @@ def embeddings_dir(workdir: str) -> str:
   return _join(workdir, "embeddings")
 
 
+def shard_store(workdir: str, key: str) -> str:
+  """A shard store of corpus embeddings, named by `retrieval.embeddings_key` (`shards.py`)."""
+  return _join(workdir, "embeddings", f"shards-{key}")
+
+
 # --- label ----------------------------------------------------------------------------------
 
 def labels_dir(workdir: str) -> str:

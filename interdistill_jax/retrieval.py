@@ -14,6 +14,7 @@ from absl import logging
 
 from interdistill_jax import data as data_lib
 from interdistill_jax import assets, files, inference, layout, models, provenance, search, sharding
+from interdistill_jax import corpus as corpus_lib
 from interdistill_jax import shards, tokenization
 
 # Passages encoded per step of `Encoder.encode_documents` (SciFact's 5,183 in one).
@@ -77,8 +78,7 @@ class Encoder:
 
   def cache_key(self, corpus_id: str, *extra: str) -> str:
     """Names this encoder's embeddings of a corpus on disk (model, corpus, passage length, extra)."""
-    fields = "|".join([self.model_id, corpus_id, str(self.max_doc_length), *extra])
-    return hashlib.sha256(fields.encode()).hexdigest()[:16]
+    return embeddings_key(self.model_id, corpus_id, self.max_doc_length, *extra)
 
   def encode_corpus(self, corpus: Mapping[str, data_lib.Document], cache_dir: str | None,
                     corpus_id: str) -> tuple[list[str], np.ndarray]:
@@ -117,6 +117,12 @@ class Encoder:
     return out
 
 
+def embeddings_key(model_id: str, corpus_id: str, max_doc_length: int, *extra: str) -> str:
+  """Names a model's embeddings of a corpus on disk (model, corpus, passage length, extra)."""
+  fields = "|".join([model_id, corpus_id, str(max_doc_length), *extra])
+  return hashlib.sha256(fields.encode()).hexdigest()[:16]
+
+
 def _read_cache(path: str, meta: dict) -> tuple[np.ndarray | None, str | None]:
   """(embeddings, None) from a cache file that `meta` (model, corpus, num_docs) describes, else
   (None, what is wrong with it): damaged, from another model or corpus, or cut short."""
@@ -152,6 +158,12 @@ def _weights_id(directory: str, model_config) -> str:
           + ("" if attention == "xla" else f"|{attention}"))
 
 
+def model_id(model_config) -> str:
+  """The id `Encoder.from_config` gives the encoder `model_config` names (what its corpus
+  embeddings on disk are keyed by), without loading it."""
+  return _weights_id(assets.model_dir(model_config.init), model_config)
+
+
 def corpus_id(path: str) -> str:
   st = os.stat(path)
   return f"{os.path.realpath(path)}|{st.st_size}|{int(st.st_mtime)}"
@@ -172,39 +184,51 @@ def corpus_embeddings(config, workdir: str, encoder: Encoder,
 
 
 class CorpusEmbeddings:
-  """Passage embeddings looked up by docid, from memory or from the on-disk shards."""
+  """Passage embeddings looked up by docid, from memory or from the on-disk shards.
 
-  def __init__(self, docids: Sequence[str], rows):
-    self.row = {d: i for i, d in enumerate(docids)}
+  Docids are mapped to rows by the corpus's `corpus.DocidTable` (the offset index's arrays), and
+  the rows read from the in-memory cache or the memory-mapped shards: only the rows asked for are
+  read, and no table of every docid is built.
+  """
+
+  def __init__(self, docids: corpus_lib.DocidTable, rows):
+    self.docids = docids
     self._rows = rows  # [N] int row indices -> [N, H] float32
 
   @classmethod
   def of(cls, config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset) -> "CorpusEmbeddings":
     """`encoder`'s embeddings of the corpus, through the workdir's cache (`encode.shard_size`)."""
+    docids = corpus_lib.docid_table(dataset.corpus)
     if config.encode.shard_size > 0:
       store = corpus_shards(config, workdir, encoder, dataset)
-      return cls(store.docids(), store.rows)
-    docids, emb = corpus_embeddings(config, workdir, encoder, dataset)
+      store.check_docids(docids, corpus_path(config, dataset))
+      return cls(docids, store.rows)
+    _, emb = corpus_embeddings(config, workdir, encoder, dataset)
     return cls(docids, lambda idx: emb[idx])
 
   def __call__(self, docids: Sequence[str]) -> np.ndarray:
     """[N, H] float32 embeddings of `docids`, in order."""
     try:
-      idx = np.array([self.row[d] for d in docids], np.int64)
+      idx = self.docids.rows(docids)
     except KeyError as e:
       raise KeyError(f"document {e.args[0]!r} is not in the encoded corpus") from None
     return np.asarray(self._rows(idx), np.float32)
 
 
+def shard_store_dir(config, workdir: str, *, model_id: str, corpus_path: str) -> str:
+  """Where the corpus file's embeddings by the model `model_id` names are kept as shards."""
+  key = embeddings_key(model_id, corpus_id(corpus_path), config.model.max_doc_length,
+                       config.encode.shard_dtype)
+  return layout.shard_store(workdir, key)
+
+
 def corpus_shards(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
   """The corpus encoded into on-disk shards under workdir/embeddings/ (resumed, then reused)."""
   path = corpus_path(config, dataset)
-  cid = corpus_id(path)
-  directory = os.path.join(layout.embeddings_dir(workdir),
-                           f"shards-{encoder.cache_key(cid, config.encode.shard_dtype)}")
+  directory = shard_store_dir(config, workdir, model_id=encoder.model_id, corpus_path=path)
   return shards.encode_to_shards(
       encoder.on_local_devices(), path, directory, shard_size=config.encode.shard_size,
-      dtype=config.encode.shard_dtype, meta={"model": encoder.model_id, "corpus": cid})
+      dtype=config.encode.shard_dtype, meta={"model": encoder.model_id, "corpus": corpus_id(path)})
 
 
 def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
@@ -224,11 +248,14 @@ def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Datas
     return docids, search.exact_index(emb, mesh=encoder.mesh, block_size=section.block_size,
                                       backend=section.exact_backend)
   store = corpus_shards(config, workdir, encoder, dataset)
+  # The corpus's docids by row, from its offset index: no list of every docid.
+  docids = corpus_lib.docid_table(dataset.corpus)
+  store.check_docids(docids, corpus_path(config, dataset))
   if section.index == "exact":
-    return store.docids(), shards.ShardedExactIndex(store, mesh=sharding.local_mesh(encoder.mesh),
-                                                    block_size=section.block_size,
-                                                    backend=section.exact_backend)
-  return store.docids(), shards.FaissIndex(
+    return docids, shards.ShardedExactIndex(store, mesh=sharding.local_mesh(encoder.mesh),
+                                            block_size=section.block_size,
+                                            backend=section.exact_backend)
+  return docids, shards.FaissIndex(
       shards.load_or_build_faiss(store, section.index, nlist=section.nlist, pq_m=section.pq_m,
                                  hnsw_m=section.hnsw_m, seed=config.seed),
       nprobe=section.nprobe, ef_search=section.ef_search, store=store, refine=section.refine)

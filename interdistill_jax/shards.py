@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -71,7 +71,24 @@ class ShardStore:
     return files.read_text(os.path.join(self.directory, _shard_name(i) + ".ids")).split("\n")[:-1]
 
   def docids(self) -> list[str]:
+    """Every docid, in row order, as a list (small stores; `check_docids` for large ones)."""
     return [d for i in range(self.num_shards) for d in self.ids(i)]
+
+  def check_docids(self, docids: Sequence[str], source: str) -> None:
+    """Checks that row r of the store embeds `docids[r]` (the corpus's `corpus.DocidTable`):
+    the number of rows, and each shard's first and last docid. Raises ValueError otherwise."""
+    if self.num_docs != len(docids):
+      raise ValueError(f"{self.directory} holds {self.num_docs} passages, {source} has "
+                       f"{len(docids)}: the store was written from another corpus; remove it to "
+                       "encode this one")
+    bounds = np.append(self.offsets, self.num_docs)
+    for i in range(self.num_shards):
+      first, last = _first_and_last_line(os.path.join(self.directory, _shard_name(i) + ".ids"))
+      want = (docids[int(bounds[i])], docids[int(bounds[i + 1]) - 1])
+      if (first, last) != want:
+        raise ValueError(f"{self.directory}/{_shard_name(i)}.ids holds {first!r}..{last!r} where "
+                         f"{source} has {want[0]!r}..{want[1]!r}: the store was written from "
+                         "another corpus; remove it to encode this one")
 
   def rows(self, indices: np.ndarray) -> np.ndarray:
     """Embeddings [len(indices), dim] float32 of the given global rows."""
@@ -82,6 +99,19 @@ class ShardStore:
       where = shard == s
       out[where] = self.embeddings(int(s))[indices[where] - self.offsets[s]]
     return out
+
+
+def _first_and_last_line(path: str) -> tuple[str, str]:
+  """The first and last lines of a text file of short lines, without reading the rest."""
+  if not files.is_local(path):  # an object is read whole
+    lines = files.read_text(path).rstrip("\n").split("\n")
+    return lines[0], lines[-1]
+  with open(path, "rb") as f:
+    first = f.readline()
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - 4096))
+    last = f.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+  return first.rstrip(b"\n").decode("utf-8"), last.decode("utf-8")
 
 
 def _shard_problem(base: str, rows: int | None, dim: int | None) -> str | None:
@@ -131,7 +161,7 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
   checks.require_one_of("encode.shard_dtype", dtype, checks.SHARD_DTYPES)
   files.makedirs(directory)
   manifest_path = os.path.join(directory, "manifest.json")
-  want = {"format": 1, "dtype": dtype, "shard_size": shard_size, **(meta or {})}
+  want = store_settings(dtype=dtype, shard_size=shard_size, meta=meta)
   if files.exists(manifest_path):
     have = data_lib.read_json(manifest_path)
     diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
@@ -158,9 +188,7 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
         continue
       logging.warning("%s.npy: %s; encoding this shard again", base, problem)
     emb = encoder.encode([d.full_text() for d in docs], tower="doc", desc=f"encode shard {i}")
-    data_lib.atomic_write_text(base + ".ids", "".join(d.docid + "\n" for d in docs))
-    files.save_npy(base + ".npy", emb.astype(DTYPES[dtype]))
-    logging.info("Wrote %s.npy (%d passages)", base, len(docs))
+    write_shard(directory, i, [d.docid for d in docs], emb, dtype)
   if not counts:
     raise data_lib.DataError(corpus_path, None, "no documents")
   peers.barrier("shards:" + directory)
@@ -169,11 +197,50 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
                if not files.exists(os.path.join(directory, _shard_name(i) + ".npy"))]
     if missing:
       raise RuntimeError(f"{directory}: shards {missing[:5]} are missing after encoding")
-    dim = int(files.load_npy(os.path.join(directory, _shard_name(0) + ".npy"), mmap=True).shape[1])
-    data_lib.write_json(manifest_path, dict(
-        want, complete=True, dim=dim, num_docs=sum(counts), num_shards=len(counts),
-        offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()))
+    _mark_complete(directory, want, counts)
   peers.barrier("shards-done:" + directory)
+  return ShardStore(directory)
+
+
+def store_settings(*, dtype: str, shard_size: int, meta: dict | None = None) -> dict:
+  """What a store's manifest records it was written with: a store found with other settings is
+  not reused (`meta`: the model and the corpus, `retrieval.corpus_shards`)."""
+  return {"format": 1, "dtype": dtype, "shard_size": shard_size, **(meta or {})}
+
+
+def write_shard(directory: str, i: int, docids: Sequence[str], emb: np.ndarray, dtype: str) -> None:
+  """Writes shard i: its ids, then its embeddings [len(docids), dim] under a temporary name
+  renamed into place, so a shard whose .npy exists is complete."""
+  base = os.path.join(directory, _shard_name(i))
+  data_lib.atomic_write_text(base + ".ids", "".join(d + "\n" for d in docids))
+  files.save_npy(base + ".npy", np.asarray(emb).astype(DTYPES[dtype]))
+  logging.info("Wrote %s.npy (%d passages)", base, len(docids))
+
+
+def _mark_complete(directory: str, settings: dict, counts: Sequence[int]) -> None:
+  dim = int(files.load_npy(os.path.join(directory, _shard_name(0) + ".npy"), mmap=True).shape[1])
+  data_lib.write_json(os.path.join(directory, "manifest.json"), dict(
+      settings, complete=True, dim=dim, num_docs=int(sum(counts)), num_shards=len(counts),
+      offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()))
+
+
+def write_store(directory: str, chunks: Iterable[tuple[Sequence[str], np.ndarray]], *,
+                settings: dict) -> ShardStore:
+  """A finished store from embeddings computed elsewhere, one (docids, [n, dim]) shard at a
+  time (`store_settings`: `encode_to_shards` then finds it complete and encodes nothing)."""
+  checks.require_one_of("encode.shard_dtype", settings["dtype"], checks.SHARD_DTYPES)
+  files.makedirs(directory)
+  data_lib.write_json(os.path.join(directory, "manifest.json"), settings)
+  counts = []
+  for i, (docids, emb) in enumerate(chunks):
+    if len(docids) != len(emb) or not 0 < len(docids) <= settings["shard_size"]:
+      raise ValueError(f"shard {i}: {len(docids)} docids and {len(emb)} embeddings (at most "
+                       f"shard_size={settings['shard_size']}, equal, not 0)")
+    write_shard(directory, i, docids, emb, settings["dtype"])
+    counts.append(len(docids))
+  if not counts:
+    raise ValueError(f"{directory}: no shards to write")
+  _mark_complete(directory, settings, counts)
   return ShardStore(directory)
 
 

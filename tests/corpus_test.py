@@ -158,3 +158,25 @@ def test_full_texts_reads_only_what_is_asked(tmp_path):
   texts = corpus.FullTexts(lazy)
   assert len(texts) == 10 and "d3" in texts and "x" not in texts
   assert texts["d3"] == lazy["d3"].full_text() and list(texts) == list(lazy)
+
+
+@pytest.mark.parametrize("source", ["lazy", "eager"])
+def test_the_docid_table_is_the_list_and_dict_of_docids_it_replaces(tmp_path, source):
+  path = tmp_path / "psgs.tsv"
+  path.write_text(_TSV, encoding="utf-8", newline="")
+  loaded = (corpus.open_corpus(str(path), cache_dir=str(tmp_path / "cache")) if source == "lazy"
+            else data.load_corpus(path))
+  table = corpus.docid_table(loaded)
+  docids = list(loaded)  # what the tasks held before: a list of every docid, and a dict of rows
+  row = {d: i for i, d in enumerate(docids)}
+  assert len(table) == len(docids) and list(table) == docids
+  assert [table[i] for i in range(len(docids))] == docids and table[1:3] == docids[1:3]
+  with pytest.raises(IndexError):
+    table[len(docids)]
+  asked = ["é-4", "1", "3", "1", "2"]
+  assert table.rows(asked).tolist() == [row[d] for d in asked]
+  assert [table.row(d) for d in docids] == list(range(len(docids)))
+  for unknown in ("no-such-id", "", "é-4-longer-than-any-id", "1\0"):
+    assert table.row(unknown) is None
+  with pytest.raises(KeyError, match="no-such-id"):
+    table.rows(["1", "no-such-id"])

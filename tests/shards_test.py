@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, defaults, retrieval, search, sharding, shards
+from interdistill_jax import assets, corpus, defaults, retrieval, search, sharding, shards
 from tests import fixtures
 
 
@@ -173,3 +173,78 @@ def test_faiss_indexes_from_shards_find_the_exact_neighbours(tmp_path):
               for name, index in (("coarse", coarse), ("refined", refined))}
     assert recall["refined"] > 0.9 and recall["refined"] >= recall["coarse"], (kind, recall)
   assert len(list(directory.glob("faiss-*.index"))) == 2  # built once, kept beside the shards
+
+
+@pytest.mark.parametrize("shard_size", [0, 12])
+def test_corpus_embeddings_by_docid_are_the_rows_they_were_before(tiny, tmp_path, shard_size):
+  """Docids map to rows through the corpus's offset index, not a dict of every docid: the same
+  embeddings as the dict over the store's (or the cache's) docids gave."""
+  config = tiny.copy_and_resolve_references()
+  config.encode.shard_size = shard_size
+  encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
+  dataset = assets.load_dataset(config.data)
+  if shard_size:
+    store = retrieval.corpus_shards(config, str(tmp_path), encoder, dataset)
+    docids, lookup = store.docids(), store.rows
+  else:
+    docids, emb = retrieval.corpus_embeddings(config, str(tmp_path), encoder, dataset)
+    lookup = lambda idx: emb[idx]  # noqa: E731
+  before = {d: i for i, d in enumerate(docids)}
+  embeddings = retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)
+  asked = [docids[i] for i in np.random.default_rng(0).integers(0, len(docids), 30)]
+  want = np.asarray(lookup(np.array([before[d] for d in asked])), np.float32)
+  np.testing.assert_array_equal(embeddings(asked), want)
+  with pytest.raises(KeyError, match="'d999' is not in the encoded corpus"):
+    embeddings(["d1", "d999"])
+
+
+def test_the_search_maps_rows_to_the_docids_the_store_lists(tiny, tmp_path):
+  config = tiny.copy_and_resolve_references()
+  config.encode.shard_size = 12
+  encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
+  dataset = assets.load_dataset(config.data)
+  docids, index = retrieval.corpus_index(config, str(tmp_path), encoder, dataset)
+  store = retrieval.corpus_shards(config, str(tmp_path), encoder, dataset)
+  assert not isinstance(docids, list) and list(docids) == store.docids()
+  q = encoder.encode([x.text for x in dataset.queries.values()], tower="query")
+  run = search.search_run(index, docids, list(dataset.queries), q, 10)
+  assert run == search.search_run(index, store.docids(), list(dataset.queries), q, 10)
+
+
+def test_a_store_of_another_corpus_order_is_refused(tiny, tmp_path):
+  store, _, dataset = _store(tiny, tmp_path)
+  table = corpus.docid_table(dataset.corpus)
+  store.check_docids(table, "corpus.jsonl")
+  ids = os.path.join(store.directory, "shard-00002.ids")
+  lines = open(ids).read().split("\n")[:-1]
+  data_lib.atomic_write_text(ids, "\n".join(lines[1:] + lines[:1]) + "\n")  # same rows, rotated
+  with pytest.raises(ValueError, match="shard-00002.ids holds 'd25'..'d24' where corpus.jsonl has "
+                     "'d24'..'d35'"):
+    store.check_docids(table, "corpus.jsonl")
+  with pytest.raises(ValueError, match="holds 50 passages, corpus.jsonl has 49"):
+    store.check_docids(list(table)[:49], "corpus.jsonl")
+
+
+def test_a_store_written_from_outside_is_found_complete(tiny, tmp_path):
+  """`write_store` (embeddings computed elsewhere) leaves what `encode_to_shards` would have."""
+  encoded, encoder, dataset = _store(tiny, tmp_path / "encoded", dtype="float16")
+  chunks = [(encoded.ids(i), np.asarray(encoded.embeddings(i), np.float32))
+            for i in range(encoded.num_shards)]
+  config = tiny.copy_and_resolve_references()
+  config.encode.shard_size, config.encode.shard_dtype = 12, "float16"
+  path = retrieval.corpus_path(config, dataset)
+  directory = retrieval.shard_store_dir(config, str(tmp_path / "written"),
+                                        model_id=retrieval.model_id(config.model), corpus_path=path)
+  assert retrieval.model_id(config.model) == encoder.model_id
+  settings = shards.store_settings(dtype="float16", shard_size=12,
+                                   meta={"model": encoder.model_id, "corpus": retrieval.corpus_id(path)})
+  shards.write_store(directory, chunks, settings=settings)
+
+  def no_encoding(*args, **kwargs):
+    raise AssertionError("a complete store was encoded again")
+
+  encoder.encode = no_encoding
+  found = retrieval.corpus_shards(config, str(tmp_path / "written"), encoder, dataset)
+  assert found.directory == directory and found.manifest == encoded.manifest
+  for i in range(encoded.num_shards):
+    np.testing.assert_array_equal(np.asarray(found.embeddings(i)), np.asarray(encoded.embeddings(i)))

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from interdistill_jax import defaults, fusion, layout, models, ranker, sharding, tokenization, train
+from interdistill_jax import defaults, fusion, layout, models, ranker, sharding, shards, tokenization, train
 from interdistill_jax import data as data_lib
 from tests import events_test, fixtures
 
@@ -599,3 +599,68 @@ def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
   assert path.read_text() == "".join(lines)
   train._truncate_metrics(str(path), 2)
   assert path.read_text() == "".join(lines[:2])
+
+
+@pytest.mark.parametrize("towers", ["query", "both"])
+def test_distill_lists_read_only_their_passages_and_batch_as_before(tiny, tmp_path, towers):
+  """The candidate lists index a table of their own passages, not the corpus: every batch holds
+  the same arrays as with the whole corpus's embeddings (or tokens) and a dict of every docid."""
+  from interdistill_jax import distill, retrieval
+  bert, data_dir = tiny
+  config = fixtures.small_config(bert, data_dir)
+  labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
+  dataset = data_lib.load_beir(data_dir, cache_dir=str(tmp_path / "cache"))
+  tok = tokenization.Tokenizer(str(bert))
+  encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
+  every = list(dataset.corpus)  # before: the whole corpus, by a dict of every docid
+  if towers == "query":
+    _, emb = retrieval.corpus_embeddings(config, str(tmp_path), encoder, dataset)
+    before = dict(doc_emb=emb, doc_tokens=None)
+  else:
+    seqs = tok.encode([doc.full_text() for doc in dataset.corpus.values()], 32)
+    ids = np.zeros((len(seqs), 32), np.int32)
+    for i, s in enumerate(seqs):
+      ids[i, :len(s)] = s
+    before = dict(doc_emb=None, doc_tokens=(ids, np.array([len(s) for s in seqs], np.int32)))
+  docids = distill.list_docids([(labels, 6), (labels[:3], 2)])
+  assert docids == list(dict.fromkeys(d for r in labels for d in r["docids"][:6]))
+  assert len(docids) < len(every)
+  if towers == "query":
+    after = dict(doc_emb=retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)(docids),
+                 doc_tokens=None)
+  else:
+    after = dict(doc_emb=None, doc_tokens=distill.passage_tokens(dataset, tok, docids, 32))
+  make = lambda index, arrays: distill.CandidateLists(  # noqa: E731
+      labels, dataset, tok, list_size=6, max_query_length=24, doc_index=index,
+      teacher_scores=None, buckets=(8, 16, 32), **arrays)
+  old = make({d: i for i, d in enumerate(every)}, before)
+  new = make({d: i for i, d in enumerate(docids)}, after)
+  for idx in [np.array([i, -1]) for i in range(len(old))] + [np.arange(len(old))]:
+    a, b = old.batch(idx), new.batch(idx)
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.slow  # ~11 s: the shards are encoded, then a distillation compiles and runs
+def test_distill_over_shards_reads_the_shards_not_an_in_memory_copy(tiny, tmp_path, monkeypatch):
+  """With `encode.shard_size`, distillation reads its candidates' embeddings from the shards
+  retrieval searched (memory-mapped), never the whole corpus encoded in memory."""
+  from interdistill_jax import distill, retrieval
+  bert, data_dir = tiny
+  config = fixtures.small_config(bert, data_dir)
+  config.encode.shard_size = 16
+  config.distill.teacher = "llm"  # no ranker needed: the LLM's rankings are the teacher
+  config.distill.epochs = 1.0
+  fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
+  read = []
+  rows = shards.ShardStore.rows
+  monkeypatch.setattr(shards.ShardStore, "rows", lambda self, idx: read.append(len(idx)) or rows(self, idx))
+
+  def whole_corpus(*args, **kwargs):
+    raise AssertionError("the whole corpus was encoded in memory")
+
+  monkeypatch.setattr(retrieval, "corpus_embeddings", whole_corpus)
+  distill.run(config, str(tmp_path))
+  assert layout.is_done(str(tmp_path / "retriever_direct"))
+  assert read and sum(read) <= 12 * 6  # the labelled lists' passages, at most
