@@ -240,6 +240,24 @@ def truncate_label(record: Mapping, list_size: int, *, use_prefix: bool = True
   return docids, [pos[d] for d in ranking], sum(d in trusted for d in ranking)
 
 
+def choices_cut(records: Sequence[Mapping], list_size: int, *, use_prefix: bool = True,
+                top_k: int = 0) -> int:
+  """How many records lose one of the teacher's trusted first choices (its first `top_k`, or the
+  whole trusted prefix when 0) when cut to their first `list_size` candidates (0: none cut).
+
+  Where one is lost, the best of the kept candidates becomes the target in its place
+  (`truncate_label`): a loss over such lists learns a signal the teacher did not give.
+  """
+  if list_size <= 0:
+    return 0
+  cut = 0
+  for r in records:
+    trusted = r.get("ranked_prefix", len(r["ranking"])) if use_prefix else len(r["ranking"])
+    kept = set(r["docids"][:list_size])
+    cut += any(d not in kept for d in r["ranking"][:min(trusted, top_k) if top_k > 0 else trusted])
+  return cut
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelLists:
   """Labelled queries as fixed-shape arrays, the one form every listwise loss reads.

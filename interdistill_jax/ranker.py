@@ -277,6 +277,15 @@ def run(config, workdir: str) -> None:
   train_qids, dev_qids = train.dev_split([r["qid"] for r in labels], section.dev_fraction, config.seed)
   by_qid = {r["qid"]: r for r in labels}
   train_labels, dev_labels = [by_qid[q] for q in train_qids], [by_qid[q] for q in dev_qids]
+  cut = data_lib.choices_cut(train_labels, section.list_size, use_prefix=section.prefix_only,
+                             top_k=section.top_k)
+  if cut:
+    logging.warning(
+        "ranker.list_size=%d cuts the teacher's trusted first choices (ranker.top_k=%d) out of %d "
+        "of %d training lists (%.0f%%): there the ranker learns the best of the kept candidates "
+        "instead. The teacher ranked %d candidates (label.num_candidates); a list that long keeps "
+        "them all.", section.list_size, section.top_k, cut, len(train_labels),
+        100 * cut / len(train_labels), config.label.num_candidates)
   if section.fuse_initial == "fit" and not dev_labels:
     raise ValueError("ranker.fuse_initial='fit' needs dev queries to fit on: set "
                      "ranker.dev_fraction > 0")
@@ -286,7 +295,8 @@ def run(config, workdir: str) -> None:
   initial = fusion.InitialScores.encoded(config, workdir, dataset,
                                          [(r["qid"], d) for r in labels for d in r["docids"]],
                                          doc_embeddings, mesh=mesh)
-  extra = {"head": "residual" if model.residual else "cls", "fuse_initial": section.fuse_initial}
+  extra = {"head": "residual" if model.residual else "cls", "fuse_initial": section.fuse_initial,
+           "train_lists_cut": cut}
   if not model.residual:
     doc_embeddings = None  # the examples need no passage embeddings
   else:

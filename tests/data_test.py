@@ -109,3 +109,19 @@ def test_truncated_label_keeps_teacher_order_and_trusted_prefix():
   # "d" (trusted) is cut: of the kept, only "b" was ranked by the teacher.
   assert data.truncate_label(record, 3) == (["a", "b", "c"], [1, 0, 2], 1)
   assert data.truncate_label(record, 3, use_prefix=False) == (["a", "b", "c"], [1, 0, 2], 3)
+
+
+def test_choices_cut_counts_lists_that_lose_a_trusted_choice():
+  records = [
+      {"qid": "q1", "docids": ["a", "b", "c", "d"], "ranking": ["d", "b", "a", "c"], "ranked_prefix": 2},
+      {"qid": "q2", "docids": ["a", "b", "c", "d"], "ranking": ["b", "d", "a", "c"], "ranked_prefix": 1},
+      {"qid": "q3", "docids": ["a", "b", "c", "d"], "ranking": ["a", "b", "c", "d"]},
+  ]
+  # Lists of 3 drop "d": q1's first choice, q2's second (trusted only without the prefix), q3's
+  # last (q3 has no ranked prefix: its whole order is trusted).
+  assert data.choices_cut(records, 3, top_k=1) == 1
+  assert data.choices_cut(records, 3) == 2
+  assert data.choices_cut(records, 3, use_prefix=False) == 3
+  assert data.choices_cut(records, 3, use_prefix=False, top_k=2) == 2
+  assert data.choices_cut(records, 4) == 0
+  assert data.choices_cut(records, 0, use_prefix=False) == 0  # 0: the lists are not cut

@@ -410,6 +410,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   ranker.run(config, str(tmp_path))
   done = layout.read_done(str(tmp_path / "ranker"))
   assert done["fuse_initial"] == "fit" and done["head"] == head
+  assert done["train_lists_cut"] == 0  # lists of 6, as many as the teacher ranked
   assert (head == "residual") == ("initial_scale" in done)
   info = json.loads((tmp_path / "ranker" / "fusion.json").read_text())
   assert np.isfinite([info["ce_weight"], info["initial_weight"]]).all() and info["dev_queries"] == 3
