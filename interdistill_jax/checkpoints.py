@@ -58,13 +58,12 @@ class Checkpoints:
     Both commit in the background, so a kill can fall between the two commits. `best/` goes
     first and is waited for: `latest/` never holds a step whose dev loss `best/` has not weighed
     (the resumed run starts after it and would never evaluate it again). The other way round, a
-    `best/` step past `latest/` is replayed by the resumed run with the same dev loss and
-    parameters, and kept as it is.
+    `best/` step past `latest/` is moved aside by `restore_latest`, and the resumed run, which
+    retraces it exactly, saves it again here.
     """
     if dev_loss is not None:
-      if step not in self.best.all_steps():
-        self.best.save(step, args=ocp.args.StandardSave({"params": state.params}),
-                       metrics={"dev_loss": float(dev_loss)}, force=True)
+      self.best.save(step, args=ocp.args.StandardSave({"params": state.params}),
+                     metrics={"dev_loss": float(dev_loss)}, force=True)
       self.best.wait_until_finished()
     tree = {"params": state.params, "opt_state": state.opt_state}
     self.latest.save(step, args=ocp.args.StandardSave(tree), force=force)

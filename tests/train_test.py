@@ -545,9 +545,9 @@ def _train_until(config, examples, out_dir, *, stop_after_save=None):
 
 @pytest.mark.slow  # ~40 s: three training runs
 def test_a_kill_between_the_best_and_the_latest_checkpoint_resumes_exactly(tiny, tmp_path):
-  """Killed after `best/` committed step 4 and before `latest/` did: the resumed run replays steps
-  3 and 4 from `latest/2`, finds step 4 already in `best/` (the same dev loss and parameters), and
-  ends with the uninterrupted run's selected step and parameters."""
+  """Killed after `best/` committed step 4 and before `latest/` did: the resumed run moves `best/4`
+  aside, replays steps 3 and 4 from `latest/2` (saving step 4 to `best/` again), and ends with the
+  uninterrupted run's selected step and parameters."""
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
   config.ranker.optim.learning_rate = 1e-3  # the dev loss falls, so best/ keeps each new step
@@ -561,6 +561,7 @@ def test_a_kill_between_the_best_and_the_latest_checkpoint_resumes_exactly(tiny,
   shutil.rmtree(ckpts / "latest" / "4")              # step 4, latest/ only step 2
   assert sorted(os.listdir(ckpts / "latest")) == ["2"]
   summary, params = _train_until(config, examples, killed)
+  assert [p.name.split("-")[:2] for p in (ckpts / "aside").iterdir()] == [["best", "4"]]
   assert summary == full_summary
   for a, b in zip(jax.tree.leaves(full_params), jax.tree.leaves(params), strict=True):
     np.testing.assert_array_equal(a, b)
