@@ -201,26 +201,26 @@ def llm_cache_damaged(bench, case_dir):
   return Setup(work, ["--config.task=label"], damaged="labels/llm_cache.sqlite")
 
 
-def _embeddings_file(work: pathlib.Path) -> pathlib.Path:
-  (path,) = pathlib.Path(layout.embeddings_dir(str(work))).glob("corpus-*.npy")
-  return path
+def _embeddings_case(damage: Callable[[pathlib.Path], None]):
+  """`retrieve` in a finished workdir whose embeddings cache file `damage` has spoilt."""
+
+  def prepare(bench: Bench, case_dir: pathlib.Path) -> Setup:
+    work = bench.copy_workdir(bench.finished, case_dir)
+    (path,) = pathlib.Path(layout.embeddings_dir(str(work))).glob("corpus-*.npy")
+    damage(path)
+    return Setup(work, ["--config.task=retrieve"], damaged=str(path.relative_to(work)))
+  return prepare
 
 
-def embeddings_other_model(bench, case_dir):
-  work = bench.copy_workdir(bench.finished, case_dir)
-  path = _embeddings_file(work)
+def _another_model(path: pathlib.Path) -> None:
   rows = np.load(path).shape[0]
   np.save(path, np.random.default_rng(0).standard_normal((rows, 16)).astype(np.float32))
   meta = path.with_suffix(".json")
   meta.write_text(json.dumps(json.loads(meta.read_text()) | {"model": "another-model", "dim": 16}))
-  return Setup(work, ["--config.task=retrieve"], damaged=str(path.relative_to(work)))
 
 
-def embeddings_truncated(bench, case_dir):
-  work = bench.copy_workdir(bench.finished, case_dir)
-  path = _embeddings_file(work)
+def _cut_short(path: pathlib.Path) -> None:
   path.write_bytes(path.read_bytes()[:1000])
-  return Setup(work, ["--config.task=retrieve"], damaged=str(path.relative_to(work)))
 
 
 def shard_partial(bench, case_dir):
@@ -312,9 +312,9 @@ CASES = [
          labels_unknown_docid),
     Case("llm_cache_damaged", "cache", "labels/llm_cache.sqlite is not SQLite", llm_cache_damaged),
     Case("embeddings_other_model", "cache", "the embeddings cache holds another model's vectors",
-         embeddings_other_model),
+         _embeddings_case(_another_model)),
     Case("embeddings_truncated", "cache", "the embeddings cache file is cut short",
-         embeddings_truncated),
+         _embeddings_case(_cut_short)),
     Case("shard_partial", "cache", "an embeddings shard of a finished store is cut short",
          shard_partial),
     Case("checkpoint_half_written", "checkpoint",

@@ -31,7 +31,7 @@ from flax import nnx
 
 from interdistill_jax import data as data_lib
 from interdistill_jax import assets, checks, fusion as fusion_lib, layout, losses, models, ranker as ranker_lib
-from interdistill_jax import retrieval
+from interdistill_jax import checkpoints, retrieval
 from interdistill_jax import provenance, sharding, tokenization, train
 
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
@@ -72,8 +72,8 @@ def load_distilled(config, out_dir: str, *, mesh) -> tuple[models.DualEncoder, m
   """A finished distillation's selected retriever, with its done.json."""
   info = layout.read_done(out_dir)
   model, ckpt, trainable = build_student(config, info["towers"])
-  step = train.restore_params(model, out_dir, mesh=mesh, param_rules=config.mesh.param_rules,
-                              trainable=trainable)
+  step = checkpoints.restore_params(model, out_dir, mesh=mesh, param_rules=config.mesh.param_rules,
+                                    trainable=trainable)
   logging.info("Retriever from %s (step %d)", out_dir, step)
   return model, ckpt, info
 
@@ -366,12 +366,12 @@ def run(config, workdir: str) -> None:
       dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=train.loop_config(section, config.seed), optim_config=section.optim,
       out_dir=out_dir, mesh=mesh, param_rules=config.mesh.param_rules, trainable=trainable)
-  train.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
-                                      "llm_loss": section.llm_loss if teacher == "llm" else None,
-                                      "llm_top_k": llm_top_k(config) if teacher == "llm" else None,
-                                      "teacher_temperature": temperature, "list_size": width,
-                                      "ranker_fusion": fusion and dataclasses.asdict(fusion),
-                                      "train_queries": len(train_ex), "dev_queries": len(dev_ex),
-                                      "dev_llm_listmle": {"initial": dev_before,
-                                                          "trained": dev_llm_listmle(model, dev_llm, config.ranker.top_k)},
-                                      **extra, **inputs})
+  checkpoints.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
+                                            "llm_loss": section.llm_loss if teacher == "llm" else None,
+                                            "llm_top_k": llm_top_k(config) if teacher == "llm" else None,
+                                            "teacher_temperature": temperature, "list_size": width,
+                                            "ranker_fusion": fusion and dataclasses.asdict(fusion),
+                                            "train_queries": len(train_ex), "dev_queries": len(dev_ex),
+                                            "dev_llm_listmle": {"initial": dev_before,
+                                                                "trained": dev_llm_listmle(model, dev_llm, config.ranker.top_k)},
+                                            **extra, **inputs})

@@ -32,7 +32,7 @@ from absl import logging
 
 from interdistill_jax import data as data_lib
 from interdistill_jax import assets, files, fusion, inference, layout, losses, models, peers, provenance
-from interdistill_jax import retrieval, sharding, tokenization, train
+from interdistill_jax import checkpoints, retrieval, sharding, tokenization, train
 
 
 class PairScorer:
@@ -214,8 +214,8 @@ def load_trained_ranker(config, workdir: str, *, mesh) -> tuple[models.CrossEnco
   info = layout.read_done(layout.ranker_dir(workdir))
   model, ckpt = models.load_cross_encoder(config.ranker.model, seed=config.seed,
                                           head=info.get("head", "cls"))
-  step = train.restore_params(model, layout.ranker_dir(workdir), mesh=mesh,
-                              param_rules=config.mesh.param_rules)
+  step = checkpoints.restore_params(model, layout.ranker_dir(workdir), mesh=mesh,
+                                    param_rules=config.mesh.param_rules)
   logging.info("Ranker from %s/ranker (%s head, step %d)", workdir, info.get("head", "cls"), step)
   return model, tokenization.Tokenizer(ckpt.dir)
 
@@ -325,5 +325,5 @@ def run(config, workdir: str) -> None:
   if dev_labels:
     extra["dev_listmle"] = _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, dev_labels,
                                               initial, doc_embeddings, mesh)
-  train.write_done(out_dir, summary, {"train_queries": len(train_ex), "dev_queries": len(dev_ex),
-                                      **extra, **inputs})
+  checkpoints.write_done(out_dir, summary, {"train_queries": len(train_ex), "dev_queries": len(dev_ex),
+                                            **extra, **inputs})

@@ -192,15 +192,15 @@ def test_a_damaged_shard_of_a_finished_store_is_encoded_again(tmp_path, caplog):
 
 def test_a_damaged_or_half_written_checkpoint_resumes_from_the_one_before(tmp_path, caplog):
   import jax
-  from interdistill_jax import sharding, train
+  from interdistill_jax import checkpoints, sharding, train
   mesh = sharding.make_mesh()
   params = {"w": jax.device_put(np.zeros(8, np.float32), sharding.replicated(mesh))}
   state = train.TrainState(params, {"m": params["w"]}, jax.device_put(np.int32(0),
                                                                        sharding.replicated(mesh)))
   shardings = jax.tree.map(lambda x: x.sharding, state)
-  abstract = train._abstract(state, shardings)
+  abstract = checkpoints.restore_target(state, shardings)
   directory = tmp_path / "checkpoints"
-  ckpts = train.Checkpoints(str(directory), keep=5, interval=1)
+  ckpts = checkpoints.Checkpoints(str(directory), keep=5, interval=1)
   for step in (1, 2, 3):
     value = {"w": params["w"] + step}
     ckpts.save(step, train.TrainState(value, {"m": value["w"]}, state.step), dev_loss=-step)
@@ -211,7 +211,7 @@ def test_a_damaged_or_half_written_checkpoint_resumes_from_the_one_before(tmp_pa
   for path in (latest / "2").rglob("*"):
     if path.is_file() and path.parent.name == "d":
       path.unlink()
-  ckpts = train.Checkpoints(str(directory), keep=5, interval=1)
+  ckpts = checkpoints.Checkpoints(str(directory), keep=5, interval=1)
   with caplog.at_level(logging.WARNING):
     step, restored = ckpts.restore_latest(abstract)
   assert step == 1 and float(restored.params["w"][0]) == 1.0

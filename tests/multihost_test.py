@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from interdistill_jax import models, sharding, train
+from interdistill_jax import checkpoints, models, sharding
 from tests import fixtures
 from tests.conftest import REPO
 
@@ -61,7 +61,7 @@ def _selected_params(out_dir, bert):
   head = json.loads((out_dir / "done.json").read_text())["head"]
   model, _ = models.load_cross_encoder(ml_collections.ConfigDict(dict(init=str(bert), dtype="float32")),
                                        head=head)
-  step = train.restore_params(model, str(out_dir), mesh=sharding.make_mesh())
+  step = checkpoints.restore_params(model, str(out_dir), mesh=sharding.make_mesh())
   return step, jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
 
 

@@ -15,7 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from interdistill_jax import defaults, fusion, layout, models, ranker, sharding, shards, tokenization, train
+from interdistill_jax import checkpoints, defaults, fusion, layout, models, ranker, sharding, shards, tokenization
+from interdistill_jax import train
 from interdistill_jax import data as data_lib
 from tests import events_test, fixtures
 
@@ -527,7 +528,7 @@ def _train_until(config, examples, out_dir, *, stop_after_save=None):
   model, _ = models.load_cross_encoder(config.ranker.model)
   loop = train.loop_config(config.ranker, 0)
   loop.batch_size, loop.eval_every, loop.checkpoint_every, loop.epochs = 4, 2, 2, 2.0
-  real_save = train.Checkpoints.save
+  real_save = checkpoints.Checkpoints.save
 
   def save(self, step, state, **kwargs):
     real_save(self, step, state, **kwargs)
@@ -535,7 +536,7 @@ def _train_until(config, examples, out_dir, *, stop_after_save=None):
       raise _Killed(step)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(train.Checkpoints, "save", save)
+    mp.setattr(checkpoints.Checkpoints, "save", save)
     model, summary = train.train_loop(
         model=model, loss_fn=ranker.listmle_loss, make_batch=examples.batch,
         num_examples=len(examples), dev_batches=train.dev_batches_fn(examples, 4, mesh), loop=loop,
@@ -545,9 +546,9 @@ def _train_until(config, examples, out_dir, *, stop_after_save=None):
 
 @pytest.mark.slow  # ~40 s: three training runs
 def test_a_kill_between_the_best_and_the_latest_checkpoint_resumes_exactly(tiny, tmp_path):
-  """Killed after `best/` committed step 4 and before `latest/` did: the resumed run replays steps
-  3 and 4 from `latest/2`, finds step 4 already in `best/` (the same dev loss and parameters), and
-  ends with the uninterrupted run's selected step and parameters."""
+  """Killed after `best/` committed step 4 and before `latest/` did: the resumed run moves `best/4`
+  aside, replays steps 3 and 4 from `latest/2` (saving step 4 to `best/` again), and ends with the
+  uninterrupted run's selected step and parameters."""
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
   config.ranker.optim.learning_rate = 1e-3  # the dev loss falls, so best/ keeps each new step
@@ -561,6 +562,7 @@ def test_a_kill_between_the_best_and_the_latest_checkpoint_resumes_exactly(tiny,
   shutil.rmtree(ckpts / "latest" / "4")              # step 4, latest/ only step 2
   assert sorted(os.listdir(ckpts / "latest")) == ["2"]
   summary, params = _train_until(config, examples, killed)
+  assert [p.name.split("-")[:2] for p in (ckpts / "aside").iterdir()] == [["best", "4"]]
   assert summary == full_summary
   for a, b in zip(jax.tree.leaves(full_params), jax.tree.leaves(params), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -574,7 +576,7 @@ def test_best_has_committed_a_step_before_latest_records_it(tiny, tmp_path):
   config = fixtures.small_config(bert, data_dir)
   examples = _examples(config, data_dir, tmp_path)
   events = []
-  real_init = train.Checkpoints.__init__
+  real_init = checkpoints.Checkpoints.__init__
 
   def init(self, *args, **kwargs):
     real_init(self, *args, **kwargs)
@@ -584,7 +586,7 @@ def test_best_has_committed_a_step_before_latest_records_it(tiny, tmp_path):
         ("latest", step, self.best.is_saving_in_progress())) or latest_save(step, *a, **kw)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(train.Checkpoints, "__init__", init)
+    mp.setattr(checkpoints.Checkpoints, "__init__", init)
     _train_until(config, examples, tmp_path / "run")
   assert events == [("best", 2), ("latest", 2, False), ("best", 4), ("latest", 4, False),
                     ("best", 6), ("latest", 6, False)]
