@@ -32,7 +32,7 @@ from flax import nnx
 from interdistill_jax import data as data_lib
 from interdistill_jax import assets, checks, fusion as fusion_lib, layout, losses, models, ranker as ranker_lib
 from interdistill_jax import checkpoints, retrieval
-from interdistill_jax import provenance, sharding, tokenization, train
+from interdistill_jax import metrics, provenance, search, sharding, tokenization, train
 
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
 
@@ -366,6 +366,8 @@ def run(config, workdir: str) -> None:
       dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=train.loop_config(section, config.seed), optim_config=section.optim,
       out_dir=out_dir, mesh=mesh, param_rules=config.mesh.param_rules, trainable=trainable)
+  extra["dev_retrieval"] = dev_retrieval(config, workdir, dataset, model, tokenizer, dev_ex.qids,
+                                         mesh=mesh)
   checkpoints.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                             "llm_loss": section.llm_loss if teacher == "llm" else None,
                                             "llm_top_k": llm_top_k(config) if teacher == "llm" else None,
@@ -375,3 +377,43 @@ def run(config, workdir: str) -> None:
                                             "dev_llm_listmle": {"initial": dev_before,
                                                                 "trained": dev_llm_listmle(model, dev_llm, config.ranker.top_k)},
                                             **extra, **inputs})
+
+
+DEV_RETRIEVAL_METRICS = ("ndcg@10", "recall@100")
+
+
+def dev_retrieval(config, workdir: str, dataset, model, tokenizer, dev_qids: Sequence[str], *,
+                  mesh) -> dict | None:
+  """The dev queries' nDCG@10 and Recall@100 over the whole corpus against the training split's
+  qrels, for the initial and the trained retriever; None where there are no qrels (NQ, TriviaQA:
+  answers only), no dev queries, or both towers were trained (the corpus would be re-encoded).
+
+  The lists' losses see only the candidates; a retriever that learns them can still lose
+  relevant passages below them (Recall@100), and this is where the dev slice shows it.
+  """
+  split = config.label.split
+  if not dev_qids or config.distill.towers != "query" or not dataset.has_qrels(split):
+    return None
+  qrels = {q: rel for q, rel in dataset.qrels(split).items() if q in set(dev_qids)}
+  if not qrels:
+    return None
+  initial = retrieval.Encoder.from_config(config, mesh=mesh)
+  docids, index = retrieval.corpus_index(config, workdir, initial, dataset)
+  trained = retrieval.Encoder(model, tokenizer, encode_config=config.encode,
+                              model_config=config.model, mesh=mesh,
+                              param_rules=config.mesh.param_rules, model_id="distill-dev")
+  texts = [dataset.queries[q].text for q in dev_qids]
+  out = {"queries": len(qrels)}
+  for name, encoder in (("initial", initial), ("trained", trained)):
+    run = search.search_run(index, docids, list(dev_qids), encoder.encode(texts, tower="query"),
+                            max(config.eval.depth, 100))
+    means, _ = metrics.evaluate_run(qrels, run)
+    out[name] = {m: means[m] for m in DEV_RETRIEVAL_METRICS}
+  logging.info("Dev queries over the whole corpus (%d with qrels): nDCG@10 %.4f -> %.4f, "
+               "Recall@100 %.4f -> %.4f", out["queries"], out["initial"]["ndcg@10"],
+               out["trained"]["ndcg@10"], out["initial"]["recall@100"], out["trained"]["recall@100"])
+  if out["trained"]["recall@100"] < out["initial"]["recall@100"]:
+    logging.warning("The trained retriever finds fewer relevant dev passages in its top 100 than "
+                    "the initial one (Recall@100 %.4f against %.4f)", out["trained"]["recall@100"],
+                    out["initial"]["recall@100"])
+  return out

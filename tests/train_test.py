@@ -275,6 +275,7 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path, monkeypatch):
   assert done["teacher_temperature"] > 0 and done["list_size"] == 10
   assert np.isfinite([done["dev_llm_listmle"]["initial"], done["dev_llm_listmle"]["trained"]]).all()
   assert len(np.load(tmp_path / "ranker" / "teacher_scores.npz")["scores"]) == 10 * 12
+  _check_dev_retrieval(config, data_dir, labels, tmp_path, meshes[-1])
   config.distill.teacher, config.distill.llm_loss = "llm", "kl"
   assert not pipeline.is_complete("distill", config, str(tmp_path))  # the ablation has its own dir
   distill.run(config, str(tmp_path))
@@ -298,6 +299,33 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path, monkeypatch):
   report = (tmp_path / "eval" / "report.md").read_text()
   assert "| distilled |" in report and "95% CI" in report
   _check_ranker_score_caches(config, tmp_path)
+
+
+def _check_dev_retrieval(config, data_dir, labels, workdir, mesh):
+  """done.json's dev figures over the whole corpus equal a brute-force search by hand, for the
+  initial and the trained retriever (one relevant passage per tiny_beir query)."""
+  from interdistill_jax import distill, retrieval
+  out_dir = str(workdir / "retriever")
+  done = layout.read_done(out_dir)
+  dev = done["dev_retrieval"]
+  _, dev_qids = train.dev_split([r["qid"] for r in labels], config.distill.dev_fraction, config.seed)
+  assert dev["queries"] == len(dev_qids) == done["dev_queries"]
+  dataset = data_lib.load_beir(data_dir)
+  qrels = dataset.qrels("train")
+  initial = retrieval.Encoder.from_config(config, mesh=mesh)
+  model, ckpt, _ = distill.load_distilled(config, out_dir, mesh=mesh)
+  trained = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
+                              model_config=config.model, mesh=mesh)
+  docids = list(dataset.corpus)
+  d = initial.encode([dataset.corpus[x].full_text() for x in docids], tower="doc")  # query tower only
+  for name, encoder in (("initial", initial), ("trained", trained)):
+    q = encoder.encode([dataset.queries[x].text for x in dev_qids], tower="query")
+    gains = []
+    for qid, row in zip(dev_qids, q @ d.T):
+      (rel,) = qrels[qid]
+      rank = 1 + int(np.sum(row > row[docids.index(rel)]))
+      gains.append(1.0 / np.log2(1 + rank) if rank <= 10 else 0.0)
+    assert dev[name]["ndcg@10"] == pytest.approx(float(np.mean(gains)), abs=1e-5), name
 
 
 def _ndcg_at_10(trec_path, qrels):
