@@ -37,7 +37,9 @@ def dev_figures(config, out_dir: str) -> dict:
   by_qid = {r["qid"]: r for r in labels}
   mesh = sharding.mesh_from_config(config.mesh)
   encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-  docids, doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
+  docids, doc_emb = retrieval.corpus_embeddings(workdir, encoder, dataset,
+                                                encode_config=config.encode,
+                                                data_config=config.data)
   tokenizer = tokenization.Tokenizer(assets.model_dir(config.model.init))
   lists = distill.CandidateLists(
       [by_qid[q] for q in dev_qids], dataset, tokenizer, list_size=config.distill.list_size,

@@ -328,7 +328,9 @@ def run(config, workdir: str) -> None:
   auto_temperature = scores is not None and section.teacher_temperature <= 0
   if section.towers == "query" or auto_temperature:
     encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-    initial_doc_emb = retrieval.CorpusEmbeddings.of(config, workdir, encoder, dataset)(docids)
+    initial_doc_emb = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset,
+                                                    encode_config=config.encode,
+                                                    data_config=config.data)(docids)
   if section.towers == "query":
     doc_emb = initial_doc_emb
   else:

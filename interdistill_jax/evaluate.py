@@ -114,7 +114,10 @@ def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, bas
                               param_rules=config.mesh.param_rules, model_id=f"{files.absolute(out_dir)}|step{info['selected_step']}")
   docids, index = base_index
   if info["towers"] != "query":  # the passage tower changed: the corpus must be re-encoded
-    docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
+    docids, index = retrieval.corpus_index(workdir, encoder, dataset,
+                                           retrieve_config=config.retrieve,
+                                           encode_config=config.encode, data_config=config.data,
+                                           seed=config.seed)
   q = encoder.encode([x.text for x in queries.values()], tower="query")
   return search.search_run(index, docids, list(queries), q, config.eval.depth)
 
@@ -127,7 +130,9 @@ def run(config, workdir: str) -> None:
   queries = dataset.split_queries(split)
   mesh = sharding.mesh_from_config(config.mesh)
   encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-  docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
+  docids, index = retrieval.corpus_index(workdir, encoder, dataset, retrieve_config=config.retrieve,
+                                         encode_config=config.encode, data_config=config.data,
+                                         seed=config.seed)
   q = encoder.encode([x.text for x in queries.values()], tower="query", desc=f"encode {split} queries")
   runs = {"baseline": search.search_run(index, docids, list(queries), q, config.eval.depth)}
   if layout.is_done(layout.ranker_dir(workdir)):

@@ -117,7 +117,9 @@ class InitialScores:
     encoder = retrieval.Encoder.from_config(config, mesh=mesh)
     qids = sorted({q for q, _ in pairs})
     q_emb = encoder.encode([dataset.queries[q].text for q in qids], tower="query")
-    doc_embeddings = doc_embeddings or retrieval.CorpusEmbeddings.of(config, workdir, encoder, dataset)
+    doc_embeddings = doc_embeddings or retrieval.CorpusEmbeddings.of(workdir, encoder, dataset,
+                                                                     encode_config=config.encode,
+                                                                     data_config=config.data)
     row = {q: i for i, q in enumerate(qids)}
     dots = np.einsum("nh,nh->n", q_emb[[row[q] for q, _ in pairs]],
                      doc_embeddings([d for _, d in pairs]))

@@ -146,8 +146,9 @@ def listmle_loss(model: models.CrossEncoder, batch: dict, rng) -> jax.Array:
 
 def initial_doc_embeddings(config, workdir: str, dataset, *, mesh) -> retrieval.CorpusEmbeddings:
   """The initial retriever's passage embeddings (the residual head's frozen passage side)."""
-  return retrieval.CorpusEmbeddings.of(config, workdir, retrieval.Encoder.from_config(config, mesh=mesh),
-                                       dataset)
+  return retrieval.CorpusEmbeddings.of(workdir, retrieval.Encoder.from_config(config, mesh=mesh),
+                                       dataset, encode_config=config.encode,
+                                       data_config=config.data)
 
 
 def score_pairs(config, workdir: str, dataset, model: models.CrossEncoder,

@@ -481,7 +481,8 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   model.log_scale[...] = jnp.log(jnp.float32(7.0))
   mesh = sharding.make_mesh()
   encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-  emb = retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)
+  emb = retrieval.CorpusEmbeddings.of(str(tmp_path), encoder, dataset, encode_config=config.encode,
+                                      data_config=config.data)
   examples = ranker.ListwiseExamples(labels, dataset, tok, list_size=6, max_length=32, buckets=(32,),
                                      use_prefix=True, doc_embeddings=emb)
   batch = examples.batch(np.arange(4))
@@ -614,7 +615,8 @@ def test_distill_lists_read_only_their_passages_and_batch_as_before(tiny, tmp_pa
   encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
   every = list(dataset.corpus)  # before: the whole corpus, by a dict of every docid
   if towers == "query":
-    _, emb = retrieval.corpus_embeddings(config, str(tmp_path), encoder, dataset)
+    _, emb = retrieval.corpus_embeddings(str(tmp_path), encoder, dataset,
+                                         encode_config=config.encode, data_config=config.data)
     before = dict(doc_emb=emb, doc_tokens=None)
   else:
     seqs = tok.encode([doc.full_text() for doc in dataset.corpus.values()], 32)
@@ -626,7 +628,9 @@ def test_distill_lists_read_only_their_passages_and_batch_as_before(tiny, tmp_pa
   assert docids == list(dict.fromkeys(d for r in labels for d in r["docids"][:6]))
   assert len(docids) < len(every)
   if towers == "query":
-    after = dict(doc_emb=retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)(docids),
+    after = dict(doc_emb=retrieval.CorpusEmbeddings.of(str(tmp_path), encoder, dataset,
+                                                       encode_config=config.encode,
+                                                       data_config=config.data)(docids),
                  doc_tokens=None)
   else:
     after = dict(doc_emb=None, doc_tokens=distill.passage_tokens(dataset, tok, docids, 32))
