@@ -145,7 +145,8 @@ def run(config, workdir: str) -> None:
   for system, run_ in runs.items():
     result, per_query[system] = system_result(dataset, name, split, system, run_, config.eval)
     if config.reader.enabled and jax.process_index() == 0:
-      rag, rag_per_query = reader.rag_metrics(config, workdir, dataset, queries, run_, system)
+      rag, rag_per_query = reader.rag_metrics(config.reader, workdir, dataset, queries, run_, system,
+                                              seed=config.seed, cache_dir=config.data.cache_dir)
       result["metrics"].update(rag)
       per_query[system].update(rag_per_query)
     results.append(result)
