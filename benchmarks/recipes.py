@@ -45,10 +45,11 @@ def dev_figures(config, out_dir: str) -> dict:
       [by_qid[q] for q in dev_qids], dataset, tokenizer, list_size=config.distill.list_size,
       max_query_length=config.model.max_query_length, doc_index={d: i for i, d in enumerate(docids)},
       doc_emb=doc_emb, teacher_scores=None, doc_tokens=None, buckets=config.encode.buckets)
-  return {"initial": distill.dev_llm_listmle(distill.build_student(config, done["towers"])[0], lists,
-                                             config.ranker.top_k),
-          "trained": distill.dev_llm_listmle(distill.load_distilled(config, out_dir, mesh=mesh)[0], lists,
-                                             config.ranker.top_k)}
+  initial, _, _ = distill.build_student(config.model, done["towers"], seed=config.seed)
+  trained, _, _ = distill.load_distilled(config.model, out_dir, mesh=mesh,
+                                         param_rules=config.mesh.param_rules, seed=config.seed)
+  return {"initial": distill.dev_llm_listmle(initial, lists, config.ranker.top_k),
+          "trained": distill.dev_llm_listmle(trained, lists, config.ranker.top_k)}
 
 
 def main(argv):

@@ -325,8 +325,10 @@ def _trained_model(config, workdir: str, which: str, *,
     return None
   from interdistill_jax import distill, ranker  # noqa: PLC0415 (training code only when trained)
   if which == "ranker":
-    return ranker.load_trained_ranker(config, workdir, mesh=mesh)[0]
-  return distill.load_distilled(config, out_dir, mesh=mesh)[0]
+    return ranker.load_trained_ranker(config.ranker.model, workdir, mesh=mesh,
+                                      param_rules=config.mesh.param_rules, seed=config.seed)[0]
+  return distill.load_distilled(config.model, out_dir, mesh=mesh, param_rules=config.mesh.param_rules,
+                                seed=config.seed)[0]
 
 
 def _init_text(init: str) -> str:
@@ -387,7 +389,7 @@ def _export_ranker(config, workdir: str, info: dict, loaded: _Loaded) -> Exporte
   fusion = None
   if loaded.trained:
     from interdistill_jax import fusion as fusion_lib  # noqa: PLC0415 (training code only when trained)
-    fusion = fusion_lib.load_fusion(config, workdir)
+    fusion = fusion_lib.load_fusion(workdir, config.ranker.fuse_initial)
   if fusion is not None:
     card["fusion"] = {"ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
                       "initial": _init_text(config.model.init)}
