@@ -146,7 +146,8 @@ def _scifact(root: str) -> dict:
   workdir = os.path.join("runs", "bench_index")
   encoder = retrieval.Encoder.from_config(config, mesh=sharding.mesh_from_config(config.mesh))
   dataset = assets.load_dataset(config.data)
-  store = retrieval.corpus_shards(config, workdir, encoder, dataset)
+  store = retrieval.corpus_shards(workdir, encoder, dataset, encode_config=config.encode,
+                                  data_config=config.data)
   queries = [x.text for x in dataset.queries.values()]
   q = encoder.encode(queries, tower="query")
   _, exact = shards.ShardedExactIndex(store, mesh=sharding.local_mesh(encoder.mesh)).search(q, 100)

@@ -8,7 +8,9 @@ For each run (system:retriever directory:recipe name) the ListMLE of the LLM's r
 dev queries (the seed's dev slice of labels/labels.jsonl in the directory's workdir) under the
 retriever's scores, at their best scale, over the prefix `ranker.top_k` trusts
 (`distill.dev_llm_listmle`), before and after training, as `distill` records it in done.json; and
-per system the recipe with the lowest. Prints JSON.
+per system the recipe with the lowest. Beside it, where the training split has qrels, the dev
+queries' nDCG@10 and Recall@100 over the whole corpus (`distill.dev_retrieval`), which show what
+the lists' loss cannot: relevant passages lost below the lists. Prints JSON.
 """
 
 import json
@@ -37,16 +39,21 @@ def dev_figures(config, out_dir: str) -> dict:
   by_qid = {r["qid"]: r for r in labels}
   mesh = sharding.mesh_from_config(config.mesh)
   encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-  docids, doc_emb = retrieval.corpus_embeddings(config, workdir, encoder, dataset)
+  docids, doc_emb = retrieval.corpus_embeddings(workdir, encoder, dataset,
+                                                encode_config=config.encode,
+                                                data_config=config.data)
   tokenizer = tokenization.Tokenizer(assets.model_dir(config.model.init))
   lists = distill.CandidateLists(
       [by_qid[q] for q in dev_qids], dataset, tokenizer, list_size=config.distill.list_size,
       max_query_length=config.model.max_query_length, doc_index={d: i for i, d in enumerate(docids)},
       doc_emb=doc_emb, teacher_scores=None, doc_tokens=None, buckets=config.encode.buckets)
-  return {"initial": distill.dev_llm_listmle(distill.build_student(config, done["towers"])[0], lists,
-                                             config.ranker.top_k),
-          "trained": distill.dev_llm_listmle(distill.load_distilled(config, out_dir, mesh=mesh)[0], lists,
-                                             config.ranker.top_k)}
+  initial, _, _ = distill.build_student(config.model, done["towers"], seed=config.seed)
+  trained, _, _ = distill.load_distilled(config.model, out_dir, mesh=mesh,
+                                         param_rules=config.mesh.param_rules, seed=config.seed)
+  return {"dev_llm_listmle": {"initial": distill.dev_llm_listmle(initial, lists, config.ranker.top_k),
+                              "trained": distill.dev_llm_listmle(trained, lists, config.ranker.top_k)},
+          "dev_retrieval": distill.dev_retrieval(config, workdir, dataset, trained, tokenizer,
+                                                 dev_qids, mesh=mesh)}
 
 
 def main(argv):
@@ -55,8 +62,7 @@ def main(argv):
   rows = []
   for run in _RUNS.value:
     system, out_dir, recipe = run.split(":")
-    rows.append({"system": system, "recipe": recipe, "dir": out_dir,
-                 "dev_llm_listmle": dev_figures(config, out_dir)})
+    rows.append({"system": system, "recipe": recipe, "dir": out_dir, **dev_figures(config, out_dir)})
   chosen = {}
   for r in rows:
     best = chosen.get(r["system"])

@@ -240,7 +240,9 @@ def generate(directory: str, plan: Plan, config, *, workdir: str, shard_size: in
   t["questions_s"] = time.perf_counter() - start
   start = time.perf_counter()
   model_id = retrieval.model_id(config.model)
-  store_dir = retrieval.shard_store_dir(config, workdir, model_id=model_id, corpus_path=corpus_path)
+  store_dir = retrieval.shard_store_dir(workdir, model_id=model_id, corpus_path=corpus_path,
+                                        max_doc_length=config.model.max_doc_length,
+                                        shard_dtype=config.encode.shard_dtype)
   settings = shards.store_settings(
       dtype=config.encode.shard_dtype, shard_size=shard_size,
       meta={"model": model_id, "corpus": retrieval.corpus_id(corpus_path)})

@@ -42,17 +42,16 @@ def check_teacher(section) -> str:
   return section.teacher
 
 
-def output_dir(config, workdir: str) -> str:
-  check_teacher(config.distill)
-  return layout.retriever_dir(workdir, config.distill.teacher)
+def output_dir(distill_config, workdir: str) -> str:
+  return layout.retriever_dir(workdir, check_teacher(distill_config))
 
 
-def llm_top_k(config) -> int:
+def llm_top_k(distill_config, ranker_top_k: int) -> int:
   """How many of the LLM's first positions the no-ranker reference learns (0: the whole trusted
-  prefix). By default the trust the ranker gets (`ranker.top_k`): both learn the same signal."""
-  checks.require(checks.llm_top_k(config.distill))
-  k = config.distill.llm_top_k
-  return config.ranker.top_k if k == -1 else k
+  prefix). By default the trust the ranker gets (`ranker_top_k`): both learn the same signal."""
+  checks.require(checks.llm_top_k(distill_config))
+  k = distill_config.llm_top_k
+  return ranker_top_k if k == -1 else k
 
 
 def uses_listmle(section) -> bool:
@@ -60,19 +59,22 @@ def uses_listmle(section) -> bool:
   return section.teacher == "llm" and section.llm_loss == "listmle"
 
 
-def build_student(config, towers: str) -> tuple[models.DualEncoder, models.Checkpoint, object]:
-  """The retriever to train and the filter of its trainable parameters."""
+def build_student(model_config, towers: str, *,
+                  seed: int) -> tuple[models.DualEncoder, models.Checkpoint, object]:
+  """The retriever to train (from the checkpoint `model_config` names) and the filter of its
+  trainable parameters."""
   checks.require_one_of("distill.towers", towers, checks.TOWERS)
   shared = towers == "both"
-  model, ckpt = models.load_dual_encoder(config.model, shared=shared, seed=config.seed)
+  model, ckpt = models.load_dual_encoder(model_config, shared=shared, seed=seed)
   return model, ckpt, (nnx.Param if shared else QUERY_TOWER)
 
 
-def load_distilled(config, out_dir: str, *, mesh) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
+def load_distilled(model_config, out_dir: str, *, mesh, param_rules,
+                   seed: int) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
   """A finished distillation's selected retriever, with its done.json."""
   info = layout.read_done(out_dir)
-  model, ckpt, trainable = build_student(config, info["towers"])
-  step = checkpoints.restore_params(model, out_dir, mesh=mesh, param_rules=config.mesh.param_rules,
+  model, ckpt, trainable = build_student(model_config, info["towers"], seed=seed)
+  step = checkpoints.restore_params(model, out_dir, mesh=mesh, param_rules=param_rules,
                                     trainable=trainable)
   logging.info("Retriever from %s (step %d)", out_dir, step)
   return model, ckpt, info
@@ -83,7 +85,7 @@ class CandidateLists:
 
   The lists come from `data.label_lists`, as the ranker's do: the same trust in the teacher's
   ranked prefix (`ranker.prefix_only`). `top_k` stays 0 in training on the ranker's or the gold
-  scores (the whole trusted prefix), is `llm_top_k(config)` for the no-ranker reference, and
+  scores (the whole trusted prefix), is `llm_top_k` for the no-ranker reference, and
   `dev_llm_listmle` applies `ranker.top_k` to its dev figure.
   """
 
@@ -230,9 +232,13 @@ def teacher_scores(config, workdir: str, dataset, pairs, *, mesh):
   (`ranker.fuse_initial`)."""
   scores = ranker_lib.cached_pair_scores(config, workdir, dataset, pairs, name="teacher_scores",
                                          desc="ranker scores", mesh=mesh)
-  fusion = fusion_lib.load_fusion(config, workdir)
+  fusion = fusion_lib.load_fusion(workdir, config.ranker.fuse_initial)
   if fusion is not None:  # the ranker as fitted: a * ranker + b * initial retriever
-    initial = fusion_lib.InitialScores.encoded(config, workdir, dataset, pairs, mesh=mesh)
+    encoder = retrieval.Encoder.from_config(config, mesh=mesh)
+    doc_embeddings = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset,
+                                                   encode_config=config.encode,
+                                                   data_config=config.data)
+    initial = fusion_lib.InitialScores.encoded(encoder, dataset, pairs, doc_embeddings)
     scores = fusion(scores, initial(pairs))
   return scores, fusion
 
@@ -256,10 +262,11 @@ def dev_llm_listmle(model: models.DualEncoder, dev_ex: CandidateLists, top_k: in
   return loss
 
 
-def deep_lists(config, workdir: str, labels, depth: int) -> list[dict]:
-  """Each labelled query's top `depth` candidates of the run `label` read (the ranker scores them
-  all: it is the cheap teacher), as label-shaped records without an LLM ranking."""
-  run = fusion_lib.InitialScores.of_labels(config, workdir).run
+def deep_lists(workdir: str, labels, depth: int, *, split: str) -> list[dict]:
+  """Each labelled query's top `depth` candidates of the run `label` read (of `label.split`; the
+  ranker scores them all: it is the cheap teacher), as label-shaped records without an LLM
+  ranking."""
+  run = fusion_lib.InitialScores.of_labels(workdir, split).run
   out = []
   for r in labels:
     docids = data_lib.ranked(run[r["qid"]])[:depth]
@@ -304,13 +311,14 @@ def run(config, workdir: str) -> None:
   extra = {}
   records, width = labels, section.list_size  # the lists the retriever trains on
   if teacher == "ranker" and section.depth > 0:
-    records, width = deep_lists(config, workdir, labels, section.depth), section.depth
+    records = deep_lists(workdir, labels, section.depth, split=config.label.split)
+    width = section.depth
   if teacher == "ranker":
     pairs = [(r["qid"], d) for r in records for d in r["docids"][:width]]
     values, fusion = teacher_scores(config, workdir, dataset, pairs, mesh=mesh)
     scores = dict(zip(pairs, values.tolist()))
   elif teacher == "llm" and section.llm_loss == "kl":
-    scores = rank_scores(labels, section.list_size, llm_top_k(config))
+    scores = rank_scores(labels, section.list_size, llm_top_k(section, config.ranker.top_k))
   elif teacher == "qrels":
     if not dataset.has_qrels(config.label.split):
       raise ValueError(f"distill.teacher='qrels' needs qrels/{config.label.split}.tsv in {dataset.root}")
@@ -319,7 +327,7 @@ def run(config, workdir: str) -> None:
                  "their top %d", len(kept), len(labels), section.list_size)
     extra["queries_without_judged_candidate"] = len(labels) - len(kept)
     records = kept
-  model, ckpt, trainable = build_student(config, section.towers)
+  model, ckpt, trainable = build_student(config.model, section.towers, seed=config.seed)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
   # Only the passages of the candidate lists are read: rows of a table of those alone.
   docids = list_docids([(records, width), (labels, section.list_size)])
@@ -328,7 +336,9 @@ def run(config, workdir: str) -> None:
   auto_temperature = scores is not None and section.teacher_temperature <= 0
   if section.towers == "query" or auto_temperature:
     encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-    initial_doc_emb = retrieval.CorpusEmbeddings.of(config, workdir, encoder, dataset)(docids)
+    initial_doc_emb = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset,
+                                                    encode_config=config.encode,
+                                                    data_config=config.data)(docids)
   if section.towers == "query":
     doc_emb = initial_doc_emb
   else:
@@ -340,7 +350,7 @@ def run(config, workdir: str) -> None:
                            doc_index=doc_index, doc_emb=doc_emb, teacher_scores=scores,
                            doc_tokens=doc_tokens, buckets=config.encode.buckets,
                            use_prefix=config.ranker.prefix_only,
-                           top_k=llm_top_k(config) if teacher == "llm" else 0)
+                           top_k=llm_top_k(section, config.ranker.top_k) if teacher == "llm" else 0)
   train_ex, dev_ex = make([by_qid[q] for q in train_qids]), make([by_qid[q] for q in dev_qids])
   # The LLM's own rankings of the dev queries: the one figure every recipe is compared by.
   labelled = {r["qid"]: r for r in labels}
@@ -357,7 +367,7 @@ def run(config, workdir: str) -> None:
                  _entropy(student, train_ex.mask).mean(), len(train_ex))
   if section.towers == "query" or auto_temperature:
     del encoder, initial_doc_emb
-  out_dir = output_dir(config, workdir)
+  out_dir = output_dir(section, workdir)
   dev_before = dev_llm_listmle(model, dev_llm, config.ranker.top_k)
   model, summary = train.train_loop(
       model=model, loss_fn=functools.partial(distill_loss, section=section,
@@ -370,7 +380,8 @@ def run(config, workdir: str) -> None:
                                          mesh=mesh)
   checkpoints.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                             "llm_loss": section.llm_loss if teacher == "llm" else None,
-                                            "llm_top_k": llm_top_k(config) if teacher == "llm" else None,
+                                            "llm_top_k": (llm_top_k(section, config.ranker.top_k)
+                                                          if teacher == "llm" else None),
                                             "teacher_temperature": temperature, "list_size": width,
                                             "ranker_fusion": fusion and dataclasses.asdict(fusion),
                                             "train_queries": len(train_ex), "dev_queries": len(dev_ex),
@@ -398,7 +409,9 @@ def dev_retrieval(config, workdir: str, dataset, model, tokenizer, dev_qids: Seq
   if not qrels:
     return None
   initial = retrieval.Encoder.from_config(config, mesh=mesh)
-  docids, index = retrieval.corpus_index(config, workdir, initial, dataset)
+  docids, index = retrieval.corpus_index(workdir, initial, dataset, retrieve_config=config.retrieve,
+                                         encode_config=config.encode, data_config=config.data,
+                                         seed=config.seed)
   trained = retrieval.Encoder(model, tokenizer, encode_config=config.encode,
                               model_config=config.model, mesh=mesh,
                               param_rules=config.mesh.param_rules, model_id="distill-dev")

@@ -54,8 +54,8 @@ def system_result(dataset: data_lib.Dataset, dataset_name: str, split: str, syst
   return result, per_query
 
 
-def dataset_name(config, dataset: data_lib.Dataset) -> str:
-  return config.data.name or os.path.basename(os.path.normpath(dataset.root))
+def dataset_name(data_config, dataset: data_lib.Dataset) -> str:
+  return data_config.name or os.path.basename(os.path.normpath(dataset.root))
 
 
 def write_system(workdir: str, result: dict, per_query: dict, run: data_lib.Run) -> None:
@@ -108,13 +108,16 @@ def _rerank(config, workdir, dataset, queries, base_run, mesh) -> dict[str, data
 
 def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, base_index):
   from interdistill_jax import distill
-  model, ckpt, info = distill.load_distilled(config, out_dir, mesh=base_encoder.mesh)
+  model, ckpt, info = distill.load_distilled(config.model, out_dir, mesh=base_encoder.mesh,
+                                             param_rules=config.mesh.param_rules, seed=config.seed)
   encoder = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                               model_config=config.model, mesh=base_encoder.mesh,
                               param_rules=config.mesh.param_rules, model_id=f"{files.absolute(out_dir)}|step{info['selected_step']}")
   docids, index = base_index
   if info["towers"] != "query":  # the passage tower changed: the corpus must be re-encoded
-    docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
+    docids, index = retrieval.corpus_index(workdir, encoder, dataset, retrieve_config=config.retrieve,
+                                           encode_config=config.encode, data_config=config.data,
+                                           seed=config.seed)
   q = encoder.encode([x.text for x in queries.values()], tower="query")
   return search.search_run(index, docids, list(queries), q, config.eval.depth)
 
@@ -123,11 +126,13 @@ def run(config, workdir: str) -> None:
   """Task `evaluate`: eval/*.json, eval/*.trec, eval/compare.json, eval/report.md (+ PNGs)."""
   inputs = provenance.begin("evaluate", config, workdir)
   dataset = assets.load_dataset(config.data)
-  split, name = config.eval.split, dataset_name(config, dataset)
+  split, name = config.eval.split, dataset_name(config.data, dataset)
   queries = dataset.split_queries(split)
   mesh = sharding.mesh_from_config(config.mesh)
   encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-  docids, index = retrieval.corpus_index(config, workdir, encoder, dataset)
+  docids, index = retrieval.corpus_index(workdir, encoder, dataset, retrieve_config=config.retrieve,
+                                         encode_config=config.encode, data_config=config.data,
+                                         seed=config.seed)
   q = encoder.encode([x.text for x in queries.values()], tower="query", desc=f"encode {split} queries")
   runs = {"baseline": search.search_run(index, docids, list(queries), q, config.eval.depth)}
   if layout.is_done(layout.ranker_dir(workdir)):
@@ -140,7 +145,8 @@ def run(config, workdir: str) -> None:
   for system, run_ in runs.items():
     result, per_query[system] = system_result(dataset, name, split, system, run_, config.eval)
     if config.reader.enabled and jax.process_index() == 0:
-      rag, rag_per_query = reader.rag_metrics(config, workdir, dataset, queries, run_, system)
+      rag, rag_per_query = reader.rag_metrics(config.reader, workdir, dataset, queries, run_, system,
+                                              seed=config.seed, cache_dir=config.data.cache_dir)
       result["metrics"].update(rag)
       per_query[system].update(rag_per_query)
     results.append(result)

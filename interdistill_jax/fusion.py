@@ -80,9 +80,10 @@ def read_fusion(workdir: str) -> Fusion | None:
   return Fusion(info["ce_weight"], info["initial_weight"])
 
 
-def load_fusion(config, workdir: str) -> Fusion | None:
-  """The fusion the ranker scores with: the fitted one when `ranker.fuse_initial` is "fit"."""
-  if check_fuse_initial(config.ranker.fuse_initial) == "none":
+def load_fusion(workdir: str, fuse_initial: str) -> Fusion | None:
+  """The fusion the ranker scores with: the fitted one when `fuse_initial` (`ranker.fuse_initial`)
+  is "fit"."""
+  if check_fuse_initial(fuse_initial) == "none":
     return None
   fusion = read_fusion(workdir)
   if fusion is None:
@@ -104,20 +105,19 @@ class InitialScores:
     self.run, self.source = run, source
 
   @classmethod
-  def of_labels(cls, config, workdir: str) -> "InitialScores":
-    """The run `label` read its candidates from: every labelled pair is in it."""
-    path = layout.candidates(workdir, config.label.split)
+  def of_labels(cls, workdir: str, split: str) -> "InitialScores":
+    """The run `label` read its candidates from (`label.split`): every labelled pair is in it."""
+    path = layout.candidates(workdir, split)
     return cls(data_lib.read_trec_run(path), path)
 
   @classmethod
-  def encoded(cls, config, workdir: str, dataset, pairs,
-              doc_embeddings: retrieval.CorpusEmbeddings | None = None, *, mesh) -> "InitialScores":
-    """The initial retriever's scores of `pairs`, computed from its embeddings (any labelled
-    pair, whichever run its candidates came from)."""
-    encoder = retrieval.Encoder.from_config(config, mesh=mesh)
+  def encoded(cls, encoder: retrieval.Encoder, dataset, pairs,
+              doc_embeddings: retrieval.CorpusEmbeddings) -> "InitialScores":
+    """The initial retriever's scores of `pairs`, from its query embeddings (`encoder`) and its
+    passage embeddings (`doc_embeddings`): any labelled pair, whichever run its candidates came
+    from."""
     qids = sorted({q for q, _ in pairs})
     q_emb = encoder.encode([dataset.queries[q].text for q in qids], tower="query")
-    doc_embeddings = doc_embeddings or retrieval.CorpusEmbeddings.of(config, workdir, encoder, dataset)
     row = {q: i for i, q in enumerate(qids)}
     dots = np.einsum("nh,nh->n", q_emb[[row[q] for q, _ in pairs]],
                      doc_embeddings([d for _, d in pairs]))
@@ -148,13 +148,12 @@ def label_arrays(records, initial: InitialScores, *, list_size: int = 0, use_pre
   return scores, lists.ranking, lists.mask, lists.prefix, pairs, (rows, cols)
 
 
-def initial_scale(config, train_labels, initial: InitialScores) -> tuple[float, float]:
+def initial_scale(ranker_config, train_labels, initial: InitialScores) -> tuple[float, float]:
   """(scale, train ListMLE): the initial retriever's best ListMLE scale on the ranker's training
   lists, where the residual head's bi-encoder score starts."""
-  section = config.ranker
   scores, ranking, mask, prefix, _, _ = label_arrays(
-      train_labels, initial, list_size=section.list_size, use_prefix=section.prefix_only,
-      top_k=section.top_k)
+      train_labels, initial, list_size=ranker_config.list_size,
+      use_prefix=ranker_config.prefix_only, top_k=ranker_config.top_k)
   x0 = 1.0 / max(float(np.std(scores[mask])), 1e-6)
   (weight,), loss = fit_weights([scores], [x0], ranking, mask, prefix)
   if not weight > 1e-3 * x0:

@@ -313,10 +313,10 @@ def push_to_hub(export_config, exported: Sequence[Exported]) -> dict[str, str]:
 
 # --- task -----------------------------------------------------------------------------------
 
-def _trained_model(config, workdir: str, which: str, *,
-                   mesh) -> models.DualEncoder | models.CrossEncoder | None:
-  """The model trained in this workdir, `which` "retriever" (the distilled one) or "ranker";
-  None when not trained."""
+def _trained_model(model_config, workdir: str, which: str, *, mesh, param_rules,
+                   seed: int) -> models.DualEncoder | models.CrossEncoder | None:
+  """The model trained in this workdir, `which` "retriever" (the distilled one) or "ranker", from
+  the checkpoint `model_config` names (`model` or `ranker.model`); None when not trained."""
   out_dir = layout.ranker_dir(workdir) if which == "ranker" else layout.system_dir(workdir, "distilled")
   if not layout.is_done(out_dir):
     if files.exists(os.path.join(out_dir, "checkpoints")):
@@ -325,8 +325,10 @@ def _trained_model(config, workdir: str, which: str, *,
     return None
   from interdistill_jax import distill, ranker  # noqa: PLC0415 (training code only when trained)
   if which == "ranker":
-    return ranker.load_trained_ranker(config, workdir, mesh=mesh)[0]
-  return distill.load_distilled(config, out_dir, mesh=mesh)[0]
+    return ranker.load_trained_ranker(model_config, workdir, mesh=mesh, param_rules=param_rules,
+                                      seed=seed)[0]
+  return distill.load_distilled(model_config, out_dir, mesh=mesh, param_rules=param_rules,
+                                seed=seed)[0]
 
 
 def _init_text(init: str) -> str:
@@ -342,26 +344,27 @@ class _Loaded:
   weights: str
 
 
-def _load_retriever(config, workdir: str, mesh) -> _Loaded:
-  model = _trained_model(config, workdir, "retriever", mesh=mesh)
+def _load_retriever(model_config, workdir: str, *, mesh, param_rules, seed: int) -> _Loaded:
+  model = _trained_model(model_config, workdir, "retriever", mesh=mesh, param_rules=param_rules,
+                         seed=seed)
   if model is not None:
-    return _Loaded(model, True, models.resolve_checkpoint(config.model.init).dir,
+    return _Loaded(model, True, models.resolve_checkpoint(model_config.init).dir,
                    "trained in this experiment (retriever/checkpoints)")
-  model, ckpt = models.load_dual_encoder(config.model, seed=config.seed)
+  model, ckpt = models.load_dual_encoder(model_config, seed=seed)
   logging.warning("Exporting the retriever's INITIAL weights (%s): %s does not exist", ckpt.dir,
                   os.path.join(layout.retriever_dir(workdir, "ranker"), "checkpoints"))
   return _Loaded(model, False, ckpt.dir,
-                 f"initial weights of {_init_text(config.model.init)} "
+                 f"initial weights of {_init_text(model_config.init)} "
                  "(no trained retriever in this experiment)")
 
 
-def _load_ranker(config, workdir: str, mesh) -> _Loaded:
-  model_config = config.ranker.model
-  model = _trained_model(config, workdir, "ranker", mesh=mesh)
+def _load_ranker(model_config, workdir: str, *, mesh, param_rules, seed: int) -> _Loaded:
+  model = _trained_model(model_config, workdir, "ranker", mesh=mesh, param_rules=param_rules,
+                         seed=seed)
   if model is not None:
     return _Loaded(model, True, models.resolve_checkpoint(model_config.init).dir,
                    "trained in this experiment (ranker/checkpoints)")
-  model, ckpt = models.load_cross_encoder(model_config, seed=config.seed)
+  model, ckpt = models.load_cross_encoder(model_config, seed=seed)
   logging.warning("Exporting the ranker's INITIAL weights (%s; untrained head): %s does not exist",
                   ckpt.dir, os.path.join(layout.ranker_dir(workdir), "checkpoints"))
   return _Loaded(model, False, ckpt.dir,
@@ -369,31 +372,35 @@ def _load_ranker(config, workdir: str, mesh) -> _Loaded:
                  "untrained (no trained ranker in this experiment)")
 
 
-def _export_retriever(config, workdir: str, info: dict, loaded: _Loaded) -> Exported:
+def _export_retriever(workdir: str, info: dict, loaded: _Loaded, *, model_config,
+                      export_config) -> Exported:
   card = dict(info, weights=loaded.weights, trained=loaded.trained, title="Distilled dense retriever",
-              base_model=config.export.base_model or model_cards.hub_id(config.model.init),
-              init=config.model.init, repo_id=config.export.repo_id_retriever)
+              base_model=export_config.base_model or model_cards.hub_id(model_config.init),
+              init=model_config.init, repo_id=export_config.repo_id_retriever)
   path = export_dual_encoder(loaded.model, loaded.source, layout.export_dir(workdir, "retriever"),
-                             card=card, max_seq_length=config.model.max_doc_length,
-                             max_query_length=config.model.max_query_length)
+                             card=card, max_seq_length=model_config.max_doc_length,
+                             max_query_length=model_config.max_query_length)
   return Exported("retriever", path, loaded.trained)
 
 
-def _export_ranker(config, workdir: str, info: dict, loaded: _Loaded) -> Exported:
-  model_config = config.ranker.model
+def _export_ranker(workdir: str, info: dict, loaded: _Loaded, *, ranker_config, export_config,
+                   retriever_init: str) -> Exported:
+  """export/ranker; `retriever_init` (`model.init`) names the initial retriever its fitted fusion
+  adds."""
+  model_config = ranker_config.model
   card = dict(info, weights=loaded.weights, trained=loaded.trained, title="Cross-encoder ranker",
-              base_model=config.export.base_model or model_cards.hub_id(model_config.init),
-              init=model_config.init, repo_id=config.export.repo_id_ranker)
+              base_model=export_config.base_model or model_cards.hub_id(model_config.init),
+              init=model_config.init, repo_id=export_config.repo_id_ranker)
   fusion = None
   if loaded.trained:
     from interdistill_jax import fusion as fusion_lib  # noqa: PLC0415 (training code only when trained)
-    fusion = fusion_lib.load_fusion(config, workdir)
+    fusion = fusion_lib.load_fusion(workdir, ranker_config.fuse_initial)
   if fusion is not None:
     card["fusion"] = {"ce_weight": fusion.ce_weight, "initial_weight": fusion.initial_weight,
-                      "initial": _init_text(config.model.init)}
+                      "initial": _init_text(retriever_init)}
   out_dir = layout.export_dir(workdir, "ranker")
   path = export_cross_encoder(loaded.model, loaded.source, out_dir, card=card,
-                              max_length=config.ranker.max_length)
+                              max_length=ranker_config.max_length)
   if fusion is not None:
     with files.open_file(layout.fusion(workdir), "r") as f:
       fit = json.load(f)
@@ -420,12 +427,18 @@ def run(config, workdir: str) -> None:
   checks.require(checks.push_target(config.export))
   inputs = provenance.begin("export", config, workdir)
   mesh = sharding.local_mesh(sharding.mesh_from_config(config.mesh))
-  retriever, ranker = _load_retriever(config, workdir, mesh), _load_ranker(config, workdir, mesh)
+  retriever = _load_retriever(config.model, workdir, mesh=mesh, param_rules=config.mesh.param_rules,
+                              seed=config.seed)
+  ranker = _load_ranker(config.ranker.model, workdir, mesh=mesh, param_rules=config.mesh.param_rules,
+                        seed=config.seed)
   if jax.process_index() != 0:
     return
-  info = model_cards.card_info(config, workdir)
-  exported = [_export_retriever(config, workdir, info, retriever),
-              _export_ranker(config, workdir, info, ranker)]
+  info = model_cards.card_info(workdir, data_config=config.data, teacher_config=config.teacher,
+                               label_config=config.label, export_config=config.export)
+  exported = [_export_retriever(workdir, info, retriever, model_config=config.model,
+                                export_config=config.export),
+              _export_ranker(workdir, info, ranker, ranker_config=config.ranker,
+                             export_config=config.export, retriever_init=config.model.init)]
   labels = export_labels(workdir, layout.export_dir(workdir, "labels"),
                          card=dict(info, repo_id=config.export.repo_id_labels))
   if labels:

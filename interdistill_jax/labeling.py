@@ -296,21 +296,22 @@ def check_teacher(quality: dict[str, Any] | None, policy: str, where: str) -> No
   logging.warning("%s Set label.weak_teacher='stop' to stop here instead.", message)
 
 
-def _summary(config: ml_collections.ConfigDict, teacher: teachers.Teacher, cache: Cache,
-             labels_path: str, num_selected: int, num_pending: int, tally: _Tally) -> dict[str, Any]:
+def _summary(teacher: teachers.Teacher, cache: Cache, labels_path: str, num_selected: int,
+             num_pending: int, tally: _Tally, *, teacher_config: ml_collections.ConfigDict,
+             label_config: ml_collections.ConfigDict) -> dict[str, Any]:
   """stats.json: this run's counts, and totals over every line of labels.jsonl."""
   calls = teacher.runner.stats
-  price = pricing.price_for(config.teacher.backend, config.teacher.model,
-                            input_override=config.teacher.price_input_per_mtok,
-                            output_override=config.teacher.price_output_per_mtok)
+  price = pricing.price_for(teacher_config.backend, teacher_config.model,
+                            input_override=teacher_config.price_input_per_mtok,
+                            output_override=teacher_config.price_output_per_mtok)
   labels = _aggregate(data.read_jsonl(labels_path) if files.exists(labels_path) else [])
   ledger = [row | {"cost_usd": pricing.cost(price, row["prompt_tokens"], row["completion_tokens"])}
             for row in cache.ledger()]
   return {
       "teacher": teacher.provenance(),
-      "split": config.label.split,
-      "num_candidates": config.label.num_candidates,
-      "on_failure": config.label.on_failure,
+      "split": label_config.split,
+      "num_candidates": label_config.num_candidates,
+      "on_failure": label_config.on_failure,
       "queries": {"selected": num_selected, "already_labelled": num_selected - num_pending,
                   "labelled": tally.labelled, "dropped": len(tally.dropped),
                   "failed": len(tally.failed)},
@@ -334,23 +335,29 @@ def _summary(config: ml_collections.ConfigDict, teacher: teachers.Teacher, cache
   }
 
 
-async def _label(config: ml_collections.ConfigDict, paths: Mapping[str, str], dataset: data.Dataset,
-                 candidates: Mapping[str, list[str]]) -> tuple[dict[str, Any], _Tally]:
+async def _label(paths: Mapping[str, str], dataset: data.Dataset,
+                 candidates: Mapping[str, list[str]], *, teacher_config: ml_collections.ConfigDict,
+                 label_config: ml_collections.ConfigDict, cache_dir: str,
+                 seed: int) -> tuple[dict[str, Any], _Tally]:
+  """Labels `candidates` with the teacher `teacher_config` describes; `cache_dir`
+  (`data.cache_dir`) holds the call cache's local mirror when the workdir is a bucket."""
   relevance = None
-  if config.teacher.backend == "simulated":
-    relevance = _relevance(dataset, config.label.split, candidates)
-  with open_cache(paths["cache"], local_dir=config.data.cache_dir) as cache:
-    teacher = teachers.make_teacher(config.teacher, cache=cache, on_failure=config.label.on_failure,
-                                    reasks=config.label.reasks, relevance=relevance, seed=config.seed)
+  if teacher_config.backend == "simulated":
+    relevance = _relevance(dataset, label_config.split, candidates)
+  with open_cache(paths["cache"], local_dir=cache_dir) as cache:
+    teacher = teachers.make_teacher(teacher_config, cache=cache, on_failure=label_config.on_failure,
+                                    reasks=label_config.reasks, relevance=relevance, seed=seed)
     try:
-      return await _label_with(config, paths, dataset, candidates, teacher, cache)
+      return await _label_with(paths, dataset, candidates, teacher, cache,
+                               teacher_config=teacher_config, label_config=label_config)
     finally:
       await teacher.aclose()
 
 
-async def _label_with(config: ml_collections.ConfigDict, paths: Mapping[str, str],
-                      dataset: data.Dataset, candidates: Mapping[str, list[str]],
-                      teacher: teachers.Teacher, cache: Cache) -> tuple[dict[str, Any], _Tally]:
+async def _label_with(paths: Mapping[str, str], dataset: data.Dataset,
+                      candidates: Mapping[str, list[str]], teacher: teachers.Teacher, cache: Cache,
+                      *, teacher_config: ml_collections.ConfigDict,
+                      label_config: ml_collections.ConfigDict) -> tuple[dict[str, Any], _Tally]:
   existing = (data.load_labels(paths["labels"], dataset) if files.exists(paths["labels"])
               else [])
   _check_resumable(paths["labels"], existing, candidates, teacher.provenance())
@@ -360,9 +367,10 @@ async def _label_with(config: ml_collections.ConfigDict, paths: Mapping[str, str
                len(done & set(candidates)), len(pending), teacher.provenance())
   tally = _Tally()
   await _label_queries(teacher, pending, dataset, candidates, paths["labels"],
-                       config.teacher.concurrency, tally)
-  stats = _summary(config, teacher, cache, paths["labels"], len(candidates), len(pending), tally)
-  stats["quality"] = _quality(dataset, config.label.split, paths["labels"])
+                       teacher_config.concurrency, tally)
+  stats = _summary(teacher, cache, paths["labels"], len(candidates), len(pending), tally,
+                   teacher_config=teacher_config, label_config=label_config)
+  stats["quality"] = _quality(dataset, label_config.split, paths["labels"])
   return stats, tally
 
 
@@ -401,7 +409,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> None:
   for stale in (paths["stats"], paths["partial_stats"]):
     files.remove(stale)
   recover_labels(paths["labels"])
-  stats, tally = asyncio.run(_label(config, paths, dataset, candidates))
+  stats, tally = asyncio.run(_label(paths, dataset, candidates, teacher_config=config.teacher,
+                                    label_config=config.label, cache_dir=config.data.cache_dir,
+                                    seed=config.seed))
   complete = not tally.fatal and not tally.failed
   stats_path = paths["stats"] if complete else paths["partial_stats"]
   data.write_json(stats_path, {**stats, **inputs})

@@ -50,8 +50,10 @@ def hub_id(init: str) -> str:
   return "" if local or init.count("/") != 1 else init
 
 
-def card_info(config, workdir: str) -> dict:
-  """Experiment facts the cards report, from whatever the workdir holds (nothing is required).
+def card_info(workdir: str, *, data_config, teacher_config, label_config, export_config) -> dict:
+  """Experiment facts the cards report, from whatever the workdir holds (nothing is required) and
+  the config's sections: the data set's name, the teacher and split configured (when the labels
+  do not record them), the card's `datasets` and `license`.
 
   Returns a dict: `dataset` (name), `datasets` (card metadata), `split` (labelled split), `teacher`
   (backend, model, ... or None without labels), `num_labelled_queries` (int or None),
@@ -70,7 +72,7 @@ def card_info(config, workdir: str) -> dict:
   elif isinstance(stats.get("labels"), Mapping) and isinstance(stats["labels"].get("queries"), int):
     num_labelled = stats["labels"]["queries"]
   if teacher is None and (stats or num_labelled is not None):
-    teacher = {"backend": config.teacher.backend, "model": config.teacher.model}
+    teacher = {"backend": teacher_config.backend, "model": teacher_config.model}
   if isinstance(teacher, Mapping):
     teacher = {k: teacher[k] for k in ("backend", "model", "prompt_version", "mode", "simulated")
                if k in teacher}
@@ -79,18 +81,18 @@ def card_info(config, workdir: str) -> dict:
     result = _read_json(path)
     if isinstance(result, dict) and isinstance(result.get("metrics"), dict):
       evals.append(result)
-  name = config.data.name or (os.path.basename(os.path.normpath(config.data.dir))
-                              if config.data.dir else "")
+  name = data_config.name or (os.path.basename(os.path.normpath(data_config.dir))
+                              if data_config.dir else "")
   return {
       "dataset": name,
-      "datasets": list(config.export.datasets) or ([name] if name else []),
-      "split": stats.get("split", config.label.split),
+      "datasets": list(export_config.datasets) or ([name] if name else []),
+      "split": stats.get("split", label_config.split),
       "teacher": teacher,
       "num_labelled_queries": num_labelled,
       "label_stats": _flatten(stats),
       "teacher_audit": stats.get("quality") if isinstance(stats.get("quality"), Mapping) else None,
       "evals": evals,
-      "license": config.export.license,
+      "license": export_config.license,
   }
 
 

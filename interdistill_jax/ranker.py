@@ -146,36 +146,41 @@ def listmle_loss(model: models.CrossEncoder, batch: dict, rng) -> jax.Array:
 
 def initial_doc_embeddings(config, workdir: str, dataset, *, mesh) -> retrieval.CorpusEmbeddings:
   """The initial retriever's passage embeddings (the residual head's frozen passage side)."""
-  return retrieval.CorpusEmbeddings.of(config, workdir, retrieval.Encoder.from_config(config, mesh=mesh),
-                                       dataset)
+  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
+  return retrieval.CorpusEmbeddings.of(workdir, encoder, dataset, encode_config=config.encode,
+                                       data_config=config.data)
 
 
-def score_pairs(config, workdir: str, dataset, model: models.CrossEncoder,
-                tokenizer: tokenization.Tokenizer, pairs: Sequence[tuple[str, str]], *,
-                desc: str, mesh, doc_embeddings: retrieval.CorpusEmbeddings | None = None) -> np.ndarray:
+def score_pairs(dataset, model: models.CrossEncoder, tokenizer: tokenization.Tokenizer,
+                pairs: Sequence[tuple[str, str]], *, desc: str, ranker_config, encode_config, mesh,
+                param_rules, doc_embeddings: retrieval.CorpusEmbeddings | None = None) -> np.ndarray:
   """[N] float32: the ranker's own score of each (qid, docid) pair (no fusion).
 
   The joint encoding's head, plus, for the residual head, the scaled dot product of the ranker's
-  query embedding with the initial retriever's passage embedding.
+  query embedding with the initial retriever's passage embedding (`doc_embeddings`, which the
+  residual head needs).
   """
-  scores = make_scorer(config, model, tokenizer, mesh=mesh).score_pairs(dataset, pairs, desc=desc)
+  scores = make_scorer(model, tokenizer, ranker_config=ranker_config, encode_config=encode_config,
+                       mesh=mesh, param_rules=param_rules).score_pairs(dataset, pairs, desc=desc)
   if not model.residual:
     return scores
+  if doc_embeddings is None:
+    raise ValueError("the residual ranker scores with the initial retriever's passage embeddings: "
+                     "pass doc_embeddings")
   qids = sorted({q for q, _ in pairs})
-  encoder = retrieval.Encoder(model, tokenizer, encode_config=config.encode,
-                              model_config=config.ranker.model, mesh=mesh,
-                              param_rules=config.mesh.param_rules)
+  encoder = retrieval.Encoder(model, tokenizer, encode_config=encode_config,
+                              model_config=ranker_config.model, mesh=mesh, param_rules=param_rules)
   q_emb = encoder.encode([dataset.queries[q].text for q in qids], tower="query")
   row = {q: i for i, q in enumerate(qids)}
-  doc_embeddings = doc_embeddings or initial_doc_embeddings(config, workdir, dataset, mesh=mesh)
   d_emb = doc_embeddings([d for _, d in pairs])
   dots = np.einsum("nh,nh->n", q_emb[[row[q] for q, _ in pairs]], d_emb)
   scale = float(np.exp(np.asarray(jax.device_get(model.log_scale[...]))))
   return (scores + scale * dots).astype(np.float32)
 
 
-def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labels,
-                       initial: fusion.InitialScores, doc_embeddings, mesh) -> dict:
+def _fit_fusion_on_dev(workdir: str, dataset, model, tokenizer, dev_labels,
+                       initial: fusion.InitialScores, doc_embeddings, *, ranker_config,
+                       encode_config, mesh, param_rules) -> dict:
   """Fits and writes ranker/fusion.json on the dev queries' teacher rankings.
 
   Every candidate the teacher ranked for a dev query takes part (not only the ranker's training
@@ -184,9 +189,10 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   the dev ListMLE of the ranker alone, of the initial retriever and of the fusion.
   """
   init_arr, ranking, mask, prefix, pairs, (rows, cols) = fusion.label_arrays(
-      dev_labels, initial, use_prefix=config.ranker.prefix_only, top_k=config.ranker.top_k)
-  ce = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc="ranker dev scores",
-                   mesh=mesh, doc_embeddings=doc_embeddings)
+      dev_labels, initial, use_prefix=ranker_config.prefix_only, top_k=ranker_config.top_k)
+  ce = score_pairs(dataset, model, tokenizer, pairs, desc="ranker dev scores",
+                   ranker_config=ranker_config, encode_config=encode_config, mesh=mesh,
+                   param_rules=param_rules, doc_embeddings=doc_embeddings)
   ce_arr = np.zeros(mask.shape, np.float32)
   ce_arr[rows, cols] = ce
   fit, dev_loss = fusion.fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
@@ -209,23 +215,24 @@ def _fit_fusion_on_dev(config, workdir: str, dataset, model, tokenizer, dev_labe
   return dev_loss
 
 
-def load_trained_ranker(config, workdir: str, *, mesh) -> tuple[models.CrossEncoder, tokenization.Tokenizer]:
-  """The ranker `train_ranker` selected in this workdir (frozen for distillation/evaluation)."""
+def load_trained_ranker(model_config, workdir: str, *, mesh, param_rules,
+                        seed: int) -> tuple[models.CrossEncoder, tokenization.Tokenizer]:
+  """The ranker `train_ranker` selected in this workdir (frozen for distillation/evaluation), of
+  the checkpoint `model_config` (`ranker.model`) names."""
   info = layout.read_done(layout.ranker_dir(workdir))
-  model, ckpt = models.load_cross_encoder(config.ranker.model, seed=config.seed,
-                                          head=info.get("head", "cls"))
+  model, ckpt = models.load_cross_encoder(model_config, seed=seed, head=info.get("head", "cls"))
   step = checkpoints.restore_params(model, layout.ranker_dir(workdir), mesh=mesh,
-                                    param_rules=config.mesh.param_rules)
+                                    param_rules=param_rules)
   logging.info("Ranker from %s/ranker (%s head, step %d)", workdir, info.get("head", "cls"), step)
   return model, tokenization.Tokenizer(ckpt.dir)
 
 
-def _ranker_identity(config, workdir: str) -> str:
+def _ranker_identity(workdir: str, max_length: int) -> str:
   """Names the trained ranker and how it reads pairs: its done.json (less the dev figures
-  measured after training, which describe it) and its pair length."""
+  measured after training, which describe it) and its pair length (`ranker.max_length`)."""
   done = layout.read_done(layout.ranker_dir(workdir))
   done.pop("dev_listmle", None)
-  text = json.dumps(done, sort_keys=True) + f"|{config.ranker.max_length}"
+  text = json.dumps(done, sort_keys=True) + f"|{max_length}"
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -238,7 +245,7 @@ def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str,
   ranker, or another `ranker.max_length`, scores afresh.
   """
   path = layout.ranker_scores(workdir, name)
-  ident = _ranker_identity(config, workdir)
+  ident = _ranker_identity(workdir, config.ranker.max_length)
   if files.exists(path):
     cached = files.load_npz(path)
     if "ranker" in cached and str(cached["ranker"]) == ident:
@@ -246,18 +253,24 @@ def cached_pair_scores(config, workdir: str, dataset, pairs: Sequence[tuple[str,
       if all(p in have for p in pairs):
         logging.info("Ranker scores from cache %s", path)
         return np.array([have[p] for p in pairs], np.float32)
-  model, tokenizer = load_trained_ranker(config, workdir, mesh=mesh)
-  scores = score_pairs(config, workdir, dataset, model, tokenizer, pairs, desc=desc, mesh=mesh)
+  param_rules = config.mesh.param_rules
+  model, tokenizer = load_trained_ranker(config.ranker.model, workdir, mesh=mesh,
+                                         param_rules=param_rules, seed=config.seed)
+  doc_embeddings = (initial_doc_embeddings(config, workdir, dataset, mesh=mesh) if model.residual
+                    else None)
+  scores = score_pairs(dataset, model, tokenizer, pairs, desc=desc, ranker_config=config.ranker,
+                       encode_config=config.encode, mesh=mesh, param_rules=param_rules,
+                       doc_embeddings=doc_embeddings)
   if jax.process_index() == 0:
     files.save_npz(path, qids=np.array([q for q, _ in pairs]), docids=np.array([d for _, d in pairs]),
                    scores=scores, ranker=np.array(ident))
   return scores
 
 
-def make_scorer(config, model, tokenizer, *, mesh) -> PairScorer:
-  return PairScorer(model, tokenizer, max_length=config.ranker.max_length,
-                    batch_size=config.ranker.score_batch_size, buckets=config.encode.buckets,
-                    mesh=mesh, param_rules=config.mesh.param_rules)
+def make_scorer(model, tokenizer, *, ranker_config, encode_config, mesh, param_rules) -> PairScorer:
+  return PairScorer(model, tokenizer, max_length=ranker_config.max_length,
+                    batch_size=ranker_config.score_batch_size, buckets=encode_config.buckets,
+                    mesh=mesh, param_rules=param_rules)
 
 
 def run(config, workdir: str) -> None:
@@ -291,16 +304,20 @@ def run(config, workdir: str) -> None:
                      "ranker.dev_fraction > 0")
   model, ckpt = models.load_cross_encoder(section.model, seed=config.seed, head=section.head)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
-  doc_embeddings = initial_doc_embeddings(config, workdir, dataset, mesh=mesh)
-  initial = fusion.InitialScores.encoded(config, workdir, dataset,
+  # The initial retriever: its passage embeddings, and its scores of every labelled pair.
+  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
+  doc_embeddings = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset,
+                                                 encode_config=config.encode, data_config=config.data)
+  initial = fusion.InitialScores.encoded(encoder, dataset,
                                          [(r["qid"], d) for r in labels for d in r["docids"]],
-                                         doc_embeddings, mesh=mesh)
+                                         doc_embeddings)
+  del encoder
   extra = {"head": "residual" if model.residual else "cls", "fuse_initial": section.fuse_initial,
            "train_lists_cut": cut}
   if not model.residual:
     doc_embeddings = None  # the examples need no passage embeddings
   else:
-    scale, loss = fusion.initial_scale(config, train_labels, initial)
+    scale, loss = fusion.initial_scale(section, train_labels, initial)
     model.log_scale[...] = jnp.log(jnp.float32(scale))
     extra["initial_scale"] = scale
     logging.info("Residual ranker: starts as %.4f * the initial retriever's score (its best "
@@ -323,7 +340,9 @@ def run(config, workdir: str) -> None:
       loop=train.loop_config(section, config.seed), optim_config=section.optim, out_dir=out_dir,
       mesh=mesh, param_rules=config.mesh.param_rules)
   if dev_labels:
-    extra["dev_listmle"] = _fit_fusion_on_dev(config, workdir, dataset, model, tokenizer, dev_labels,
-                                              initial, doc_embeddings, mesh)
+    extra["dev_listmle"] = _fit_fusion_on_dev(
+        workdir, dataset, model, tokenizer, dev_labels, initial, doc_embeddings,
+        ranker_config=section, encode_config=config.encode, mesh=mesh,
+        param_rules=config.mesh.param_rules)
   checkpoints.write_done(out_dir, summary, {"train_queries": len(train_ex), "dev_queries": len(dev_ex),
                                             **extra, **inputs})

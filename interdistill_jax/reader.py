@@ -147,19 +147,22 @@ async def _read_with(cfg: ml_collections.ConfigDict, cache: Cache, backend,
       "provenance": backend.provenance(), "seconds": round(seconds, 3)}
 
 
-def rag_metrics(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Dataset,
-                queries: Mapping[str, data_lib.Query], run: data_lib.Run,
-                system: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-  """Reader EM / F1 at each `config.reader.ks` for one system's run.
+def rag_metrics(cfg: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Dataset,
+                queries: Mapping[str, data_lib.Query], run: data_lib.Run, system: str, *,
+                seed: int, cache_dir: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+  """Reader EM / F1 at each `reader.ks` for one system's run.
 
   Args:
-    config: the whole config (`config.reader`, `config.seed`).
+    cfg: `config.reader`.
     workdir: the experiment directory; the cache and predictions go under `eval/`.
     dataset: for the passages' texts.
     queries: the evaluated split's queries; those with answers are read (the first
       `reader.max_questions` of them when it is positive).
     run: the system's ranking, qid -> docid -> score.
     system: the system's name (file names).
+    seed: `config.seed`; seeds the backend and the retry jitter.
+    cache_dir: `data.cache_dir`, where the cache is mirrored while in use when the workdir is a
+      bucket.
 
   Returns:
     (aggregate, per_query): aggregate holds `rag.em@{k}`, `rag.f1@{k}` (means over the questions
@@ -169,7 +172,6 @@ def rag_metrics(config: ml_collections.ConfigDict, workdir: str, dataset: data_l
     teachers.CallFailed: when some calls failed after every retry (answered ones are cached:
       rerun), or one failed in a way that stops the run (a refused key, an exhausted quota).
   """
-  cfg = config.reader
   qids = [qid for qid, q in queries.items() if q.answers]
   if cfg.max_questions > 0:
     qids = qids[:cfg.max_questions]
@@ -179,7 +181,7 @@ def rag_metrics(config: ml_collections.ConfigDict, workdir: str, dataset: data_l
   out_dir = layout.eval_file(workdir, "rag")
   answers, failed, calls, info = asyncio.run(_read(
       cfg, layout.eval_file(workdir, "reader_cache.sqlite"), dataset, queries, run, qids, system,
-      config.seed, config.data.cache_dir))
+      seed, cache_dir))
   if failed:
     raise teachers.CallFailed(
         f"reader: {len(failed)} calls failed for system {system!r} (e.g. "

@@ -171,16 +171,16 @@ def corpus_id(path: str) -> str:
 
 # --- task `retrieve` ------------------------------------------------------------------------
 
-def corpus_path(config, dataset: data_lib.Dataset) -> str:
-  f = config.data.corpus_file
+def corpus_path(data_config, dataset: data_lib.Dataset) -> str:
+  f = data_config.corpus_file
   return f if os.path.isabs(f) else os.path.join(dataset.root, f)
 
 
-def corpus_embeddings(config, workdir: str, encoder: Encoder,
-                      dataset: data_lib.Dataset) -> tuple[list[str], np.ndarray]:
+def corpus_embeddings(workdir: str, encoder: Encoder, dataset: data_lib.Dataset, *, encode_config,
+                      data_config) -> tuple[list[str], np.ndarray]:
   """(docids, [N, H]) of the data set's corpus, through the workdir's embedding cache."""
-  cache = layout.embeddings_dir(workdir) if config.encode.cache else None
-  return encoder.encode_corpus(dataset.corpus, cache, corpus_id(corpus_path(config, dataset)))
+  cache = layout.embeddings_dir(workdir) if encode_config.cache else None
+  return encoder.encode_corpus(dataset.corpus, cache, corpus_id(corpus_path(data_config, dataset)))
 
 
 class CorpusEmbeddings:
@@ -196,14 +196,17 @@ class CorpusEmbeddings:
     self._rows = rows  # [N] int row indices -> [N, H] float32
 
   @classmethod
-  def of(cls, config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset) -> "CorpusEmbeddings":
+  def of(cls, workdir: str, encoder: Encoder, dataset: data_lib.Dataset, *, encode_config,
+         data_config) -> "CorpusEmbeddings":
     """`encoder`'s embeddings of the corpus, through the workdir's cache (`encode.shard_size`)."""
     docids = corpus_lib.docid_table(dataset.corpus)
-    if config.encode.shard_size > 0:
-      store = corpus_shards(config, workdir, encoder, dataset)
-      store.check_docids(docids, corpus_path(config, dataset))
+    if encode_config.shard_size > 0:
+      store = corpus_shards(workdir, encoder, dataset, encode_config=encode_config,
+                            data_config=data_config)
+      store.check_docids(docids, corpus_path(data_config, dataset))
       return cls(docids, store.rows)
-    _, emb = corpus_embeddings(config, workdir, encoder, dataset)
+    _, emb = corpus_embeddings(workdir, encoder, dataset, encode_config=encode_config,
+                               data_config=data_config)
     return cls(docids, lambda idx: emb[idx])
 
   def __call__(self, docids: Sequence[str]) -> np.ndarray:
@@ -215,50 +218,58 @@ class CorpusEmbeddings:
     return np.asarray(self._rows(idx), np.float32)
 
 
-def shard_store_dir(config, workdir: str, *, model_id: str, corpus_path: str) -> str:
-  """Where the corpus file's embeddings by the model `model_id` names are kept as shards."""
-  key = embeddings_key(model_id, corpus_id(corpus_path), config.model.max_doc_length,
-                       config.encode.shard_dtype)
+def shard_store_dir(workdir: str, *, model_id: str, corpus_path: str, max_doc_length: int,
+                    shard_dtype: str) -> str:
+  """Where the corpus file's embeddings by the model `model_id` names (passages cut to
+  `max_doc_length` tokens, stored as `shard_dtype`) are kept as shards."""
+  key = embeddings_key(model_id, corpus_id(corpus_path), max_doc_length, shard_dtype)
   return layout.shard_store(workdir, key)
 
 
-def corpus_shards(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
+def corpus_shards(workdir: str, encoder: Encoder, dataset: data_lib.Dataset, *, encode_config,
+                  data_config):
   """The corpus encoded into on-disk shards under workdir/embeddings/ (resumed, then reused)."""
-  path = corpus_path(config, dataset)
-  directory = shard_store_dir(config, workdir, model_id=encoder.model_id, corpus_path=path)
+  path = corpus_path(data_config, dataset)
+  directory = shard_store_dir(workdir, model_id=encoder.model_id, corpus_path=path,
+                              max_doc_length=encoder.max_doc_length,
+                              shard_dtype=encode_config.shard_dtype)
   return shards.encode_to_shards(
-      encoder.on_local_devices(), path, directory, shard_size=config.encode.shard_size,
-      dtype=config.encode.shard_dtype, meta={"model": encoder.model_id, "corpus": corpus_id(path)})
+      encoder.on_local_devices(), path, directory, shard_size=encode_config.shard_size,
+      dtype=encode_config.shard_dtype, meta={"model": encoder.model_id, "corpus": corpus_id(path)})
 
 
-def corpus_index(config, workdir: str, encoder: Encoder, dataset: data_lib.Dataset):
+def corpus_index(workdir: str, encoder: Encoder, dataset: data_lib.Dataset, *, retrieve_config,
+                 encode_config, data_config, seed: int):
   """(docids, index) of the corpus under `encoder`.
 
   `encode.shard_size` 0: embeddings in memory, searched exactly. Otherwise on-disk shards
   (bounded memory), searched exactly shard by shard or, with `retrieve.index` "ivfpq" or "hnsw",
   through a FAISS index built from the shards and stored beside them. Exact search runs on the
-  kernel `retrieve.exact_backend` chooses (`search.exact_backend`).
+  kernel `retrieve.exact_backend` chooses (`search.exact_backend`); `seed` seeds the FAISS build.
   """
-  section = config.retrieve
-  if config.encode.shard_size <= 0:
-    if section.index != "exact":
-      raise ValueError(f"retrieve.index={section.index!r} needs on-disk shards: set "
+  if encode_config.shard_size <= 0:
+    if retrieve_config.index != "exact":
+      raise ValueError(f"retrieve.index={retrieve_config.index!r} needs on-disk shards: set "
                        "encode.shard_size > 0")
-    docids, emb = corpus_embeddings(config, workdir, encoder, dataset)
-    return docids, search.exact_index(emb, mesh=encoder.mesh, block_size=section.block_size,
-                                      backend=section.exact_backend)
-  store = corpus_shards(config, workdir, encoder, dataset)
+    docids, emb = corpus_embeddings(workdir, encoder, dataset, encode_config=encode_config,
+                                    data_config=data_config)
+    return docids, search.exact_index(emb, mesh=encoder.mesh, block_size=retrieve_config.block_size,
+                                      backend=retrieve_config.exact_backend)
+  store = corpus_shards(workdir, encoder, dataset, encode_config=encode_config,
+                        data_config=data_config)
   # The corpus's docids by row, from its offset index: no list of every docid.
   docids = corpus_lib.docid_table(dataset.corpus)
-  store.check_docids(docids, corpus_path(config, dataset))
-  if section.index == "exact":
+  store.check_docids(docids, corpus_path(data_config, dataset))
+  if retrieve_config.index == "exact":
     return docids, shards.ShardedExactIndex(store, mesh=sharding.local_mesh(encoder.mesh),
-                                            block_size=section.block_size,
-                                            backend=section.exact_backend)
+                                            block_size=retrieve_config.block_size,
+                                            backend=retrieve_config.exact_backend)
   return docids, shards.FaissIndex(
-      shards.load_or_build_faiss(store, section.index, nlist=section.nlist, pq_m=section.pq_m,
-                                 hnsw_m=section.hnsw_m, seed=config.seed),
-      nprobe=section.nprobe, ef_search=section.ef_search, store=store, refine=section.refine)
+      shards.load_or_build_faiss(store, retrieve_config.index, nlist=retrieve_config.nlist,
+                                 pq_m=retrieve_config.pq_m, hnsw_m=retrieve_config.hnsw_m,
+                                 seed=seed),
+      nprobe=retrieve_config.nprobe, ef_search=retrieve_config.ef_search, store=store,
+      refine=retrieve_config.refine)
 
 
 def run(config, workdir: str) -> None:
@@ -273,7 +284,9 @@ def run(config, workdir: str) -> None:
                     dataset.root, split)
   if not splits:
     return
-  docids, index = corpus_index(config, workdir, encoder, dataset)  # once, for every split
+  docids, index = corpus_index(workdir, encoder, dataset, retrieve_config=config.retrieve,
+                               encode_config=config.encode, data_config=config.data,
+                               seed=config.seed)  # once, for every split
   for split in splits:
     out = layout.candidates(workdir, split)
     queries = dataset.split_queries(split)

@@ -67,14 +67,13 @@ def test_rank_based_target_trusts_only_the_ranked_prefix():
 
 
 def test_the_no_ranker_reference_takes_the_rankers_trust_by_default():
-  config = defaults.base_config()
-  config.ranker.top_k = 1
-  assert distill.llm_top_k(config) == 1
-  config.distill.llm_top_k = 0  # the whole trusted prefix
-  assert distill.llm_top_k(config) == 0
-  config.distill.llm_top_k = -2
+  section = defaults.distill_config()
+  assert section.llm_top_k == -1 and distill.llm_top_k(section, ranker_top_k=1) == 1
+  section.llm_top_k = 0  # the whole trusted prefix
+  assert distill.llm_top_k(section, ranker_top_k=1) == 0
+  section.llm_top_k = -2
   with pytest.raises(ValueError, match="distill.llm_top_k"):
-    distill.llm_top_k(config)
+    distill.llm_top_k(section, ranker_top_k=1)
 
 
 def test_qrels_target_grades_and_drops_lists_without_a_judged_candidate():

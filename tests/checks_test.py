@@ -252,7 +252,7 @@ def test_the_modules_check_through_the_same_tables():
   with pytest.raises(checks.ConfigError, match="^ranker.head='x'"):
     models.ranker_head("x", {})
   with pytest.raises(checks.ConfigError, match="^distill.towers='x'"):
-    distill.build_student(defaults.base_config(), "x")
+    distill.build_student(defaults.model_config(), "x", seed=0)
   with pytest.raises(checks.ConfigError, match="^label.weak_teacher='x'"):
     labeling.check_teacher(None, "x", "stats.json")
   optim = defaults.optim_config(1e-4)

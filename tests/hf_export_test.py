@@ -297,8 +297,8 @@ def test_push_without_any_repo_id_fails_before_exporting(tmp_path):
 
 def test_trained_checkpoints_are_not_silently_replaced_by_initial_weights(tmp_path):
   config = defaults.base_config()
-  mesh = sharding.make_mesh()
-  assert hf_export._trained_model(config, str(tmp_path), "ranker", mesh=mesh) is None
+  load = dict(mesh=sharding.make_mesh(), param_rules=config.mesh.param_rules, seed=config.seed)
+  assert hf_export._trained_model(config.ranker.model, str(tmp_path), "ranker", **load) is None
   (tmp_path / "ranker" / "checkpoints").mkdir(parents=True)
   with pytest.raises(RuntimeError, match="did not finish"):
-    hf_export._trained_model(config, str(tmp_path), "ranker", mesh=mesh)
+    hf_export._trained_model(config.ranker.model, str(tmp_path), "ranker", **load)

@@ -83,7 +83,8 @@ def test_encoder_matches_the_model_one_text_at_a_time(tiny, tower):
 def test_pair_scorer_matches_the_model_one_pair_at_a_time(tiny):
   config, tok = tiny
   model, _ = models.load_cross_encoder(config.ranker.model, head="cls")
-  scorer = ranker.make_scorer(config, model, tok, mesh=sharding.make_mesh())
+  scorer = ranker.make_scorer(model, tok, ranker_config=config.ranker, encode_config=config.encode,
+                              mesh=sharding.make_mesh(), param_rules=config.mesh.param_rules)
   queries, passages = TEXTS, TEXTS[3:] + TEXTS[:3]
   ours = scorer.score(queries, passages)
   pairs = tok.encode_pairs(queries, passages, config.ranker.max_length)

@@ -33,12 +33,12 @@ def _answer(query, passages):
   return SCRIPT[query] if len(passages) > 1 else "I do not know"
 
 
-def _config(server, **reader):
-  config = defaults.base_config()
-  config.reader.update(dict(enabled=True, backend="openai", model="reader-model",
-                            base_url=server.url + "/v1", ks=(1, 3), backoff_base=0.01, timeout=5.0))
-  config.reader.update(reader)
-  return config
+def _reader_config(server, **fields):
+  cfg = defaults.reader_config()
+  cfg.update(dict(enabled=True, backend="openai", model="reader-model", base_url=server.url + "/v1",
+                  ks=(1, 3), backoff_base=0.01, timeout=5.0))
+  cfg.update(fields)
+  return cfg
 
 
 def _dataset(tmp_path):
@@ -75,9 +75,9 @@ def test_generation_requests_are_keyed_apart_and_ranking_keys_are_unchanged():
 def test_reader_scores_scripted_answers_and_a_rerun_makes_no_call(tmp_path):
   workdir = tmp_path / "work"
   with FakeLLMServer(answer_fn=_answer) as server:
-    config = _config(server)
-    agg, per_query = reader.rag_metrics(config, str(workdir), _dataset(tmp_path), QUERIES, RUN,
-                                        "baseline")
+    cfg = _reader_config(server)
+    agg, per_query = reader.rag_metrics(cfg, str(workdir), _dataset(tmp_path), QUERIES, RUN,
+                                        "baseline", seed=0, cache_dir="")
     assert server.total_answered == 6  # 3 questions with answers x 2 values of k
     # k=1: "I do not know" everywhere. k=3: EM 1 (articles and the second line dropped), 0, 0.
     f1_paris = 2 * (1 / 2 * 1) / (1 / 2 + 1)
@@ -96,7 +96,8 @@ def test_reader_scores_scripted_answers_and_a_rerun_makes_no_call(tmp_path):
     assert stats["reader"]["prompt_version"] == reader.PROMPT_VERSION
     assert stats["calls"]["answered"] == 6
 
-    again, _ = reader.rag_metrics(config, str(workdir), _dataset(tmp_path), QUERIES, RUN, "baseline")
+    again, _ = reader.rag_metrics(cfg, str(workdir), _dataset(tmp_path), QUERIES, RUN, "baseline",
+                                  seed=0, cache_dir="")
     assert again == agg and server.total_answered == 6
     stats = json.loads((workdir / "eval" / "rag" / "baseline.stats.json").read_text())
     assert stats["calls"]["answered"] == 0 and stats["calls"]["cache_hits"] == 6
@@ -105,8 +106,9 @@ def test_reader_scores_scripted_answers_and_a_rerun_makes_no_call(tmp_path):
 
 def test_max_questions_reads_only_the_first_questions(tmp_path):
   with FakeLLMServer(answer_fn=_answer) as server:
-    agg, _ = reader.rag_metrics(_config(server, max_questions=2, ks=(3,)), str(tmp_path / "w"),
-                                _dataset(tmp_path), QUERIES, RUN, "baseline")
+    agg, _ = reader.rag_metrics(_reader_config(server, max_questions=2, ks=(3,)),
+                                str(tmp_path / "w"), _dataset(tmp_path), QUERIES, RUN, "baseline",
+                                seed=0, cache_dir="")
     assert agg["rag.questions"] == 2 and server.total_answered == 2
     assert agg["rag.em@3"] == 0.5
 
@@ -114,12 +116,13 @@ def test_max_questions_reads_only_the_first_questions(tmp_path):
 def test_a_failed_call_stops_the_run_and_the_rerun_pays_only_for_it(tmp_path):
   with FakeLLMServer(answer_fn=_answer) as server:
     server.faults.append(Fault(status=500))
-    config = _config(server, max_retries=0, concurrency=1)
+    cfg = _reader_config(server, max_retries=0, concurrency=1)
     with pytest.raises(RuntimeError, match="1 calls failed"):
-      reader.rag_metrics(config, str(tmp_path / "w"), _dataset(tmp_path), QUERIES, RUN, "baseline")
+      reader.rag_metrics(cfg, str(tmp_path / "w"), _dataset(tmp_path), QUERIES, RUN, "baseline",
+                         seed=0, cache_dir="")
     assert server.total_answered == 5
-    agg, _ = reader.rag_metrics(config, str(tmp_path / "w"), _dataset(tmp_path), QUERIES, RUN,
-                                "baseline")
+    agg, _ = reader.rag_metrics(cfg, str(tmp_path / "w"), _dataset(tmp_path), QUERIES, RUN,
+                                "baseline", seed=0, cache_dir="")
     assert server.total_answered == 6 and agg["rag.em@3"] == pytest.approx(1 / 3)
 
 
@@ -156,12 +159,14 @@ def test_smollm2_reader_answers_in_one_short_line(tmp_path):
   config.reader.update(dict(enabled=True, backend="llamacpp", ks=(1,), n_threads=2,
                             max_output_tokens=16, max_passage_tokens=48))
   queries = {"q0": QUERIES["q0"]}
-  agg, _ = reader.rag_metrics(config, str(tmp_path), _dataset(tmp_path), queries, RUN, "baseline")
+  agg, _ = reader.rag_metrics(config.reader, str(tmp_path), _dataset(tmp_path), queries, RUN,
+                              "baseline", seed=config.seed, cache_dir=config.data.cache_dir)
   line = json.loads((tmp_path / "eval" / "rag" / "baseline.jsonl").read_text())
   assert line["prediction"] and "\n" not in line["prediction"]
   assert line["f1"] == pytest.approx(metrics.f1_score(line["prediction"], line["answers"]), abs=1e-6)
   stats = json.loads((tmp_path / "eval" / "rag" / "baseline.stats.json").read_text())
   assert stats["reader"]["backend"] == "llamacpp" and 0 < stats["calls"]["completion_tokens"] <= 16
-  again, _ = reader.rag_metrics(config, str(tmp_path), _dataset(tmp_path), queries, RUN, "baseline")
+  again, _ = reader.rag_metrics(config.reader, str(tmp_path), _dataset(tmp_path), queries, RUN,
+                                "baseline", seed=config.seed, cache_dir=config.data.cache_dir)
   stats = json.loads((tmp_path / "eval" / "rag" / "baseline.stats.json").read_text())
   assert again == agg and stats["calls"]["answered"] == 0

@@ -79,10 +79,12 @@ def test_the_shards_are_where_retrieve_looks_and_hold_the_planted_cosines(genera
     return real_encode(self, texts, tower=tower, desc=desc)
 
   monkeypatch.setattr(retrieval.Encoder, "encode", queries_only)
-  store = retrieval.corpus_shards(config, workdir, encoder, dataset)
+  store = retrieval.corpus_shards(workdir, encoder, dataset, encode_config=config.encode,
+                                  data_config=config.data)
   assert store.directory == info["shard_store"] and store.num_docs == PLAN.num_passages
   store.check_docids(corpus.docid_table(dataset.corpus), config.data.corpus_file)
-  embeddings = retrieval.CorpusEmbeddings.of(config, workdir, encoder, dataset)
+  embeddings = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset, encode_config=config.encode,
+                                             data_config=config.data)
   for i, x in enumerate(plan):
     cos = embeddings([x["gold"], *x["distractors"]]) @ (q[i] / np.linalg.norm(q[i]))
     np.testing.assert_allclose(cos, [x["gold_cos"], *x["distractor_cos"]], atol=2e-3)

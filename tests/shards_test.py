@@ -32,12 +32,14 @@ def _store(config, workdir, shard_size=12, dtype="float32"):
   config.encode.shard_size, config.encode.shard_dtype = shard_size, dtype
   encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
   dataset = assets.load_dataset(config.data)
-  return retrieval.corpus_shards(config, str(workdir), encoder, dataset), encoder, dataset
+  return retrieval.corpus_shards(str(workdir), encoder, dataset, encode_config=config.encode,
+                                 data_config=config.data), encoder, dataset
 
 
 def test_shards_hold_the_in_memory_embeddings(tiny, tmp_path):
   store, encoder, dataset = _store(tiny, tmp_path)
-  docids, emb = retrieval.corpus_embeddings(tiny, str(tmp_path / "mem"), encoder, dataset)
+  docids, emb = retrieval.corpus_embeddings(str(tmp_path / "mem"), encoder, dataset,
+                                            encode_config=tiny.encode, data_config=tiny.data)
   assert store.num_shards == 5 and store.num_docs == 50  # 4 x 12 + 2
   assert store.docids() == docids
   full = np.concatenate([np.asarray(store.embeddings(i)) for i in range(store.num_shards)])
@@ -95,7 +97,8 @@ def test_settings_mismatch_is_an_error(tiny, tmp_path):
 @pytest.mark.parametrize("k", [1, 10, 50])
 def test_streamed_exact_search_equals_in_memory_search(tiny, tmp_path, k, backend):
   store, encoder, dataset = _store(tiny, tmp_path, shard_size=7)
-  _, emb = retrieval.corpus_embeddings(tiny, str(tmp_path / "mem"), encoder, dataset)
+  _, emb = retrieval.corpus_embeddings(str(tmp_path / "mem"), encoder, dataset,
+                                       encode_config=tiny.encode, data_config=tiny.data)
   q = encoder.encode([x.text for x in dataset.queries.values()], tower="query")
   s_mem, i_mem = search.ExactIndex(emb, mesh=encoder.mesh).search(q, k)  # JAX, in memory
   index = shards.ShardedExactIndex(store, mesh=encoder.mesh, backend=backend)
@@ -115,7 +118,10 @@ def test_the_task_searches_with_faiss_on_cpu_unless_told_otherwise(tiny, tmp_pat
   for shard_size in (0, 12):
     for backend in ("auto", "jax"):
       config.encode.shard_size, config.retrieve.exact_backend = shard_size, backend
-      docids, index = retrieval.corpus_index(config, str(tmp_path), encoder, dataset)
+      docids, index = retrieval.corpus_index(str(tmp_path), encoder, dataset,
+                                             retrieve_config=config.retrieve,
+                                             encode_config=config.encode, data_config=config.data,
+                                             seed=config.seed)
       uses_faiss = (isinstance(index, search.FaissExactIndex) if shard_size == 0
                     else index.backend == "faiss")
       assert uses_faiss == (backend == "auto"), (shard_size, backend)
@@ -184,13 +190,16 @@ def test_corpus_embeddings_by_docid_are_the_rows_they_were_before(tiny, tmp_path
   encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
   dataset = assets.load_dataset(config.data)
   if shard_size:
-    store = retrieval.corpus_shards(config, str(tmp_path), encoder, dataset)
+    store = retrieval.corpus_shards(str(tmp_path), encoder, dataset, encode_config=config.encode,
+                                    data_config=config.data)
     docids, lookup = store.docids(), store.rows
   else:
-    docids, emb = retrieval.corpus_embeddings(config, str(tmp_path), encoder, dataset)
+    docids, emb = retrieval.corpus_embeddings(str(tmp_path), encoder, dataset,
+                                              encode_config=config.encode, data_config=config.data)
     lookup = lambda idx: emb[idx]  # noqa: E731
   before = {d: i for i, d in enumerate(docids)}
-  embeddings = retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)
+  embeddings = retrieval.CorpusEmbeddings.of(str(tmp_path), encoder, dataset,
+                                             encode_config=config.encode, data_config=config.data)
   asked = [docids[i] for i in np.random.default_rng(0).integers(0, len(docids), 30)]
   want = np.asarray(lookup(np.array([before[d] for d in asked])), np.float32)
   np.testing.assert_array_equal(embeddings(asked), want)
@@ -203,8 +212,12 @@ def test_the_search_maps_rows_to_the_docids_the_store_lists(tiny, tmp_path):
   config.encode.shard_size = 12
   encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
   dataset = assets.load_dataset(config.data)
-  docids, index = retrieval.corpus_index(config, str(tmp_path), encoder, dataset)
-  store = retrieval.corpus_shards(config, str(tmp_path), encoder, dataset)
+  docids, index = retrieval.corpus_index(str(tmp_path), encoder, dataset,
+                                         retrieve_config=config.retrieve,
+                                         encode_config=config.encode, data_config=config.data,
+                                         seed=config.seed)
+  store = retrieval.corpus_shards(str(tmp_path), encoder, dataset, encode_config=config.encode,
+                                  data_config=config.data)
   assert not isinstance(docids, list) and list(docids) == store.docids()
   q = encoder.encode([x.text for x in dataset.queries.values()], tower="query")
   run = search.search_run(index, docids, list(dataset.queries), q, 10)
@@ -232,9 +245,11 @@ def test_a_store_written_from_outside_is_found_complete(tiny, tmp_path):
             for i in range(encoded.num_shards)]
   config = tiny.copy_and_resolve_references()
   config.encode.shard_size, config.encode.shard_dtype = 12, "float16"
-  path = retrieval.corpus_path(config, dataset)
-  directory = retrieval.shard_store_dir(config, str(tmp_path / "written"),
-                                        model_id=retrieval.model_id(config.model), corpus_path=path)
+  path = retrieval.corpus_path(config.data, dataset)
+  directory = retrieval.shard_store_dir(str(tmp_path / "written"),
+                                        model_id=retrieval.model_id(config.model), corpus_path=path,
+                                        max_doc_length=config.model.max_doc_length,
+                                        shard_dtype=config.encode.shard_dtype)
   assert retrieval.model_id(config.model) == encoder.model_id
   settings = shards.store_settings(dtype="float16", shard_size=12,
                                    meta={"model": encoder.model_id, "corpus": retrieval.corpus_id(path)})
@@ -244,7 +259,8 @@ def test_a_store_written_from_outside_is_found_complete(tiny, tmp_path):
     raise AssertionError("a complete store was encoded again")
 
   encoder.encode = no_encoding
-  found = retrieval.corpus_shards(config, str(tmp_path / "written"), encoder, dataset)
+  found = retrieval.corpus_shards(str(tmp_path / "written"), encoder, dataset,
+                                  encode_config=config.encode, data_config=config.data)
   assert found.directory == directory and found.manifest == encoded.manifest
   for i in range(encoded.num_shards):
     np.testing.assert_array_equal(np.asarray(found.embeddings(i)), np.asarray(encoded.embeddings(i)))

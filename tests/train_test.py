@@ -313,7 +313,8 @@ def _check_dev_retrieval(config, data_dir, labels, workdir, mesh):
   dataset = data_lib.load_beir(data_dir)
   qrels = dataset.qrels("train")
   initial = retrieval.Encoder.from_config(config, mesh=mesh)
-  model, ckpt, _ = distill.load_distilled(config, out_dir, mesh=mesh)
+  model, ckpt, _ = distill.load_distilled(config.model, out_dir, mesh=mesh,
+                                          param_rules=config.mesh.param_rules, seed=config.seed)
   trained = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                               model_config=config.model, mesh=mesh)
   docids = list(dataset.corpus)
@@ -435,7 +436,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   labels = fixtures.write_labels(tmp_path / "labels" / "labels.jsonl", data_dir, list_size=6)
   _write_candidates(tmp_path, labels)
   with pytest.raises(FileNotFoundError, match="fusion.json not found"):
-    fusion.load_fusion(config, str(tmp_path))
+    fusion.load_fusion(str(tmp_path), config.ranker.fuse_initial)
   ranker.run(config, str(tmp_path))
   done = layout.read_done(str(tmp_path / "ranker"))
   assert done["fuse_initial"] == "fit" and done["head"] == head
@@ -460,7 +461,7 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   report = (tmp_path / "eval" / "report.md").read_text()
   assert f"ranker ({head} head)" in report and "| ranker_fused |" in report
   config.ranker.fuse_initial = "none"  # the ranker alone ignores the fitted fusion
-  assert fusion.load_fusion(config, str(tmp_path)) is None
+  assert fusion.load_fusion(str(tmp_path), config.ranker.fuse_initial) is None
   from interdistill_jax import hf_export
   config.ranker.fuse_initial = "fit"
   hf_export.run(config, str(tmp_path))  # the exported ranker carries its fusion, and says so
@@ -481,18 +482,22 @@ def _check_residual_export(config, workdir, out):
   scale = json.loads((out / "residual.json").read_text())["scale"]
   dataset = data_lib.load_beir(config.data.dir)
   mesh = sharding.make_mesh()
-  model, tok = ranker.load_trained_ranker(config, str(workdir), mesh=mesh)
+  model, tok = ranker.load_trained_ranker(config.ranker.model, str(workdir), mesh=mesh,
+                                          param_rules=config.mesh.param_rules, seed=config.seed)
   pairs = [(q, d) for q in sorted(dataset.qrels("train"))[:3] for d in list(dataset.corpus)[:4]]
-  want = ranker.score_pairs(config, str(workdir), dataset, model, tok, pairs, desc="test", mesh=mesh)
+  initial = ranker.initial_doc_embeddings(config, str(workdir), dataset, mesh=mesh)
+  scoring = dict(ranker_config=config.ranker, encode_config=config.encode, mesh=mesh,
+                 param_rules=config.mesh.param_rules)
+  want = ranker.score_pairs(dataset, model, tok, pairs, desc="test", doc_embeddings=initial, **scoring)
   exported = defaults.model_config()
   exported.init = str(out)
   joint, _ = models.load_cross_encoder(exported, head="cls")
-  logits = ranker.make_scorer(config, joint, tok, mesh=mesh).score_pairs(dataset, pairs, desc="test")
+  logits = ranker.make_scorer(joint, tok, **scoring).score_pairs(dataset, pairs, desc="test")
   exported.init = str(out / "query_tower")
   tower, _ = models.load_dual_encoder(exported)
   q = retrieval.Encoder(tower, tok, encode_config=config.encode, model_config=exported, mesh=mesh).encode(
       [dataset.queries[q].text for q, _ in pairs], tower="query")
-  e = ranker.initial_doc_embeddings(config, str(workdir), dataset, mesh=mesh)([d for _, d in pairs])
+  e = initial([d for _, d in pairs])
   np.testing.assert_allclose(logits + scale * np.einsum("nh,nh->n", q, e), want, rtol=1e-4, atol=1e-4)
 
 
@@ -511,7 +516,8 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   model.log_scale[...] = jnp.log(jnp.float32(7.0))
   mesh = sharding.make_mesh()
   encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-  emb = retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)
+  emb = retrieval.CorpusEmbeddings.of(str(tmp_path), encoder, dataset, encode_config=config.encode,
+                                      data_config=config.data)
   examples = ranker.ListwiseExamples(labels, dataset, tok, list_size=6, max_length=32, buckets=(32,),
                                      use_prefix=True, doc_embeddings=emb)
   batch = examples.batch(np.arange(4))
@@ -520,8 +526,9 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   want = losses.listmle(jnp.asarray(want_scores), batch["ranking"], batch["mask"], batch["prefix"])
   np.testing.assert_allclose(ranker.listmle_loss(model, batch, None), want, rtol=1e-4, atol=1e-4)
   pairs = [(r["qid"], d) for r in labels[:4] for d in r["docids"]]
-  scores = ranker.score_pairs(config, str(tmp_path), dataset, model, tok, pairs, desc="test", mesh=mesh,
-                              doc_embeddings=emb)
+  scores = ranker.score_pairs(dataset, model, tok, pairs, desc="test", ranker_config=config.ranker,
+                              encode_config=config.encode, mesh=mesh,
+                              param_rules=config.mesh.param_rules, doc_embeddings=emb)
   np.testing.assert_allclose(scores, want_scores.reshape(-1), rtol=1e-4, atol=1e-4)
   grads = nnx.grad(lambda m: ranker.listmle_loss(m, batch, None).mean())(model)
   assert np.abs(np.asarray(grads.classifier.kernel[...])).max() > 0
@@ -539,10 +546,10 @@ def test_residual_start_when_the_initial_order_does_not_predict_the_teacher(tiny
              for i in range(4)]
   initial = fusion.InitialScores({f"q{i}": {"a": 0.9, "b": 0.5, "c": 0.1} for i in range(4)}, "test")
   with caplog.at_level(logging.WARNING):
-    scale, _ = fusion.initial_scale(config, records, initial)
+    scale, _ = fusion.initial_scale(config.ranker, records, initial)
   assert 0 < scale < 0.01 and "do not predict the teacher's order" in caplog.text
   records = [dict(r, ranking=["a", "b", "c"]) for r in records]  # the teacher agrees: a real scale
-  assert fusion.initial_scale(config, records, initial)[0] > 1.0
+  assert fusion.initial_scale(config.ranker, records, initial)[0] > 1.0
 
 
 class _Killed(Exception):
@@ -645,7 +652,8 @@ def test_distill_lists_read_only_their_passages_and_batch_as_before(tiny, tmp_pa
   encoder = retrieval.Encoder.from_config(config, mesh=sharding.make_mesh())
   every = list(dataset.corpus)  # before: the whole corpus, by a dict of every docid
   if towers == "query":
-    _, emb = retrieval.corpus_embeddings(config, str(tmp_path), encoder, dataset)
+    _, emb = retrieval.corpus_embeddings(str(tmp_path), encoder, dataset,
+                                         encode_config=config.encode, data_config=config.data)
     before = dict(doc_emb=emb, doc_tokens=None)
   else:
     seqs = tok.encode([doc.full_text() for doc in dataset.corpus.values()], 32)
@@ -657,7 +665,9 @@ def test_distill_lists_read_only_their_passages_and_batch_as_before(tiny, tmp_pa
   assert docids == list(dict.fromkeys(d for r in labels for d in r["docids"][:6]))
   assert len(docids) < len(every)
   if towers == "query":
-    after = dict(doc_emb=retrieval.CorpusEmbeddings.of(config, str(tmp_path), encoder, dataset)(docids),
+    after = dict(doc_emb=retrieval.CorpusEmbeddings.of(str(tmp_path), encoder, dataset,
+                                                       encode_config=config.encode,
+                                                       data_config=config.data)(docids),
                  doc_tokens=None)
   else:
     after = dict(doc_emb=None, doc_tokens=distill.passage_tokens(dataset, tok, docids, 32))
