@@ -52,8 +52,8 @@ def dev_figures(config, out_dir: str) -> dict:
                                          param_rules=config.mesh.param_rules, seed=config.seed)
   return {"dev_llm_listmle": {"initial": distill.dev_llm_listmle(initial, lists, config.ranker.top_k),
                               "trained": distill.dev_llm_listmle(trained, lists, config.ranker.top_k)},
-          "dev_retrieval": distill.dev_retrieval(config, workdir, dataset, trained, tokenizer,
-                                                 dev_qids, mesh=mesh)}
+          "dev_retrieval": distill.dev_retrieval(config, workdir, dataset, encoder, trained,
+                                                 tokenizer, dev_qids, mesh=mesh)}
 
 
 def main(argv):

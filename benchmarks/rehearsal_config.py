@@ -10,6 +10,7 @@ import os
 import pathlib
 
 from benchmarks import synthetic_qa
+from interdistill_jax import grid
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/nq.py:dpr"
@@ -68,11 +69,4 @@ def load_config(overrides: dict):
   spec = importlib.util.spec_from_file_location("rehearsal_nq_config", REPO / path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  for dotted, value in overrides.items():
-    *parents, field = dotted.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    node[field] = value
-  return config
+  return grid.apply(module.get_config(arg), overrides, source="rehearsal")

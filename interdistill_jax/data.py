@@ -223,6 +223,14 @@ def load_split_ids(path: str | os.PathLike) -> list[str]:
   return qids
 
 
+def _trusted_length(record: Mapping, use_prefix: bool) -> int:
+  """How many leading positions of a record's ranking are trusted: its ranked prefix (where a
+  repair left the rest unranked) with `use_prefix`, else the whole order."""
+  if use_prefix:
+    return record.get("ranked_prefix", len(record["ranking"]))
+  return len(record["ranking"])
+
+
 def truncate_label(record: Mapping, list_size: int, *, use_prefix: bool = True
                    ) -> tuple[list[str], list[int], int]:
   """A labels.jsonl record cut to its first `list_size` candidates.
@@ -233,8 +241,7 @@ def truncate_label(record: Mapping, list_size: int, *, use_prefix: bool = True
   """
   docids = list(record["docids"][:list_size])
   kept = set(docids)
-  prefix = record.get("ranked_prefix", len(record["ranking"])) if use_prefix else len(record["ranking"])
-  trusted = set(record["ranking"][:prefix])
+  trusted = set(record["ranking"][:_trusted_length(record, use_prefix)])
   ranking = [d for d in record["ranking"] if d in kept]
   pos = {d: j for j, d in enumerate(docids)}
   return docids, [pos[d] for d in ranking], sum(d in trusted for d in ranking)
@@ -252,7 +259,7 @@ def choices_cut(records: Sequence[Mapping], list_size: int, *, use_prefix: bool 
     return 0
   cut = 0
   for r in records:
-    trusted = r.get("ranked_prefix", len(r["ranking"])) if use_prefix else len(r["ranking"])
+    trusted = _trusted_length(r, use_prefix)
     kept = set(r["docids"][:list_size])
     cut += any(d not in kept for d in r["ranking"][:min(trusted, top_k) if top_k > 0 else trusted])
   return cut

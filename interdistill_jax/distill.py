@@ -366,7 +366,7 @@ def run(config, workdir: str) -> None:
                  "%.3f nats, over %d training lists)", temperature,
                  _entropy(student, train_ex.mask).mean(), len(train_ex))
   if section.towers == "query" or auto_temperature:
-    del encoder, initial_doc_emb
+    del initial_doc_emb  # the encoder stays: dev_retrieval's initial retriever
   out_dir = output_dir(section, workdir)
   dev_before = dev_llm_listmle(model, dev_llm, config.ranker.top_k)
   model, summary = train.train_loop(
@@ -376,8 +376,9 @@ def run(config, workdir: str) -> None:
       dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=train.loop_config(section, config.seed), optim_config=section.optim,
       out_dir=out_dir, mesh=mesh, param_rules=config.mesh.param_rules, trainable=trainable)
-  extra["dev_retrieval"] = dev_retrieval(config, workdir, dataset, model, tokenizer, dev_ex.qids,
-                                         mesh=mesh)
+  extra["dev_retrieval"] = (dev_retrieval(config, workdir, dataset, encoder, model, tokenizer,
+                                          dev_ex.qids, mesh=mesh)
+                            if section.towers == "query" else None)
   checkpoints.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                             "llm_loss": section.llm_loss if teacher == "llm" else None,
                                             "llm_top_k": (llm_top_k(section, config.ranker.top_k)
@@ -393,8 +394,8 @@ def run(config, workdir: str) -> None:
 DEV_RETRIEVAL_METRICS = ("ndcg@10", "recall@100")
 
 
-def dev_retrieval(config, workdir: str, dataset, model, tokenizer, dev_qids: Sequence[str], *,
-                  mesh) -> dict | None:
+def dev_retrieval(config, workdir: str, dataset, initial: retrieval.Encoder, model, tokenizer,
+                  dev_qids: Sequence[str], *, mesh) -> dict | None:
   """The dev queries' nDCG@10 and Recall@100 over the whole corpus against the training split's
   qrels, for the initial and the trained retriever; None where there are no qrels (NQ, TriviaQA:
   answers only), no dev queries, or both towers were trained (the corpus would be re-encoded).
@@ -405,16 +406,16 @@ def dev_retrieval(config, workdir: str, dataset, model, tokenizer, dev_qids: Seq
   split = config.label.split
   if not dev_qids or config.distill.towers != "query" or not dataset.has_qrels(split):
     return None
-  qrels = {q: rel for q, rel in dataset.qrels(split).items() if q in set(dev_qids)}
+  wanted = set(dev_qids)
+  qrels = {q: rel for q, rel in dataset.qrels(split).items() if q in wanted}
   if not qrels:
     return None
-  initial = retrieval.Encoder.from_config(config, mesh=mesh)
   docids, index = retrieval.corpus_index(workdir, initial, dataset, retrieve_config=config.retrieve,
                                          encode_config=config.encode, data_config=config.data,
                                          seed=config.seed)
   trained = retrieval.Encoder(model, tokenizer, encode_config=config.encode,
                               model_config=config.model, mesh=mesh,
-                              param_rules=config.mesh.param_rules, model_id="distill-dev")
+                              param_rules=config.mesh.param_rules)
   texts = [dataset.queries[q].text for q in dev_qids]
   out = {"queries": len(qrels)}
   for name, encoder in (("initial", initial), ("trained", trained)):
