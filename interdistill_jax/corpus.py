@@ -253,14 +253,30 @@ class DocidTable(Sequence):
     return self.index.row(docid) if isinstance(docid, str) else None
 
   def rows(self, docids: Sequence[str]) -> np.ndarray:
-    """[len(docids)] int64 rows; KeyError naming the first docid the corpus does not hold."""
-    out = np.empty(len(docids), np.int64)
-    for i, docid in enumerate(docids):
-      row = self.row(docid)
-      if row is None:
+    """[len(docids)] int64 rows; KeyError naming the first docid the corpus does not hold.
+
+    One vectorised binary search over the sorted ids (millions of lookups for a deep distillation
+    of a 21M-passage corpus), not a search per docid.
+    """
+    sorted_ids = self.index.sorted_ids
+    width = sorted_ids.dtype.itemsize
+    keys = []
+    for docid in docids:
+      key = docid.encode("utf-8") if isinstance(docid, str) else b""
+      # A fixed-width array would cut a longer key, or drop a trailing NUL, into another id.
+      if not key or len(key) > width or b"\0" in key:
         raise KeyError(docid)
-      out[i] = row
-    return out
+      keys.append(key)
+    if not keys or not len(sorted_ids):
+      if keys:
+        raise KeyError(docids[0])
+      return np.empty(0, np.int64)
+    asked = np.array(keys, dtype=sorted_ids.dtype)
+    at = np.minimum(np.searchsorted(sorted_ids, asked), len(sorted_ids) - 1)
+    found = sorted_ids[at] == asked
+    if not found.all():
+      raise KeyError(docids[int(np.argmin(found))])
+    return np.asarray(self.index.sorted_rows[at], np.int64)
 
 
 def docid_table(corpus: Mapping[str, Document]) -> DocidTable:

@@ -122,10 +122,7 @@ async def _read_with(cfg: ml_collections.ConfigDict, cache: Cache, backend,
                      run: data_lib.Run, qids: Sequence[str], system: str,
                      seed: int) -> tuple[dict, dict, dict, dict]:
   backend.prompt_version = PROMPT_VERSION  # before the runner takes the backend's identity
-  runner = Runner(backend, cache, concurrency=cfg.concurrency, rpm=cfg.rpm,
-                  max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,
-                  backoff_max=cfg.backoff_max, max_retry_after=cfg.max_retry_after,
-                  timeout=cfg.timeout, seed=seed)
+  runner = Runner.from_section(backend, cache, cfg, seed=seed)
   counter = backend.token_counter() or prompt.make_token_counter(cfg.tokenizer)
   shown: dict[str, str] = {}  # docid -> passage text cut to the budget, computed once
   requests: dict[tuple[str, int], Request] = {}

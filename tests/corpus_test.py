@@ -180,3 +180,9 @@ def test_the_docid_table_is_the_list_and_dict_of_docids_it_replaces(tmp_path, so
     assert table.row(unknown) is None
   with pytest.raises(KeyError, match="no-such-id"):
     table.rows(["1", "no-such-id"])
+  # rows() searches all the keys at once: every kind of miss, wherever it sorts, is still named.
+  for unknown in ("", "é-4-longer-than-any-id", "1\0", "0", "é", "\uffff", "é-40"):
+    with pytest.raises(KeyError):
+      table.rows(["1", unknown, "2"])
+  assert table.rows([]).tolist() == []
+  assert table.rows(docids[::-1] * 3).tolist() == list(range(len(docids)))[::-1] * 3

@@ -83,10 +83,7 @@ def make_teacher(cfg: ml_collections.ConfigDict, *, cache: Cache, on_failure: st
     seed: `config.seed`; seeds the simulated teacher's noise and the retry jitter.
   """
   backend = make_backend(cfg, relevance=relevance, seed=seed)
-  runner = Runner(backend, cache, concurrency=cfg.concurrency, rpm=cfg.rpm,
-                  max_retries=cfg.max_retries, backoff_base=cfg.backoff_base,
-                  backoff_max=cfg.backoff_max, max_retry_after=cfg.max_retry_after,
-                  timeout=cfg.timeout, seed=seed)
+  runner = Runner.from_section(backend, cache, cfg, seed=seed)
   counter = backend.token_counter() or prompt.make_token_counter(cfg.tokenizer)
   if backend.mode == POINTWISE:
     return PointwiseTeacher(runner, counter=counter, max_passage_tokens=cfg.max_passage_tokens)

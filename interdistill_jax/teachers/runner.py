@@ -102,6 +102,15 @@ class Runner:
     self._rng = random.Random(seed)  # Jitter only: it changes timing, never answers.
     self._in_flight: dict[str, asyncio.Future] = {}
 
+  @classmethod
+  def from_section(cls, backend: Backend, cache: Cache, section, *, seed: int) -> "Runner":
+    """A runner with the pacing and retry settings of a client section (`teacher` or `reader`:
+    both declare the same client fields)."""
+    return cls(backend, cache, concurrency=section.concurrency, rpm=section.rpm,
+               max_retries=section.max_retries, backoff_base=section.backoff_base,
+               backoff_max=section.backoff_max, max_retry_after=section.max_retry_after,
+               timeout=section.timeout, seed=seed)
+
   def backoff(self, attempt: int, retry_after: float | None) -> float:
     """Seconds to wait before retry number `attempt + 1`."""
     if retry_after is not None and retry_after >= 0:
