@@ -5,7 +5,8 @@
 
 Each workdir is one finished run (`evaluate` done) of the same config with another `--config.seed`;
 retrieve and label may be shared between them (the same teacher labels every seed). Reads
-eval/*.json, eval/compare.json, ranker/done.json (the ranker's dev ListMLE against the initial
+eval/*.json, eval/compare.json, eval/ablations.json (the method against its ablations, per seed
+and as mean ± sd of the differences), ranker/done.json (the ranker's dev ListMLE against the initial
 retriever's) and each retriever's done.json (its dev ListMLE of the LLM's rankings). Prints JSON.
 The reading and the statistics are `interdistill_jax.aggregate`'s (`read_run`, `over_seeds`),
 which reports a whole sweep the same way.
@@ -27,7 +28,8 @@ def main(argv):
   del argv
   seeds = [aggregate.read_run(wd) for wd in _WORKDIRS.value]
   print(json.dumps({"benchmark": "seeds", "command": _COMMAND.value, "note": _NOTE.value,
-                    "summary": aggregate.over_seeds(seeds), "per_seed": seeds}, indent=1))
+                    "summary": aggregate.over_seeds(seeds),
+                    "ablations": aggregate.ablations_over_seeds(seeds), "per_seed": seeds}, indent=1))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ def read_run(workdir: str) -> dict:
   for system, per_metric in (_json(layout.eval_file(workdir, "compare.json")) or {}).items():
     out["vs_baseline"][system] = {m: {k: c[k] for k in ("diff", "ci_low", "ci_high", "p_value")}
                                   for m, c in per_metric.items()}
+  out["ablations"] = {pair: {m: {k: c[k] for k in ("diff", "ci_low", "ci_high", "p_value")}
+                             for m, c in per_metric.items()}
+                      for pair, per_metric in (_json(layout.eval_file(workdir, "ablations.json"))
+                                               or {}).items()}
   ranker = _json(layout.done(layout.ranker_dir(workdir))) or {}
   if "dev_listmle" in ranker:
     out["dev"]["ranker"] = dict(ranker["dev_listmle"], head=ranker.get("head"))
@@ -112,6 +116,23 @@ def over_seeds(runs: Sequence[dict]) -> dict:
   return summary
 
 
+def ablations_over_seeds(runs: Sequence[dict]) -> dict:
+  """"SYSTEM vs REFERENCE" -> metric -> {"diff": {mean, sd, values}, "per_seed": [each seed's
+  diff, ci_low, ci_high, p_value], "ci_low_above_0_in": "k/n", "ci_high_below_0_in": "k/n"} over
+  `read_run` records (eval/ablations.json of each seed)."""
+  out = {}
+  for pair in dict.fromkeys(p for r in runs for p in r.get("ablations", {})):
+    comparisons = [r["ablations"][pair] for r in runs if pair in r.get("ablations", {})]
+    out[pair] = {}
+    for m in metrics.HEADLINE:
+      per_seed = [c[m] for c in comparisons if m in c]
+      if per_seed:
+        out[pair][m] = {"diff": _stats([c["diff"] for c in per_seed]), "per_seed": per_seed,
+                        "ci_low_above_0_in": f"{sum(c['ci_low'] > 0 for c in per_seed)}/{len(per_seed)}",
+                        "ci_high_below_0_in": f"{sum(c['ci_high'] < 0 for c in per_seed)}/{len(per_seed)}"}
+  return out
+
+
 # --- a sweep root ---------------------------------------------------------------------------
 
 def read_points(root: str) -> tuple[list[dict], list[str]]:
@@ -161,7 +182,8 @@ def cells(points: Sequence[dict]) -> list[dict]:
     out.append({"values": cell["values"], "points": [r["name"] for r in runs],
                 "seeds": [r["values"].get(SEED) for r in runs],
                 "labelled": _stats(labelled) if labelled else None,
-                "teacher": teacher, "systems": over_seeds(runs)})
+                "teacher": teacher, "systems": over_seeds(runs),
+                "ablations": ablations_over_seeds(runs)})
   return out
 
 

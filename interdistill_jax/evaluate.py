@@ -77,6 +77,25 @@ def compare(per_query: dict[str, dict], baseline: str = "baseline", seed: int = 
   return out
 
 
+# The method against its ablations (system, reference): what the intermediate ranker buys over
+# learning the LLM's rankings directly, how far the gold labels of the same queries are, and
+# what the fusion with the initial retriever adds to the ranker.
+ABLATIONS = (("distilled", "direct"), ("distilled", "supervised"), ("ranker_fused", "ranker"))
+
+
+def ablations(per_query: dict[str, dict], seed: int = 0) -> dict:
+  """Paired bootstrap of each ABLATIONS pair both systems of which were evaluated, per metric:
+  "SYSTEM vs REFERENCE" -> metric -> stats, `diff` = SYSTEM - REFERENCE."""
+  out = {}
+  for system, reference in ABLATIONS:
+    if system in per_query and reference in per_query:
+      a, b = per_query[reference], per_query[system]
+      out[f"{system} vs {reference}"] = {
+          m: metrics.paired_bootstrap(a[m], b[m], seed=seed) for m in metrics.HEADLINE
+          if m in a and m in b}
+  return out
+
+
 def _rerank(config, workdir, dataset, queries, base_run, mesh) -> dict[str, data_lib.Run]:
   """System "ranker": the baseline's top `eval.rerank_depth` re-ranked by the trained ranker
   alone; "ranker_fused": by its fusion with the initial retriever fitted on the dev queries
@@ -153,9 +172,11 @@ def run(config, workdir: str) -> None:
     if jax.process_index() == 0:
       write_system(workdir, result, per_query[system], run_)
   comparison = compare(per_query, seed=config.seed)
+  against = ablations(per_query, seed=config.seed)
   if jax.process_index() == 0:
     data_lib.write_json(layout.eval_file(workdir, "compare.json"), comparison)
-    text = report.write(workdir, results, comparison)
+    data_lib.write_json(layout.eval_file(workdir, "ablations.json"), against)
+    text = report.write(workdir, results, comparison, against)
     logging.info("Wrote %s\n%s", layout.report(workdir), text)
     data_lib.write_json(layout.done(layout.eval_dir(workdir)),
                         {"systems": [r["system"] for r in results], **inputs})

@@ -57,6 +57,8 @@ LAYOUT = (
     ("eval/{system}.trec", "evaluate", "each system's run"),
     ("eval/per_query/{system}.json", "evaluate", "each system's per-query metrics"),
     ("eval/compare.json", "evaluate", "paired bootstrap of each system against the baseline"),
+    ("eval/ablations.json", "evaluate", "paired bootstrap of the method against its ablations "
+     "(distilled vs direct, distilled vs supervised, ranker_fused vs ranker)"),
     ("eval/report.md", "evaluate", "the report, with `training_curves.png` and "
      "`before_after.png`"),
     ("eval/done.json", "evaluate", "done marker: the systems evaluated and the inputs"),

@@ -22,8 +22,8 @@ def table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def _comparison_table(comparison: dict) -> str:
-  lines = ["| system | metric | baseline | system | diff | 95% CI | p |", "|---|---|---|---|---|---|---|"]
+def _comparison_table(comparison: dict, columns: tuple[str, str, str] = ("system", "baseline", "system")) -> str:
+  lines = ["| {} | metric | {} | {} | diff | 95% CI | p |".format(*columns), "|---|---|---|---|---|---|---|"]
   for system, per_metric in comparison.items():
     for metric, c in per_metric.items():
       lines.append(f"| {system} | {metric} | {c['mean_a']:.4f} | {c['mean_b']:.4f} | "
@@ -120,7 +120,7 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
-def write(workdir: str, results: list[dict], comparison: dict) -> str:
+def write(workdir: str, results: list[dict], comparison: dict, ablations: dict | None = None) -> str:
   """Writes eval/report.md (and its plots); returns the markdown."""
   parts = [f"# Evaluation: {results[0]['dataset']} / {results[0]['split']}", "", table(results), ""]
   stats = _read_json(layout.label_stats(workdir)) or {}
@@ -128,6 +128,11 @@ def write(workdir: str, results: list[dict], comparison: dict) -> str:
   if comparison:
     parts += ["## Against the baseline (paired bootstrap, 10,000 resamples)", "",
               _comparison_table(comparison), ""]
+  if ablations:
+    parts += ["## Against the ablations (paired bootstrap, diff = system - reference)", "",
+              "`distilled vs direct` is the method's claim: the retriever taught by the ranker "
+              "against the same trainer on the LLM's rankings alone.", "",
+              _comparison_table(ablations, ("system vs reference", "reference", "system")), ""]
   for path in _plots(workdir, results):
     parts.append(f"![{os.path.basename(path)}]({os.path.basename(path)})")
   text = "\n".join(parts) + "\n"

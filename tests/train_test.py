@@ -294,6 +294,8 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path, monkeypatch):
     assert result["metrics"]["ndcg@10"] == pytest.approx(want, abs=1e-6), system
   compare = json.loads((tmp_path / "eval" / "compare.json").read_text())
   assert set(compare) == set(systems) - {"baseline"}
+  against = json.loads((tmp_path / "eval" / "ablations.json").read_text())
+  assert set(against) == {"distilled vs direct", "distilled vs supervised", "ranker_fused vs ranker"}
   assert (tmp_path / "ranker" / "teacher_scores.npz").exists()
   assert (tmp_path / "eval" / "training_curves.png").stat().st_size > 1000
   report = (tmp_path / "eval" / "report.md").read_text()
