@@ -11,13 +11,21 @@ retriever's scores, at their best scale, over the prefix `ranker.top_k` trusts
 per system the recipe with the lowest. Beside it, where the training split has qrels, the dev
 queries' nDCG@10 and Recall@100 over the whole corpus (`distill.dev_retrieval`), which show what
 the lists' loss cannot: relevant passages lost below the lists. Prints JSON.
+
+`--interpolate=0,0.1,...,1` adds, per run, the same dev figures for retrievers whose trainable
+weights are interpolated between the initial (0) and the trained (1) ones (weight-space
+ensembling, as WiSE-FT does for fine-tuned models): one training, a family of retrievers between
+what the initial retriever finds and what the teacher taught.
 """
 
 import json
 import os
 import sys
 
+import jax
+import numpy as np
 from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
@@ -25,9 +33,11 @@ from interdistill_jax import assets, distill, layout, retrieval, sharding, token
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the runs were trained with.")
 _RUNS = flags.DEFINE_list("runs", [], "system:retriever_dir:recipe, ...")
+_INTERPOLATE = flags.DEFINE_list("interpolate", [], "Weights of the trained parameters (0: the "
+                                 "initial retriever, 1: the trained one) to report as well.")
 
 
-def dev_figures(config, out_dir: str) -> dict:
+def dev_figures(config, out_dir: str, alphas=()) -> dict:
   workdir = os.path.dirname(os.path.abspath(out_dir))
   dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir))
@@ -47,13 +57,25 @@ def dev_figures(config, out_dir: str) -> dict:
       [by_qid[q] for q in dev_qids], dataset, tokenizer, list_size=config.distill.list_size,
       max_query_length=config.model.max_query_length, doc_index={d: i for i, d in enumerate(docids)},
       doc_emb=doc_emb, teacher_scores=None, doc_tokens=None, buckets=config.encode.buckets)
-  initial, _, _ = distill.build_student(config.model, done["towers"], seed=config.seed)
+  initial, _, trainable = distill.build_student(config.model, done["towers"], seed=config.seed)
   trained, _, _ = distill.load_distilled(config.model, out_dir, mesh=mesh,
                                          param_rules=config.mesh.param_rules, seed=config.seed)
-  return {"dev_llm_listmle": {"initial": distill.dev_llm_listmle(initial, lists, config.ranker.top_k),
-                              "trained": distill.dev_llm_listmle(trained, lists, config.ranker.top_k)},
-          "dev_retrieval": distill.dev_retrieval(config, workdir, dataset, encoder, trained,
-                                                 tokenizer, dev_qids, mesh=mesh)}
+  out = {"dev_llm_listmle": {"initial": distill.dev_llm_listmle(initial, lists, config.ranker.top_k),
+                             "trained": distill.dev_llm_listmle(trained, lists, config.ranker.top_k)},
+         "dev_retrieval": distill.dev_retrieval(config, workdir, dataset, encoder, trained,
+                                                tokenizer, dev_qids, mesh=mesh)}
+  if alphas:
+    start = jax.tree.map(np.asarray, nnx.split(initial, trainable, ...)[1])
+    end = jax.tree.map(np.asarray, nnx.split(trained, trainable, ...)[1])
+    out["interpolation"] = []
+    for alpha in alphas:
+      nnx.update(trained, jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, start, end))
+      dev = distill.dev_retrieval(config, workdir, dataset, encoder, trained, tokenizer, dev_qids,
+                                  mesh=mesh)
+      out["interpolation"].append({
+          "alpha": alpha, "dev_llm_listmle": distill.dev_llm_listmle(trained, lists, config.ranker.top_k),
+          "dev_retrieval": dev and dev["trained"]})
+  return out
 
 
 def main(argv):
@@ -62,7 +84,8 @@ def main(argv):
   rows = []
   for run in _RUNS.value:
     system, out_dir, recipe = run.split(":")
-    rows.append({"system": system, "recipe": recipe, "dir": out_dir, **dev_figures(config, out_dir)})
+    rows.append({"system": system, "recipe": recipe, "dir": out_dir,
+                 **dev_figures(config, out_dir, [float(a) for a in _INTERPOLATE.value])})
   chosen = {}
   for r in rows:
     best = chosen.get(r["system"])
