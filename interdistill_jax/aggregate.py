@@ -46,22 +46,20 @@ def _json(path: str):
 
 def read_run(workdir: str) -> dict:
   """One finished workdir: each system's headline metrics, its bootstrap comparison with the
-  baseline, the dev figures of done.json, the teacher audit and how many queries were labelled."""
+  baseline and against its ablations, the dev figures of done.json, the teacher audit and how many
+  queries were labelled."""
   out = {"workdir": workdir, "systems": {}, "vs_baseline": {}, "dev": {}}
   done = _json(layout.done(layout.eval_dir(workdir))) or {}
   names = [f"{s}.json" for s in done.get("systems", [])] or sorted(
       n for n in files.listdir(layout.eval_dir(workdir)) if n.endswith(".json"))
   for name in names:
     r = _json(layout.eval_file(workdir, name))
-    if r and "system" in r and "metrics" in r:  # not compare.json, done.json, inputs.json
+    if r and "system" in r and "metrics" in r:  # not compare.json, ablations.json, done.json, inputs.json
       out["systems"][r["system"]] = {m: r["metrics"][m] for m in metrics.HEADLINE if m in r["metrics"]}
-  for system, per_metric in (_json(layout.eval_file(workdir, "compare.json")) or {}).items():
-    out["vs_baseline"][system] = {m: {k: c[k] for k in ("diff", "ci_low", "ci_high", "p_value")}
-                                  for m, c in per_metric.items()}
-  out["ablations"] = {pair: {m: {k: c[k] for k in ("diff", "ci_low", "ci_high", "p_value")}
-                             for m, c in per_metric.items()}
-                      for pair, per_metric in (_json(layout.eval_file(workdir, "ablations.json"))
-                                               or {}).items()}
+  for key, name in (("vs_baseline", "compare.json"), ("ablations", "ablations.json")):
+    out[key] = {system: {m: {k: c[k] for k in ("diff", "ci_low", "ci_high", "p_value")}
+                         for m, c in per_metric.items()}
+                for system, per_metric in (_json(layout.eval_file(workdir, name)) or {}).items()}
   ranker = _json(layout.done(layout.ranker_dir(workdir))) or {}
   if "dev_listmle" in ranker:
     out["dev"]["ranker"] = dict(ranker["dev_listmle"], head=ranker.get("head"))

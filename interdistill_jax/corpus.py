@@ -195,16 +195,24 @@ class CorpusIndex:
   def __len__(self) -> int:
     return len(self.ids)
 
+  def lookup(self, docids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """([n] int64 file-order rows, 0 where not found; [n] bool: the corpus holds the docid), by
+    one vectorised binary search over the sorted ids."""
+    width = self.sorted_ids.dtype.itemsize
+    keys = [d.encode("utf-8") if isinstance(d, str) else b"" for d in docids]
+    # A fixed-width array would cut a longer key, or drop a trailing NUL, into another id.
+    valid = np.array([bool(k) and len(k) <= width and b"\0" not in k for k in keys], bool)
+    if not len(self.sorted_ids) or not valid.any():
+      return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+    asked = np.array([k if ok else b"" for k, ok in zip(keys, valid)], dtype=self.sorted_ids.dtype)
+    at = np.minimum(np.searchsorted(self.sorted_ids, asked), len(self.sorted_ids) - 1)
+    found = valid & (self.sorted_ids[at] == asked)
+    return np.where(found, self.sorted_rows[at], 0).astype(np.int64), found
+
   def row(self, docid: str) -> int | None:
     """The file-order row of `docid`, or None when the corpus has no such document."""
-    key = docid.encode("utf-8")
-    if not key or len(key) > self.sorted_ids.dtype.itemsize or b"\0" in key:
-      return None
-    key = np.array(key, dtype=self.sorted_ids.dtype)  # the array's own width: nothing is copied
-    i = int(np.searchsorted(self.sorted_ids, key))
-    if i < len(self.sorted_ids) and self.sorted_ids[i] == key:
-      return int(self.sorted_rows[i])
-    return None
+    rows, found = self.lookup([docid])
+    return int(rows[0]) if found[0] else None
 
   def save(self, directory: str) -> None:
     for name in _ARRAYS:
@@ -250,33 +258,16 @@ class DocidTable(Sequence):
 
   def row(self, docid: str) -> int | None:
     """The row of `docid`, or None when the corpus has no such document."""
-    return self.index.row(docid) if isinstance(docid, str) else None
+    return self.index.row(docid)
 
   def rows(self, docids: Sequence[str]) -> np.ndarray:
     """[len(docids)] int64 rows; KeyError naming the first docid the corpus does not hold.
-
-    One vectorised binary search over the sorted ids (millions of lookups for a deep distillation
-    of a 21M-passage corpus), not a search per docid.
-    """
-    sorted_ids = self.index.sorted_ids
-    width = sorted_ids.dtype.itemsize
-    keys = []
-    for docid in docids:
-      key = docid.encode("utf-8") if isinstance(docid, str) else b""
-      # A fixed-width array would cut a longer key, or drop a trailing NUL, into another id.
-      if not key or len(key) > width or b"\0" in key:
-        raise KeyError(docid)
-      keys.append(key)
-    if not keys or not len(sorted_ids):
-      if keys:
-        raise KeyError(docids[0])
-      return np.empty(0, np.int64)
-    asked = np.array(keys, dtype=sorted_ids.dtype)
-    at = np.minimum(np.searchsorted(sorted_ids, asked), len(sorted_ids) - 1)
-    found = sorted_ids[at] == asked
+    One vectorised search (`CorpusIndex.lookup`): a deep distillation of a 21M-passage corpus
+    looks up millions of docids."""
+    rows, found = self.index.lookup(docids)
     if not found.all():
       raise KeyError(docids[int(np.argmin(found))])
-    return np.asarray(self.index.sorted_rows[at], np.int64)
+    return rows
 
 
 def docid_table(corpus: Mapping[str, Document]) -> DocidTable:
@@ -346,10 +337,10 @@ class LazyCorpus(Mapping):
         yield docid.decode("utf-8")
 
   def __contains__(self, docid) -> bool:
-    return isinstance(docid, str) and self.index.row(docid) is not None
+    return self.index.row(docid) is not None
 
   def __getitem__(self, docid: str) -> Document:
-    row = self.index.row(docid) if isinstance(docid, str) else None
+    row = self.index.row(docid)
     if row is None:
       raise KeyError(docid)
     return self.document(row)

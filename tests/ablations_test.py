@@ -28,7 +28,7 @@ def test_ablations_pair_only_systems_both_evaluated_with_system_minus_reference(
   assert got["diff"] == pytest.approx(want) and got["diff"] > 0
   assert got["mean_a"] == pytest.approx(np.mean(list(per_query["direct"]["ndcg@10"].values())))
   assert got["ci_low"] <= got["diff"] <= got["ci_high"]
-  per_query["ranker_fused"] = per_query.pop("ranker") | {}
+  per_query["ranker_fused"] = per_query.pop("ranker")
   per_query["ranker"] = _systems(1)["ranker"]
   assert list(evaluate.ablations(per_query)) == ["distilled vs direct", "ranker_fused vs ranker"]
 
