@@ -24,7 +24,7 @@ _PEER_TIMEOUT = flags.DEFINE_float(
     "peer_timeout", 60.0,
     "Several processes: seconds each waits at start-up to see the others' files in the shared "
     "workdir, and after which a process that stopped answering (killed, a lost host) stops the "
-    "others (JAX's heartbeat timeout).")
+    "others, each with a line naming it (JAX's own heartbeat, the backstop, gets twice this).")
 _VERBOSE_ERRORS = flags.DEFINE_bool("verbose_errors", False,
                                     "Show the Python traceback of an input or config error too.")
 
@@ -121,8 +121,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # noqa: PLC0415 (after flag parsing: XLA_FLAGS may come from the launcher)
   if _MULTIHOST.value:
+    # Twice the peers' own bound: a silent process is named by `peers` before JAX aborts.
     seconds = max(1, round(_PEER_TIMEOUT.value))
-    jax.distributed.initialize(**distributed_kwargs(), heartbeat_timeout_seconds=seconds,
+    jax.distributed.initialize(**distributed_kwargs(), heartbeat_timeout_seconds=2 * seconds,
                                shutdown_timeout_seconds=seconds)
     logging.info("process %d/%d: %d local of %d devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())

@@ -16,9 +16,12 @@ from the same path once a barrier says it is there. So:
   error, waits (bounded) until every other process has seen it, and exits. Each process watches
   for its peers' error files from a thread and, on seeing one, prints that process's error and
   exits (also when it is blocked in a collective).
-- A process that dies without a word (SIGKILL, a lost host) stops the others through JAX's own
-  heartbeat (`jax.distributed.initialize(heartbeat_timeout_seconds=...)`): they end within that
-  time with JAX's message naming the dead process.
+- A process that dies without a word (SIGKILL, out of memory, a lost host) is seen by its
+  silence: each watcher thread rewrites `alive.<i>` with a growing count every `timeout / 8`
+  seconds, and a peer whose count has not moved for `timeout` seconds is taken for dead. Every
+  process that sees it prints one line naming that process (its host and pid from `joined`) and
+  exits with status 1. JAX's own heartbeat (`main` gives it twice the timeout) stays the
+  backstop for a process whose Python is alive but whose runtime is not.
 
 With one process every function here does nothing.
 """
@@ -61,6 +64,8 @@ class Run:
     self._stopping = threading.Lock()  # held by whichever path ends this process first
     self._watching = threading.Event()
     self._watcher: threading.Thread | None = None
+    self._pulses = 0
+    self._heard: dict[int, tuple[str | None, float]] = {}  # peer -> (last count read, when)
     files.makedirs(directory)
 
   def _path(self, kind: str, index: int) -> str:
@@ -142,13 +147,14 @@ class Run:
                       self.index, [j for j in self._others() if not seen(j)], self.timeout)
     self._leave()
 
-  def _leave(self) -> None:
+  def _leave(self, gone: tuple[int, ...] = ()) -> None:
+    """Exits with status 1; `gone`: peers known dead, not waited for."""
     data.atomic_write_text(self._path("exited", self.index), "")
     if self.index == 0:
       # Process 0 hosts JAX's coordination service: the others are aborted the moment it goes,
       # so it leaves last and they end with their own words.
-      gone = lambda j: any(files.exists(self._path(k, j)) for k in ("exited", "stopped"))  # noqa: E731
-      self._wait(lambda: all(gone(j) for j in self._others()), self.timeout)
+      left = lambda j: j in gone or any(files.exists(self._path(k, j)) for k in ("exited", "stopped"))  # noqa: E731
+      self._wait(lambda: all(left(j) for j in self._others()), self.timeout)
       time.sleep(0.2)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -164,21 +170,74 @@ class Run:
     data.atomic_write_text(self._path("stopped", self.index), "")
     self._leave()
 
+  # --- silence ----------------------------------------------------------------------------
+
+  def pulse(self) -> None:
+    """This process's sign of life: a count in `alive.<i>` that grows with every call."""
+    self._pulses += 1
+    data.atomic_write_text(self._path("alive", self.index), f"{self._pulses}\n")
+
+  def _left(self, index: int) -> bool:
+    """Whether peer `index` ended in words (failed, stopped by a failure, or left)."""
+    return any(files.exists(self._path(k, index)) for k in ("error", "stopped", "exited"))
+
+  def silent_peer(self, now: float) -> tuple[int, float] | None:
+    """(index, seconds since its count last moved) of a peer silent for `timeout` seconds at
+    monotonic time `now`, or None. A peer is heard from the first call on: one that never
+    pulses is silent `timeout` seconds after this process started watching."""
+    for j in self._others():
+      path = self._path("alive", j)
+      count = files.read_text(path).strip() if files.exists(path) else None
+      last, since = self._heard.get(j, (None, now))
+      if j not in self._heard or count != last:
+        self._heard[j] = (count, now)
+        continue
+      if now - since >= self.timeout and not self._left(j):
+        return j, now - since
+    return None
+
+  def _on_peer_silent(self, index: int, seconds: float) -> None:
+    if not self._stopping.acquire(blocking=False):
+      return
+    joined = self._path("joined", index)
+    try:
+      who = files.read_text(joined).strip()
+    except OSError:
+      who = "host and pid unknown"
+    line = (f"process {index} of {self.count} ({who}) stopped answering: no sign of life in "
+            f"{self._path('alive', index)} for {seconds:.0f} s (killed, out of memory, or its host "
+            "lost; its own log says which); stopping this process too")
+    logging.error("%s", line)
+    sys.stderr.write(f"error: {line}\n")
+    data.atomic_write_text(self._path("stopped", self.index), "")
+    self._leave(gone=(index,))
+
   def watch(self) -> None:
-    """Starts the thread that ends this process when a peer reports a failure."""
+    """Starts the thread that keeps this process's sign of life and ends the process when a
+    peer reports a failure or falls silent."""
     self._watching.set()
+    every = min(max(self.timeout / 8, 0.05), 10.0)  # between two pulses, and two looks for silence
 
     def loop():
+      next_pulse = 0.0
       while self._watching.is_set():
+        failed = silent = None
         try:
           failed = self.failed_peer()
+          now = time.monotonic()
+          if failed is None and now >= next_pulse:
+            self.pulse()
+            silent = self.silent_peer(now)
+            next_pulse = now + every
         except OSError as e:  # a hiccup of the shared storage: look again
           logging.warning("process %d: could not read %s: %s", self.index, self.directory, e)
-          failed = None
         if failed is not None:
           self._on_peer_failure(*failed)
           return
-        time.sleep(_POLL_MAX)
+        if silent is not None:
+          self._on_peer_silent(*silent)
+          return
+        time.sleep(min(_POLL_MAX, every))
 
     self._watcher = threading.Thread(target=loop, name="peers-watch", daemon=True)
     self._watcher.start()

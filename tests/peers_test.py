@@ -135,3 +135,45 @@ def test_a_finished_run_stops_watching(tmp_path):
   (tmp_path / "error.1").write_text("late failure\n")
   time.sleep(1.2)
   assert exits == {}
+
+
+def test_a_silent_peer_is_named_and_stops_the_others(tmp_path, capsys):
+  # Three processes; process 2 joined, then died without a word (it never watches nor pulses).
+  runs, exits = _runs([tmp_path] * 3, timeout=0.6)
+  assert _in_threads(*(r.join for r in runs)) == {0: [], 1: [], 2: []}
+  start = time.monotonic()
+  runs[0].watch()
+  runs[1].watch()
+  deadline = start + 10
+  while len(exits) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert exits == {0: 1, 1: 1}
+  assert time.monotonic() - start >= 0.6  # not before the timeout
+  err = capsys.readouterr().err
+  for line in [l for l in err.splitlines() if l.startswith("error: ")]:
+    assert line.startswith("error: process 2 of 3 (host ") and "stopped answering" in line, err
+    assert "alive.2" in line
+  assert err.count("stopped answering") == 2
+  assert (tmp_path / "stopped.0").exists() and (tmp_path / "stopped.1").exists()
+
+
+def test_peers_that_keep_pulsing_are_never_taken_for_dead(tmp_path):
+  runs, exits = _runs([tmp_path] * 2, timeout=0.4)
+  for r in runs:
+    r.watch()
+  time.sleep(2.0)  # five timeouts
+  for r in runs:
+    r.unwatch()
+  assert exits == {}
+  assert int((tmp_path / "alive.0").read_text()) >= 10
+
+
+def test_a_peer_that_left_in_words_is_not_taken_for_silent(tmp_path):
+  runs, _ = _runs([tmp_path] * 2, timeout=0.2)
+  runs[1].pulse()
+  now = time.monotonic()
+  assert runs[0].silent_peer(now) is None  # first heard
+  assert runs[0].silent_peer(now + 0.1) is None
+  assert runs[0].silent_peer(now + 0.3) == (1, pytest.approx(0.3))
+  (tmp_path / "exited.1").write_text("")
+  assert runs[0].silent_peer(now + 0.5) is None
