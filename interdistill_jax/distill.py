@@ -334,7 +334,10 @@ def run(config, workdir: str) -> None:
   doc_index = {d: i for i, d in enumerate(docids)}
   doc_emb = doc_tokens = None
   auto_temperature = scores is not None and section.teacher_temperature <= 0
-  if section.towers == "query" or auto_temperature:
+  # The initial retriever's passage embeddings: the fixed passage side (towers="query") and the
+  # softmaxes the automatic temperature matches.
+  needs_initial = section.towers == "query" or auto_temperature
+  if needs_initial:
     encoder = retrieval.Encoder.from_config(config, mesh=mesh)
     initial_doc_emb = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset,
                                                     encode_config=config.encode,
@@ -365,7 +368,7 @@ def run(config, workdir: str) -> None:
     logging.info("distill.teacher_temperature auto: %.4f (the initial retriever's mean entropy, "
                  "%.3f nats, over %d training lists)", temperature,
                  _entropy(student, train_ex.mask).mean(), len(train_ex))
-  if section.towers == "query" or auto_temperature:
+  if needs_initial:
     del initial_doc_emb  # the encoder stays: dev_retrieval's initial retriever
   out_dir = output_dir(section, workdir)
   dev_before = dev_llm_listmle(model, dev_llm, config.ranker.top_k)

@@ -344,32 +344,23 @@ class _Loaded:
   weights: str
 
 
-def _load_retriever(model_config, workdir: str, *, mesh, param_rules, seed: int) -> _Loaded:
-  model = _trained_model(model_config, workdir, "retriever", mesh=mesh, param_rules=param_rules,
-                         seed=seed)
+def _load(which: str, model_config, workdir: str, *, mesh, param_rules, seed: int) -> _Loaded:
+  """The model to export as `which` ("retriever" or "ranker"): the one trained in this workdir,
+  else its initial weights, with a warning and a card that says so."""
+  model = _trained_model(model_config, workdir, which, mesh=mesh, param_rules=param_rules, seed=seed)
   if model is not None:
     return _Loaded(model, True, models.resolve_checkpoint(model_config.init).dir,
-                   "trained in this experiment (retriever/checkpoints)")
-  model, ckpt = models.load_dual_encoder(model_config, seed=seed)
-  logging.warning("Exporting the retriever's INITIAL weights (%s): %s does not exist", ckpt.dir,
-                  os.path.join(layout.retriever_dir(workdir, "ranker"), "checkpoints"))
-  return _Loaded(model, False, ckpt.dir,
-                 f"initial weights of {_init_text(model_config.init)} "
-                 "(no trained retriever in this experiment)")
-
-
-def _load_ranker(model_config, workdir: str, *, mesh, param_rules, seed: int) -> _Loaded:
-  model = _trained_model(model_config, workdir, "ranker", mesh=mesh, param_rules=param_rules,
-                         seed=seed)
-  if model is not None:
-    return _Loaded(model, True, models.resolve_checkpoint(model_config.init).dir,
-                   "trained in this experiment (ranker/checkpoints)")
-  model, ckpt = models.load_cross_encoder(model_config, seed=seed)
-  logging.warning("Exporting the ranker's INITIAL weights (%s; untrained head): %s does not exist",
-                  ckpt.dir, os.path.join(layout.ranker_dir(workdir), "checkpoints"))
-  return _Loaded(model, False, ckpt.dir,
-                 f"initial weights of {_init_text(model_config.init)}, classification head "
-                 "untrained (no trained ranker in this experiment)")
+                   f"trained in this experiment ({which}/checkpoints)")
+  if which == "ranker":
+    model, ckpt = models.load_cross_encoder(model_config, seed=seed)
+    trained_dir, head = layout.ranker_dir(workdir), ", classification head untrained"
+  else:
+    model, ckpt = models.load_dual_encoder(model_config, seed=seed)
+    trained_dir, head = layout.system_dir(workdir, "distilled"), ""
+  logging.warning("Exporting the %s's INITIAL weights (%s%s): %s does not exist", which, ckpt.dir,
+                  head, os.path.join(trained_dir, "checkpoints"))
+  return _Loaded(model, False, ckpt.dir, f"initial weights of {_init_text(model_config.init)}{head} "
+                 f"(no trained {which} in this experiment)")
 
 
 def _export_retriever(workdir: str, info: dict, loaded: _Loaded, *, model_config,
@@ -427,10 +418,10 @@ def run(config, workdir: str) -> None:
   checks.require(checks.push_target(config.export))
   inputs = provenance.begin("export", config, workdir)
   mesh = sharding.local_mesh(sharding.mesh_from_config(config.mesh))
-  retriever = _load_retriever(config.model, workdir, mesh=mesh, param_rules=config.mesh.param_rules,
-                              seed=config.seed)
-  ranker = _load_ranker(config.ranker.model, workdir, mesh=mesh, param_rules=config.mesh.param_rules,
-                        seed=config.seed)
+  retriever, ranker = (_load(which, model_config, workdir, mesh=mesh,
+                              param_rules=config.mesh.param_rules, seed=config.seed)
+                        for which, model_config in (("retriever", config.model),
+                                                    ("ranker", config.ranker.model)))
   if jax.process_index() != 0:
     return
   info = model_cards.card_info(workdir, data_config=config.data, teacher_config=config.teacher,
