@@ -1,4 +1,4 @@
-"""Corpus encoding and exact search: ours against sentence-transformers and FAISS, one run.
+"""Corpus encoding: ours against sentence-transformers, one run.
 
   .venv/bin/python benchmarks/encode.py --data_dir=../shared/data/scifact [--max_docs=N] [--bf16]
 
@@ -15,7 +15,7 @@ Batch sizes: ours as `encode.batch_size` chooses (0, the default: per platform, 
 it is timed at each of --st_batch_sizes and at our batch size: `ratio_vs_st` is against its
 default of 32, `ratio_vs_st_batch<N>` against batch N, and the top-level `ratio_fp32_same_batch`
 and `ratio_fp32_vs_fastest_st` against our batch size and its fastest batch size.
-Search: top-100 for the split's queries over the corpus embeddings, ours vs faiss.IndexFlatIP.
+Exact search against FAISS is `benchmarks/search.py`'s (every kernel, in turns, median of rounds).
 """
 
 import json
@@ -159,9 +159,8 @@ def main(argv):
            for name, dtype in dtypes.items()}
 
   # Timing is over: from here on this process may use JAX.
-  import faiss
   import jax
-  from interdistill_jax import retrieval, search, sharding
+  from interdistill_jax import retrieval, sharding
   mesh = sharding.make_mesh()
   encoders = {name: retrieval.Encoder.from_config(_config(dtype), mesh=mesh)
               for name, dtype in dtypes.items()}
@@ -191,23 +190,6 @@ def main(argv):
   result["fastest_st_batch_size"] = references[fastest]
   result["ratio_fp32_vs_fastest_st"] = seconds[fastest] / seconds["ours_fp32"]
 
-  # Exact search: top-100 of every query over the corpus.
-  queries = list(dataset.queries.values())
-  emb = emb["ours_fp32"]
-  q = encoders["ours_fp32"].encode([x.text for x in queries], tower="query")
-  index = search.ExactIndex(emb, mesh=mesh)
-  index.search(q, 100)  # compiles every query-block shape this search uses
-  t = time.perf_counter()
-  _, ours_idx = index.search(q, 100)
-  ours_search = time.perf_counter() - t
-  flat = faiss.IndexFlatIP(emb.shape[1])
-  flat.add(emb)
-  t = time.perf_counter()
-  _, faiss_idx = flat.search(q, 100)
-  faiss_search = time.perf_counter() - t
-  result["search"] = {"num_queries": len(q), "k": 100, "ours_s": ours_search,
-                      "faiss_flat_ip_s": faiss_search, "ratio": faiss_search / ours_search,
-                      "top1_agreement": float(np.mean(ours_idx[:, 0] == faiss_idx[:, 0]))}
   text = json.dumps(result, indent=1)
   print(text)
   if _OUT.value:
