@@ -74,6 +74,10 @@ class Run:
   def _others(self) -> list[int]:
     return [j for j in range(self.count) if j != self.index]
 
+  def _wrote(self, index: int, *kinds: str) -> bool:
+    """Whether process `index` wrote a file of one of `kinds` (error, stopped, exited...)."""
+    return any(files.exists(self._path(k, index)) for k in kinds)
+
   def _wait(self, done, timeout: float | None) -> bool:
     """Polls `done()` until it is true (True) or `timeout` seconds pass (False; None: never)."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -141,7 +145,7 @@ class Run:
     if not self._stopping.acquire(blocking=False):
       self._wait(lambda: False, None)  # the watcher is ending the process already
     data.atomic_write_text(self._path("error", self.index), " ".join(message.split()) + "\n")
-    seen = lambda j: any(files.exists(self._path(k, j)) for k in ("stopped", "error"))  # noqa: E731
+    seen = lambda j: self._wrote(j, "stopped", "error")  # noqa: E731
     if not self._wait(lambda: all(seen(j) for j in self._others()), self.timeout):
       logging.warning("process %d: processes %s did not acknowledge its failure within %g s",
                       self.index, [j for j in self._others() if not seen(j)], self.timeout)
@@ -153,7 +157,7 @@ class Run:
     if self.index == 0:
       # Process 0 hosts JAX's coordination service: the others are aborted the moment it goes,
       # so it leaves last and they end with their own words.
-      left = lambda j: j in gone or any(files.exists(self._path(k, j)) for k in ("exited", "stopped"))  # noqa: E731
+      left = lambda j: j in gone or self._wrote(j, "exited", "stopped")  # noqa: E731
       self._wait(lambda: all(left(j) for j in self._others()), self.timeout)
       time.sleep(0.2)
     sys.stdout.flush()
@@ -161,14 +165,17 @@ class Run:
     self._exit(1)
 
   def _on_peer_failure(self, index: int, message: str) -> None:
+    self._stop(f"process {index} of {self.count} failed: {message}")
+
+  def _stop(self, line: str, gone: tuple[int, ...] = ()) -> None:
+    """Ends this process for a peer's sake with `line` (logged and on stderr), unless it is
+    already ending (failing too: its own error file is its acknowledgement)."""
     if not self._stopping.acquire(blocking=False):
-      # This process is failing too: its own error file is its acknowledgement.
       return
-    line = f"process {index} of {self.count} failed: {message}"
     logging.error("%s", line)
     sys.stderr.write(f"error: {line}\n")
     data.atomic_write_text(self._path("stopped", self.index), "")
-    self._leave()
+    self._leave(gone=gone)
 
   # --- silence ----------------------------------------------------------------------------
 
@@ -176,10 +183,6 @@ class Run:
     """This process's sign of life: a count in `alive.<i>` that grows with every call."""
     self._pulses += 1
     data.atomic_write_text(self._path("alive", self.index), f"{self._pulses}\n")
-
-  def _left(self, index: int) -> bool:
-    """Whether peer `index` ended in words (failed, stopped by a failure, or left)."""
-    return any(files.exists(self._path(k, index)) for k in ("error", "stopped", "exited"))
 
   def silent_peer(self, now: float) -> tuple[int, float] | None:
     """(index, seconds since its count last moved) of a peer silent for `timeout` seconds at
@@ -192,25 +195,18 @@ class Run:
       if j not in self._heard or count != last:
         self._heard[j] = (count, now)
         continue
-      if now - since >= self.timeout and not self._left(j):
+      if now - since >= self.timeout and not self._wrote(j, "error", "stopped", "exited"):
         return j, now - since
     return None
 
   def _on_peer_silent(self, index: int, seconds: float) -> None:
-    if not self._stopping.acquire(blocking=False):
-      return
-    joined = self._path("joined", index)
     try:
-      who = files.read_text(joined).strip()
+      who = files.read_text(self._path("joined", index)).strip()
     except OSError:
       who = "host and pid unknown"
-    line = (f"process {index} of {self.count} ({who}) stopped answering: no sign of life in "
-            f"{self._path('alive', index)} for {seconds:.0f} s (killed, out of memory, or its host "
-            "lost; its own log says which); stopping this process too")
-    logging.error("%s", line)
-    sys.stderr.write(f"error: {line}\n")
-    data.atomic_write_text(self._path("stopped", self.index), "")
-    self._leave(gone=(index,))
+    self._stop(f"process {index} of {self.count} ({who}) stopped answering: no sign of life in "
+               f"{self._path('alive', index)} for {seconds:.0f} s (killed, out of memory, or its "
+               "host lost; its own log says which); stopping this process too", gone=(index,))
 
   def watch(self) -> None:
     """Starts the thread that keeps this process's sign of life and ends the process when a
