@@ -240,12 +240,12 @@ def generate(directory: str, plan: Plan, config, *, workdir: str, shard_size: in
   t["questions_s"] = time.perf_counter() - start
   start = time.perf_counter()
   model_id = retrieval.model_id(config.model)
-  store_dir = retrieval.shard_store_dir(workdir, model_id=model_id, corpus_path=corpus_path,
+  corpus_id = retrieval.corpus_id(corpus_path, config.data.cache_dir)
+  store_dir = retrieval.shard_store_dir(workdir, model_id=model_id, corpus_id=corpus_id,
                                         max_doc_length=config.model.max_doc_length,
                                         shard_dtype=config.encode.shard_dtype)
-  settings = shards.store_settings(
-      dtype=config.encode.shard_dtype, shard_size=shard_size,
-      meta={"model": model_id, "corpus": retrieval.corpus_id(corpus_path)})
+  settings = shards.store_settings(dtype=config.encode.shard_dtype, shard_size=shard_size,
+                                   meta={"model": model_id, "corpus": corpus_id})
   store = shards.write_store(store_dir, embedding_shards(plan, qs, rows, query_emb, shard_size),
                              settings=settings)
   t["shards_s"] = time.perf_counter() - start

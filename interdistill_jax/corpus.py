@@ -27,7 +27,8 @@ duplicate ids included), so a malformed file fails as soon as it is opened. The 
 under `data.cache_dir` (`layout.corpus_index`), not beside the corpus: data directories may be
 read-only or shared, and the cache serves every workdir on this machine (on several hosts each
 builds its own, on local disk). It is named by the corpus file's real path and fingerprint
-(size and mtime in ns), so an edited file is indexed afresh; older versions, and indexes of
+(its content digest, `digests`), so an edited file is indexed afresh and the same bytes copied
+again (new mtimes) are not; older versions, and indexes of
 files that no longer exist, are removed when a new one is built. Without a cache directory the
 index is built in memory for the process (a test, a benchmark).
 
@@ -53,7 +54,7 @@ from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
 import numpy as np
 from absl import logging
 
-from interdistill_jax import layout, textfiles
+from interdistill_jax import digests, layout, textfiles
 
 # --- the file's records ------------------------------------------------------------------
 
@@ -178,10 +179,10 @@ _ARRAYS = ("offsets", "ids", "sorted_ids", "sorted_rows")
 _CHUNK = 1 << 16  # records per step when building or iterating
 
 
-def fingerprint(path: str) -> str:
-  """What identifies a version of the corpus file: its size and modification time (ns)."""
-  st = os.stat(path)
-  return f"{st.st_size}|{st.st_mtime_ns}"
+def fingerprint(path: str, cache_dir: str | None = None) -> str:
+  """What identifies a version of the corpus file: its content digest (remembered under
+  `cache_dir`, `digests.content_id`)."""
+  return digests.content_id(path, cache_dir)
 
 
 class CorpusIndex:
@@ -432,7 +433,7 @@ def open_corpus(path: str, *, cache_dir: str | None = None) -> Mapping[str, Docu
     return load_corpus(path)
   if not cache_dir:
     return LazyCorpus(path, build_index(path))
-  version = fingerprint(path)
+  version = fingerprint(path, cache_dir)
   directory = layout.corpus_index(cache_dir, path, version)
   if not _is_index_of(directory, path, version):
     _build_into(directory, path, version)

@@ -198,6 +198,14 @@ def corpus_indexes(cache_dir: str) -> str:
   return os.path.join(os.path.expanduser(cache_dir), "corpus_index")
 
 
+def digest_record(cache_dir: str, path: str) -> str:
+  """Where the content digest of data file `path` is remembered (`digests.content_id`)."""
+  real = os.path.realpath(path)
+  path_hash = hashlib.sha256(real.encode()).hexdigest()[:16]
+  return os.path.join(os.path.expanduser(cache_dir), "digests",
+                      f"{os.path.basename(real)}-{path_hash}.json")
+
+
 def corpus_index(cache_dir: str, corpus_path: str, fingerprint: str) -> str:
   """The index of one version of a corpus file: named by the file (its basename and a hash of
   its real path) and by its fingerprint, so an edited file gets a directory of its own."""

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 from absl import logging
 
-from interdistill_jax import assets, files, layout, peers
+from interdistill_jax import assets, digests, files, layout, peers
 from interdistill_jax import data as data_lib
 
 # Config fields that cannot change any stage's result.
@@ -131,19 +131,28 @@ def config_fields(name: str, config) -> dict:
           if k not in ignored and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
-def _data_files(config) -> dict:
-  """Size and mtime of the data set's files (fetched or written first where the config says
-  how): an edited corpus, query or qrels file makes retrieve, and all after it, stale."""
+def _data_files(config, recorded: Mapping | None = None) -> dict:
+  """The content digest of each of the data set's files (fetched or written first where the
+  config says how): an edited corpus, query or qrels file makes retrieve, and all after it,
+  stale; the same bytes copied again (new mtimes) do not (`digests`).
+
+  `recorded` is what the workdir's retrieve marker holds: a file that older versions identified
+  by size and mtime keeps that identity while both are unchanged, so upgrading reruns nothing."""
   root = assets.ensure_dataset(config.data)
   corpus = config.data.corpus_file
   paths = [corpus if os.path.isabs(corpus) else os.path.join(root, corpus),
            os.path.join(root, "queries.jsonl"), *sorted(glob.glob(os.path.join(root, "qrels", "*"))),
            *sorted(glob.glob(os.path.join(root, "splits", "*")))]
+  recorded = recorded or {}
   out = {}
   for path in paths:
     if os.path.isfile(path):
-      st = os.stat(path)
-      out[os.path.relpath(path, root)] = f"{st.st_size}|{st.st_mtime_ns}"
+      name = os.path.relpath(path, root)
+      old = recorded.get(name)
+      if isinstance(old, str) and not old.startswith(digests.PREFIX) and old == digests.stat_id(path):
+        out[name] = old
+      else:
+        out[name] = digests.content_id(path, config.data.cache_dir)
   return out
 
 
@@ -181,7 +190,8 @@ def inputs(name: str, config, workdir: str) -> dict:
   fingerprint of each upstream stage (None where that stage has not finished)."""
   out = {"config": config_fields(name, config)}
   if name == "retrieve":
-    out["data_files"] = _data_files(config)
+    recorded = (read_marker(name, workdir) or {}).get("inputs", {})
+    out["data_files"] = _data_files(config, recorded.get("data_files"))
   ups = {}
   for up in upstream(name, workdir):
     recorded = read_marker(up, workdir)

@@ -13,7 +13,8 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, files, inference, layout, models, provenance, search, sharding
+from interdistill_jax import (assets, digests, files, inference, layout, models, provenance, search,
+                              sharding)
 from interdistill_jax import corpus as corpus_lib
 from interdistill_jax import shards, tokenization
 
@@ -81,19 +82,22 @@ class Encoder:
     return embeddings_key(self.model_id, corpus_id, self.max_doc_length, *extra)
 
   def encode_corpus(self, corpus: Mapping[str, data_lib.Document], cache_dir: str | None,
-                    corpus_id: str) -> tuple[list[str], np.ndarray]:
-    """(docids, [N, H] embeddings), read from the cache when this model already encoded it."""
+                    corpus_id: str, legacy_id: str | None = None) -> tuple[list[str], np.ndarray]:
+    """(docids, [N, H] embeddings), read from the cache when this model already encoded it
+    (under `corpus_id`, or under `legacy_id`, the corpus's name in older caches)."""
     docids = list(corpus)
     path = None
     if cache_dir:
+      for cid in (corpus_id, legacy_id) if legacy_id else (corpus_id,):
+        path = os.path.join(cache_dir, f"corpus-{self.cache_key(cid)}.npy")
+        meta = {"model": self.model_id, "corpus": cid, "num_docs": len(docids)}
+        emb, problem = _read_cache(path, meta) if files.exists(path) else (None, None)
+        if emb is not None:
+          logging.info("Corpus embeddings from cache %s", path)
+          return docids, emb
+        if problem:  # recomputed from the corpus: safe, and it costs no LLM call
+          logging.warning("%s: %s; encoding the corpus again", path, problem)
       path = os.path.join(cache_dir, f"corpus-{self.cache_key(corpus_id)}.npy")
-      meta = {"model": self.model_id, "corpus": corpus_id, "num_docs": len(docids)}
-      emb, problem = _read_cache(path, meta) if files.exists(path) else (None, None)
-      if emb is not None:
-        logging.info("Corpus embeddings from cache %s", path)
-        return docids, emb
-      if problem:  # recomputed from the corpus: safe, and it costs no LLM call
-        logging.warning("%s: %s; encoding the corpus again to replace it", path, problem)
     emb = self.encode_documents(corpus.values(), len(docids))
     if path and jax.process_index() == 0:
       # The description first, the embeddings last: their presence is what marks the cache
@@ -164,7 +168,16 @@ def model_id(model_config) -> str:
   return _weights_id(assets.model_dir(model_config.init), model_config)
 
 
-def corpus_id(path: str) -> str:
+def corpus_id(path: str, cache_dir: str | None = None) -> str:
+  """What names a version of the corpus file in embedding caches and shard stores: its content
+  digest (`digests`; remembered under `cache_dir`), so a copy elsewhere or a fresh mount of the
+  same bytes finds the embeddings already computed."""
+  return digests.content_id(path, cache_dir)
+
+
+def legacy_corpus_id(path: str) -> str:
+  """How older versions named the corpus file (real path, size, mtime in s): what they cached
+  is still found while the file is unchanged."""
   st = os.stat(path)
   return f"{os.path.realpath(path)}|{st.st_size}|{int(st.st_mtime)}"
 
@@ -180,7 +193,9 @@ def corpus_embeddings(workdir: str, encoder: Encoder, dataset: data_lib.Dataset,
                       data_config) -> tuple[list[str], np.ndarray]:
   """(docids, [N, H]) of the data set's corpus, through the workdir's embedding cache."""
   cache = layout.embeddings_dir(workdir) if encode_config.cache else None
-  return encoder.encode_corpus(dataset.corpus, cache, corpus_id(corpus_path(data_config, dataset)))
+  path = corpus_path(data_config, dataset)
+  return encoder.encode_corpus(dataset.corpus, cache, corpus_id(path, data_config.cache_dir),
+                               legacy_corpus_id(path))
 
 
 class CorpusEmbeddings:
@@ -218,11 +233,11 @@ class CorpusEmbeddings:
     return np.asarray(self._rows(idx), np.float32)
 
 
-def shard_store_dir(workdir: str, *, model_id: str, corpus_path: str, max_doc_length: int,
+def shard_store_dir(workdir: str, *, model_id: str, corpus_id: str, max_doc_length: int,
                     shard_dtype: str) -> str:
-  """Where the corpus file's embeddings by the model `model_id` names (passages cut to
-  `max_doc_length` tokens, stored as `shard_dtype`) are kept as shards."""
-  key = embeddings_key(model_id, corpus_id(corpus_path), max_doc_length, shard_dtype)
+  """Where the embeddings of the corpus `corpus_id` names by the model `model_id` names
+  (passages cut to `max_doc_length` tokens, stored as `shard_dtype`) are kept as shards."""
+  key = embeddings_key(model_id, corpus_id, max_doc_length, shard_dtype)
   return layout.shard_store(workdir, key)
 
 
@@ -230,12 +245,17 @@ def corpus_shards(workdir: str, encoder: Encoder, dataset: data_lib.Dataset, *, 
                   data_config):
   """The corpus encoded into on-disk shards under workdir/embeddings/ (resumed, then reused)."""
   path = corpus_path(data_config, dataset)
-  directory = shard_store_dir(workdir, model_id=encoder.model_id, corpus_path=path,
-                              max_doc_length=encoder.max_doc_length,
-                              shard_dtype=encode_config.shard_dtype)
+  cid, legacy = corpus_id(path, data_config.cache_dir), legacy_corpus_id(path)
+  store_dir = functools.partial(shard_store_dir, workdir, model_id=encoder.model_id,
+                                max_doc_length=encoder.max_doc_length,
+                                shard_dtype=encode_config.shard_dtype)
+  has_store = lambda name: files.exists(os.path.join(store_dir(corpus_id=name), "manifest.json"))
+  if not has_store(cid) and has_store(legacy):
+    cid = legacy  # a store an older version wrote for this same file
+  directory = store_dir(corpus_id=cid)
   return shards.encode_to_shards(
       encoder.on_local_devices(), path, directory, shard_size=encode_config.shard_size,
-      dtype=encode_config.shard_dtype, meta={"model": encoder.model_id, "corpus": corpus_id(path)})
+      dtype=encode_config.shard_dtype, meta={"model": encoder.model_id, "corpus": cid})
 
 
 def corpus_index(workdir: str, encoder: Encoder, dataset: data_lib.Dataset, *, retrieve_config,

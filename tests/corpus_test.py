@@ -3,6 +3,7 @@ version of the file, and a malformed file fails with the same file:line errors."
 
 import gzip
 import os
+import shutil
 
 import pytest
 
@@ -83,10 +84,10 @@ def test_an_edited_corpus_file_is_indexed_afresh(tmp_path):
   old = corpus.open_corpus(str(path), cache_dir=cache)
   old_dir = layout.corpus_index(cache, str(path), corpus.fingerprint(str(path)))
   assert list(old) == ["a", "b"] and old["b"].text == "two"
-  # The same size: only the modification time tells the versions apart.
-  path.write_text('{"_id": "a", "text": "one"}\n{"_id": "c", "text": "two"}\n')
+  # The same size and the same modification time: only the bytes tell the versions apart.
   st = os.stat(path)
-  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  path.write_text('{"_id": "a", "text": "one"}\n{"_id": "c", "text": "two"}\n')
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
   new = corpus.open_corpus(str(path), cache_dir=cache)
   assert list(new) == ["a", "c"] and "b" not in new and new["c"].text == "two"
   assert not os.path.exists(old_dir)  # the old version's index is removed
@@ -95,6 +96,24 @@ def test_an_edited_corpus_file_is_indexed_afresh(tmp_path):
   newer = corpus.open_corpus(str(path), cache_dir=cache)
   assert list(newer) == ["z", "a", "c"] and newer["c"].text == "two"
   assert len(os.listdir(os.path.dirname(old_dir))) == 1
+
+
+def test_the_same_bytes_copied_again_keep_their_index(tmp_path, monkeypatch):
+  """A data set copied afresh (new mtimes, same bytes) is not indexed again."""
+  path = tmp_path / "corpus.jsonl"
+  path.write_text('{"_id": "a", "text": "one"}\n{"_id": "b", "text": "two"}\n')
+  cache = str(tmp_path / "cache")
+  corpus.open_corpus(str(path), cache_dir=cache)
+  shutil.copyfile(path, tmp_path / "copy")
+  os.replace(tmp_path / "copy", path)  # a new inode and mtime
+  st = os.stat(path)
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+  def no_build(p):
+    raise AssertionError("the index was built again")
+
+  monkeypatch.setattr(corpus, "build_index", no_build)
+  assert list(corpus.open_corpus(str(path), cache_dir=cache)) == ["a", "b"]
 
 
 def test_a_file_changed_while_in_use_is_an_error_not_another_passage(tmp_path):

@@ -1,11 +1,13 @@
 """Stage inputs and fingerprints: what makes a stage stale, and what happens then (no models)."""
 
+import glob
 import json
 import os
+import shutil
 
 import pytest
 
-from interdistill_jax import defaults, layout, pipeline, provenance, tasks
+from interdistill_jax import defaults, digests, layout, pipeline, provenance, tasks
 
 
 def _config(root):
@@ -16,6 +18,7 @@ def _config(root):
   (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
   config = defaults.base_config()
   config.data.dir = str(root)
+  config.data.cache_dir = str(root.parent / "cache")  # content digests are remembered there
   config.retrieve.splits = ("train",)
   return config
 
@@ -157,6 +160,39 @@ def test_an_edited_data_file_makes_retrieve_stale(tmp_path):
   (tmp_path / "data" / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\n")
   assert provenance.status("retrieve", config, workdir) == (
       "stale", [f"data file {os.path.join('qrels', 'train.tsv')} changed"])
+
+
+def test_the_same_data_copied_again_leaves_retrieve_current(tmp_path):
+  """A fresh copy of the data set (new mtimes and inodes, the same bytes) reruns nothing."""
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  _finish("retrieve", config, workdir)
+  shutil.copytree(tmp_path / "data", tmp_path / "copy")
+  shutil.rmtree(tmp_path / "data")
+  os.rename(tmp_path / "copy", tmp_path / "data")
+  for path in glob.glob(str(tmp_path / "data" / "**" / "*.*"), recursive=True):
+    os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 10**10))
+  assert provenance.status("retrieve", config, workdir) == ("current", [])
+  # Hashed from the bytes, not taken from the remembered digests: a stale record is not trusted.
+  shutil.rmtree(tmp_path / "cache")
+  assert provenance.status("retrieve", config, workdir) == ("current", [])
+
+
+def test_records_of_size_and_mtime_stay_current_while_the_files_are_unchanged(tmp_path):
+  """Older versions recorded each data file's size and mtime: such a workdir is not rerun after
+  an upgrade, until a file changes."""
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  root = tmp_path / "data"
+  legacy = {name: digests.stat_id(str(root / name))
+            for name in ("corpus.jsonl", "queries.jsonl", os.path.join("qrels", "train.tsv"))}
+  stage_inputs = {**provenance.inputs("retrieve", config, workdir), "data_files": legacy}
+  path = provenance.marker("retrieve", workdir)
+  os.makedirs(os.path.dirname(path))
+  with open(path, "w") as f:
+    json.dump({"inputs": stage_inputs, "fingerprint": provenance.fingerprint(stage_inputs)}, f)
+  assert provenance.status("retrieve", config, workdir) == ("current", [])
+  st = os.stat(root / "queries.jsonl")
+  os.utime(root / "queries.jsonl", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  assert provenance.status("retrieve", config, workdir) == ("stale", ["data file queries.jsonl changed"])
 
 
 def test_each_retriever_stage_reads_only_its_own_distill_fields(tmp_path):

@@ -172,3 +172,18 @@ def test_the_embedding_cache_is_complete_or_absent_after_a_kill(tmp_path, monkey
   assert json.loads((tmp_path / "corpus-c.json").read_text())["num_docs"] == 3
   retrieval.Encoder.encode_corpus(stub, corpus, str(tmp_path), "c")
   assert stub.encoded == 2  # read from the cache
+
+
+def test_embeddings_cached_under_the_corpus_name_of_older_versions_are_read(tmp_path):
+  """A cache written under the legacy name (path, size, mtime) is read while that name holds;
+  a new one is written under the content name."""
+  from interdistill_jax import retrieval
+  from interdistill_jax.data import Document
+  corpus = {f"d{i}": Document(f"d{i}", "", f"text {i}") for i in range(3)}
+  stub = _StubEncoder()
+  _, old = retrieval.Encoder.encode_corpus(stub, corpus, str(tmp_path), "legacy")
+  _, emb = retrieval.Encoder.encode_corpus(stub, corpus, str(tmp_path), "sha256:x", "legacy")
+  assert stub.encoded == 1 and not (tmp_path / "corpus-sha256:x.npy").exists()
+  np.testing.assert_array_equal(emb, old)
+  retrieval.Encoder.encode_corpus(stub, corpus, str(tmp_path), "sha256:x", "other")
+  assert stub.encoded == 2 and (tmp_path / "corpus-sha256:x.npy").exists()

@@ -238,21 +238,26 @@ def test_a_store_of_another_corpus_order_is_refused(tiny, tmp_path):
     store.check_docids(list(table)[:49], "corpus.jsonl")
 
 
-def test_a_store_written_from_outside_is_found_complete(tiny, tmp_path):
-  """`write_store` (embeddings computed elsewhere) leaves what `encode_to_shards` would have."""
+@pytest.mark.parametrize("naming", ["content", "legacy"])
+def test_a_store_written_from_outside_is_found_complete(tiny, tmp_path, naming):
+  """`write_store` (embeddings computed elsewhere) leaves what `encode_to_shards` would have; a
+  store named the way older versions named the corpus (path, size, mtime) is still found."""
   encoded, encoder, dataset = _store(tiny, tmp_path / "encoded", dtype="float16")
   chunks = [(encoded.ids(i), np.asarray(encoded.embeddings(i), np.float32))
             for i in range(encoded.num_shards)]
   config = tiny.copy_and_resolve_references()
   config.encode.shard_size, config.encode.shard_dtype = 12, "float16"
   path = retrieval.corpus_path(config.data, dataset)
+  corpus_id = (retrieval.corpus_id(path) if naming == "content"
+               else retrieval.legacy_corpus_id(path))
   directory = retrieval.shard_store_dir(str(tmp_path / "written"),
-                                        model_id=retrieval.model_id(config.model), corpus_path=path,
+                                        model_id=retrieval.model_id(config.model),
+                                        corpus_id=corpus_id,
                                         max_doc_length=config.model.max_doc_length,
                                         shard_dtype=config.encode.shard_dtype)
   assert retrieval.model_id(config.model) == encoder.model_id
   settings = shards.store_settings(dtype="float16", shard_size=12,
-                                   meta={"model": encoder.model_id, "corpus": retrieval.corpus_id(path)})
+                                   meta={"model": encoder.model_id, "corpus": corpus_id})
   shards.write_store(directory, chunks, settings=settings)
 
   def no_encoding(*args, **kwargs):
@@ -261,6 +266,7 @@ def test_a_store_written_from_outside_is_found_complete(tiny, tmp_path):
   encoder.encode = no_encoding
   found = retrieval.corpus_shards(str(tmp_path / "written"), encoder, dataset,
                                   encode_config=config.encode, data_config=config.data)
-  assert found.directory == directory and found.manifest == encoded.manifest
+  assert found.directory == directory
+  assert found.manifest == {**encoded.manifest, "corpus": corpus_id}
   for i in range(encoded.num_shards):
     np.testing.assert_array_equal(np.asarray(found.embeddings(i)), np.asarray(encoded.embeddings(i)))
