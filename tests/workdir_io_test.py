@@ -46,7 +46,7 @@ ALLOWED = {
 }
 
 # layout functions whose paths are outside the workdir, on local disk.
-LOCAL_LAYOUT = {"corpus_indexes", "corpus_index", "local_mirror"}
+LOCAL_LAYOUT = {"corpus_indexes", "corpus_index", "digest_record", "local_mirror"}
 # layout functions that return no path.
 NOT_PATHS = {"is_done", "read_done", "check_teacher", "markdown_table"}
 WORKDIR_NAMES = {"workdir", "wd"}
