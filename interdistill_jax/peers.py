@@ -17,8 +17,10 @@ from the same path once a barrier says it is there. So:
   for its peers' error files from a thread and, on seeing one, prints that process's error and
   exits (also when it is blocked in a collective).
 - A process that dies without a word (SIGKILL, out of memory, a lost host) is seen by its
-  silence: each watcher thread rewrites `alive.<i>` with a growing count every `timeout / 8`
-  seconds, and a peer whose count has not moved for `timeout` seconds is taken for dead. Every
+  silence: each watcher thread replaces its `alive.<i>.<count>` file by the next count every
+  `timeout / 8` seconds, and a peer whose count has not moved for `timeout` seconds is taken for
+  dead. Each look at the peers (twice a second) is one listing of the run's directory, however
+  many processes there are. Every
   process that sees it prints one line naming that process (its host and pid from `joined`) and
   exits with status 1. JAX's own heartbeat (`main` gives it twice the timeout) stays the
   backstop for a process whose Python is alive but whose runtime is not.
@@ -74,9 +76,18 @@ class Run:
   def _others(self) -> list[int]:
     return [j for j in range(self.count) if j != self.index]
 
-  def _wrote(self, index: int, *kinds: str) -> bool:
-    """Whether process `index` wrote a file of one of `kinds` (error, stopped, exited...)."""
-    return any(files.exists(self._path(k, index)) for k in kinds)
+  def _names(self) -> set[str]:
+    """One listing of the run's directory. Every look at the peers reads one listing, however
+    many they are: on a bucket, each of n processes asking for n files twice a second would
+    cost thousands of requests a second on a large pod."""
+    return set(files.listdir(self.directory))
+
+  def _without(self, kinds: tuple[str, ...], names: set[str] | None = None,
+               gone: tuple[int, ...] = ()) -> list[int]:
+    """The other processes (but `gone`) that wrote no file of `kinds` (error, stopped...)."""
+    names = self._names() if names is None else names
+    return [j for j in self._others()
+            if j not in gone and not any(f"{k}.{j}" in names for k in kinds)]
 
   def _wait(self, done, timeout: float | None) -> bool:
     """Polls `done()` until it is true (True) or `timeout` seconds pass (False; None: never)."""
@@ -96,9 +107,8 @@ class Run:
     returns the processes whose file it did not see."""
     data.atomic_write_text(self._path("joined", self.index),
                            f"host {socket.gethostname()} pid {os.getpid()}\n")
-    unseen = lambda: [j for j in self._others() if not files.exists(self._path("joined", j))]  # noqa: E731
-    self._wait(lambda: not unseen(), self.timeout)
-    return unseen()
+    self._wait(lambda: not self._without(("joined",)), self.timeout)
+    return self._without(("joined",))
 
   def not_shared(self, unseen: list[int], blind: list[int]) -> WorkdirNotShared:
     """The start-up error of this process: it does not see the files of `unseen`, or `blind`
@@ -121,9 +131,9 @@ class Run:
     k = self._barriers
     self._barriers += 1
     data.atomic_write_text(self._path(f"barrier-{k}", self.index), name)
-    paths = {j: self._path(f"barrier-{k}", j) for j in self._others()}
-    self._wait(lambda: all(files.exists(p) for p in paths.values()), None)
-    for j, path in paths.items():
+    self._wait(lambda: not self._without((f"barrier-{k}",)), None)
+    for j in self._others():
+      path = self._path(f"barrier-{k}", j)
       theirs = files.read_text(path)
       if theirs != name:
         raise RuntimeError(f"the processes are out of step: barrier {k} is {name!r} on process "
@@ -131,12 +141,12 @@ class Run:
 
   # --- failure ----------------------------------------------------------------------------
 
-  def failed_peer(self) -> tuple[int, str] | None:
-    """(index, one-line error) of a peer that failed, or None."""
+  def failed_peer(self, names: set[str] | None = None) -> tuple[int, str] | None:
+    """(index, one-line error) of a peer that failed, or None (`names`: a listing just read)."""
+    failed = self._without(("error",), names)
     for j in self._others():
-      path = self._path("error", j)
-      if files.exists(path):
-        return j, files.read_text(path).strip()
+      if j not in failed:
+        return j, files.read_text(self._path("error", j)).strip()
     return None
 
   def fail(self, message: str) -> None:
@@ -145,10 +155,10 @@ class Run:
     if not self._stopping.acquire(blocking=False):
       self._wait(lambda: False, None)  # the watcher is ending the process already
     data.atomic_write_text(self._path("error", self.index), " ".join(message.split()) + "\n")
-    seen = lambda j: self._wrote(j, "stopped", "error")  # noqa: E731
-    if not self._wait(lambda: all(seen(j) for j in self._others()), self.timeout):
+    unseen = lambda: self._without(("stopped", "error"))  # noqa: E731
+    if not self._wait(lambda: not unseen(), self.timeout):
       logging.warning("process %d: processes %s did not acknowledge its failure within %g s",
-                      self.index, [j for j in self._others() if not seen(j)], self.timeout)
+                      self.index, unseen(), self.timeout)
     self._leave()
 
   def _leave(self, gone: tuple[int, ...] = ()) -> None:
@@ -157,8 +167,7 @@ class Run:
     if self.index == 0:
       # Process 0 hosts JAX's coordination service: the others are aborted the moment it goes,
       # so it leaves last and they end with their own words.
-      left = lambda j: j in gone or self._wrote(j, "exited", "stopped")  # noqa: E731
-      self._wait(lambda: all(left(j) for j in self._others()), self.timeout)
+      self._wait(lambda: not self._without(("exited", "stopped"), gone=gone), self.timeout)
       time.sleep(0.2)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -180,22 +189,42 @@ class Run:
   # --- silence ----------------------------------------------------------------------------
 
   def pulse(self) -> None:
-    """This process's sign of life: a count in `alive.<i>` that grows with every call."""
+    """This process's sign of life: an empty file `alive.<i>.<count>` whose count grows with
+    every call (the previous one removed), so a listing shows every peer's count."""
     self._pulses += 1
-    data.atomic_write_text(self._path("alive", self.index), f"{self._pulses}\n")
+    data.atomic_write_text(self._alive(self.index, self._pulses), "")
+    if self._pulses > 1:
+      files.remove(self._alive(self.index, self._pulses - 1))
 
-  def silent_peer(self, now: float) -> tuple[int, float] | None:
+  def _alive(self, index: int, count: int | str) -> str:
+    return f"{self._path('alive', index)}.{count}"
+
+  @staticmethod
+  def _counts(names: set[str]) -> dict[int, int]:
+    """Each process's latest count in a listing (`alive.<i>.<count>`)."""
+    counts = {}
+    for name in names:
+      kind, _, rest = name.partition(".")
+      index, _, count = rest.partition(".")
+      if kind == "alive" and index.isdigit() and count.isdigit():
+        counts[int(index)] = max(counts.get(int(index), 0), int(count))
+    return counts
+
+  def silent_peer(self, now: float, names: set[str] | None = None) -> tuple[int, float] | None:
     """(index, seconds since its count last moved) of a peer silent for `timeout` seconds at
-    monotonic time `now`, or None. A peer is heard from the first call on: one that never
-    pulses is silent `timeout` seconds after this process started watching."""
+    monotonic time `now`, or None (`names`: a listing just read). A peer is heard from the first
+    call on: one that never pulses is silent `timeout` seconds after this process started
+    watching."""
+    names = self._names() if names is None else names
+    counts = self._counts(names)
+    quiet = self._without(("error", "stopped", "exited"), names)  # those that did not leave in words
     for j in self._others():
-      path = self._path("alive", j)
-      count = files.read_text(path).strip() if files.exists(path) else None
+      count = counts.get(j)
       last, since = self._heard.get(j, (None, now))
       if j not in self._heard or count != last:
         self._heard[j] = (count, now)
         continue
-      if now - since >= self.timeout and not self._wrote(j, "error", "stopped", "exited"):
+      if now - since >= self.timeout and j in quiet:
         return j, now - since
     return None
 
@@ -205,7 +234,7 @@ class Run:
     except OSError:
       who = "host and pid unknown"
     self._stop(f"process {index} of {self.count} ({who}) stopped answering: no sign of life in "
-               f"{self._path('alive', index)} for {seconds:.0f} s (killed, out of memory, or its "
+               f"{self._alive(index, '*')} for {seconds:.0f} s (killed, out of memory, or its "
                "host lost; its own log says which); stopping this process too", gone=(index,))
 
   def watch(self) -> None:
@@ -219,11 +248,12 @@ class Run:
       while self._watching.is_set():
         failed = silent = None
         try:
-          failed = self.failed_peer()
+          names = self._names()
+          failed = self.failed_peer(names)
           now = time.monotonic()
           if failed is None and now >= next_pulse:
             self.pulse()
-            silent = self.silent_peer(now)
+            silent = self.silent_peer(now, names)
             next_pulse = now + every
         except OSError as e:  # a hiccup of the shared storage: look again
           logging.warning("process %d: could not read %s: %s", self.index, self.directory, e)

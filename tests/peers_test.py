@@ -165,7 +165,24 @@ def test_peers_that_keep_pulsing_are_never_taken_for_dead(tmp_path):
   for r in runs:
     r.unwatch()
   assert exits == {}
-  assert int((tmp_path / "alive.0").read_text()) >= 10
+  alive = [p.name for p in tmp_path.glob("alive.0.*")]
+  assert len(alive) == 1 and int(alive[0].split(".")[2]) >= 10  # the latest count alone
+
+
+def test_each_look_at_the_peers_is_one_listing_however_many_they_are(tmp_path, monkeypatch):
+  """On a bucket every request counts: a look for failed and silent peers among 63 others
+  reads one listing, and no file unless a peer failed."""
+  runs, _ = _runs([tmp_path] * 64)
+  for r in runs[1:]:
+    r.pulse()
+  calls = []
+  for name in ("exists", "read_text", "listdir"):
+    real = getattr(peers.files, name)
+    monkeypatch.setattr(peers.files, name,
+                        lambda *a, _name=name, _real=real: calls.append(_name) or _real(*a))
+  names = runs[0]._names()
+  assert runs[0].failed_peer(names) is None and runs[0].silent_peer(0.0, names) is None
+  assert calls == ["listdir"]
 
 
 def test_a_peer_that_left_in_words_is_not_taken_for_silent(tmp_path):
