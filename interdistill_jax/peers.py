@@ -19,11 +19,11 @@ from the same path once a barrier says it is there. So:
 - A process that dies without a word (SIGKILL, out of memory, a lost host) is seen by its
   silence: each watcher thread replaces its `alive.<i>.<count>` file by the next count every
   `timeout / 8` seconds, and a peer whose count has not moved for `timeout` seconds is taken for
-  dead. Each look at the peers (twice a second) is one listing of the run's directory, however
-  many processes there are. Every
-  process that sees it prints one line naming that process (its host and pid from `joined`) and
-  exits with status 1. JAX's own heartbeat (`main` gives it twice the timeout) stays the
-  backstop for a process whose Python is alive but whose runtime is not.
+  dead. Every process that sees it prints one line naming that process (its host and pid from
+  `joined`) and exits with status 1. JAX's own heartbeat (`main` gives it twice the timeout)
+  stays the backstop for a process whose Python is alive but whose runtime is not.
+- Each look at the peers (twice a second) reads one listing of the run's directory, however many
+  processes there are, and a file only when a peer failed.
 
 With one process every function here does nothing.
 """
@@ -143,9 +143,9 @@ class Run:
 
   def failed_peer(self, names: set[str] | None = None) -> tuple[int, str] | None:
     """(index, one-line error) of a peer that failed, or None (`names`: a listing just read)."""
-    failed = self._without(("error",), names)
+    quiet = self._without(("error",), names)
     for j in self._others():
-      if j not in failed:
+      if j not in quiet:
         return j, files.read_text(self._path("error", j)).strip()
     return None
 

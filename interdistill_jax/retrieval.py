@@ -249,7 +249,10 @@ def corpus_shards(workdir: str, encoder: Encoder, dataset: data_lib.Dataset, *, 
   store_dir = functools.partial(shard_store_dir, workdir, model_id=encoder.model_id,
                                 max_doc_length=encoder.max_doc_length,
                                 shard_dtype=encode_config.shard_dtype)
-  has_store = lambda name: files.exists(os.path.join(store_dir(corpus_id=name), "manifest.json"))
+
+  def has_store(name: str) -> bool:
+    return files.exists(os.path.join(store_dir(corpus_id=name), "manifest.json"))
+
   if not has_store(cid) and has_store(legacy):
     cid = legacy  # a store an older version wrote for this same file
   directory = store_dir(corpus_id=cid)
