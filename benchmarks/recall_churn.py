@@ -9,7 +9,9 @@ over the whole corpus by the initial and by the trained retriever (`--system`'s 
 slice: Recall@k of both, the pairs that left the top k ("lost") and those that entered it
 ("gained"), with their ranks before and after. The teacher only ranked the top
 `label.num_candidates`, so what happens beyond them is what the retriever generalised, not what
-it was shown. Prints JSON.
+it was shown. The trained retriever is loaded as evaluate loads it, its weights interpolated
+with the initial ones by `distill.interpolation` (`--alpha` overrides it; 1: the trained weights
+alone). Prints JSON.
 """
 
 import json
@@ -25,6 +27,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the workdi
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.")
 _SYSTEM = flags.DEFINE_string("system", "retriever", "The trained retriever's directory in it.")
 _K = flags.DEFINE_integer("k", 100, "The depth of the recall.")
+_ALPHA = flags.DEFINE_float("alpha", None, "Weight of the trained parameters (1: the trained "
+                            "retriever; 0: the initial one); default distill.interpolation.")
 _DEPTH = 1000  # ranks beyond this are reported as DEPTH + 1
 
 
@@ -52,8 +56,10 @@ def main(_):
   docids, index = retrieval.corpus_index(workdir, initial, dataset, retrieve_config=config.retrieve,
                                          encode_config=config.encode, data_config=config.data,
                                          seed=config.seed)
+  alpha = config.distill.interpolation if _ALPHA.value is None else _ALPHA.value
   model, ckpt, _ = distill.load_distilled(config.model, f"{workdir}/{_SYSTEM.value}", mesh=mesh,
-                                          param_rules=config.mesh.param_rules, seed=config.seed)
+                                          param_rules=config.mesh.param_rules, seed=config.seed,
+                                          interpolation=alpha)
   trained = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                               model_config=config.model, mesh=mesh,
                               param_rules=config.mesh.param_rules)
@@ -64,7 +70,7 @@ def main(_):
     run = search.search_run(index, docids, qids, encoder.encode(texts, tower="query"), _DEPTH)
     ranks[name] = {q: {d: i + 1 for i, d in enumerate(data_lib.ranked(run[q]))} for q in qids}
   out = {"benchmark": "recall_churn", "workdir": workdir, "system": _SYSTEM.value, "k": k,
-         "seed": config.seed}
+         "seed": config.seed, "alpha": alpha}
   for part, part_qids in (("train", train_qids), ("dev", dev_qids)):
     pairs = [(q, d) for q in part_qids for d, g in qrels.get(q, {}).items() if g > 0]
     before, after = (np.array([ranks[n][q].get(d, _DEPTH + 1) for q, d in pairs])

@@ -66,10 +66,11 @@ def dev_figures(config, out_dir: str, alphas=()) -> dict:
                                                 tokenizer, dev_qids, mesh=mesh)}
   if alphas:
     start = jax.tree.map(np.asarray, nnx.split(initial, trainable, ...)[1])
-    end = jax.tree.map(np.asarray, nnx.split(trained, trainable, ...)[1])
+    end = nnx.split(trained, trainable, ...)[1]
     out["interpolation"] = []
     for alpha in alphas:
-      nnx.update(trained, jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, start, end))
+      nnx.update(trained, end)
+      distill.interpolate(trained, start, alpha, trainable)
       dev = distill.dev_retrieval(config, workdir, dataset, encoder, trained, tokenizer, dev_qids,
                                   mesh=mesh)
       out["interpolation"].append({

@@ -409,6 +409,7 @@ def _distill(c) -> list:
       one_of("distill.towers", d.towers, TOWERS),
       above("distill.student_temperature", d.student_temperature, 0),
       at_least("distill.in_batch_weight", d.in_batch_weight, 0),
+      fraction("distill.interpolation", d.interpolation),
       *_loop("distill", d),
   ]
   if "distill" in planned_stages(c) and d.depth > c.retrieve.k:

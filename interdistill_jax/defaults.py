@@ -261,6 +261,11 @@ def distill_config() -> ml_collections.ConfigDict:
                                # have the initial retriever's mean entropy on the training lists.
       student_temperature=0.05,
       in_batch_weight=0.0,     # Weight of an in-batch contrastive term (teacher top-1 positive).
+      # The retriever every later stage uses (evaluate, export): its trainable weights taken
+      # (1 - a) x initial + a x trained (weight-space ensembling, as WiSE-FT; 1: the trained
+      # weights alone). Applied when the retriever is loaded, so changing it reruns evaluate
+      # and export, not the training; distill records the dev figures at 0.25, 0.5 and 0.75.
+      interpolation=0.5,
       batch_size=32,           # Queries per step (padded with zero-weight rows to split over the mesh).
       epochs=4.0,
       dev_fraction=0.1,

@@ -69,14 +69,36 @@ def build_student(model_config, towers: str, *,
   return model, ckpt, (nnx.Param if shared else QUERY_TOWER)
 
 
-def load_distilled(model_config, out_dir: str, *, mesh, param_rules,
-                   seed: int) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
-  """A finished distillation's selected retriever, with its done.json."""
+def interpolate(model: models.DualEncoder, start: object, alpha: float, trainable) -> None:
+  """Sets `model`'s trainable weights to (1 - alpha) x `start` + alpha x its own, in place
+  (`start`: the initial weights, `nnx.split(initial, trainable, ...)[1]`). Weight-space
+  ensembling (WiSE-FT, Wortsman et al. 2022): the retriever keeps more of what it could do
+  before training, which the candidate lists never show it."""
+  trained = nnx.split(model, trainable, ...)[1]
+  nnx.update(model, jax.tree.map(lambda a, b: (1 - alpha) * np.asarray(a) + alpha * b,
+                                 start, trained))
+
+
+def initial_weights(model_config, towers: str, *, seed: int):
+  """The trainable weights the student starts from (host arrays), and their filter."""
+  initial, _, trainable = build_student(model_config, towers, seed=seed)
+  return jax.tree.map(np.asarray, nnx.split(initial, trainable, ...)[1]), trainable
+
+
+def load_distilled(model_config, out_dir: str, *, mesh, param_rules, seed: int,
+                   interpolation: float = 1.0) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
+  """A finished distillation's selected retriever, with its done.json; its trainable weights
+  interpolated with the initial ones when `interpolation` < 1 (`distill.interpolation`)."""
   info = layout.read_done(out_dir)
   model, ckpt, trainable = build_student(model_config, info["towers"], seed=seed)
   step = checkpoints.restore_params(model, out_dir, mesh=mesh, param_rules=param_rules,
                                     trainable=trainable)
-  logging.info("Retriever from %s (step %d)", out_dir, step)
+  if interpolation != 1.0:
+    start, _ = initial_weights(model_config, info["towers"], seed=seed)
+    interpolate(model, start, interpolation, trainable)
+  logging.info("Retriever from %s (step %d%s)", out_dir, step,
+               "" if interpolation == 1.0 else
+               f"; weights {interpolation:g} x trained + {1 - interpolation:g} x initial")
   return model, ckpt, info
 
 
@@ -382,6 +404,10 @@ def run(config, workdir: str) -> None:
   extra["dev_retrieval"] = (dev_retrieval(config, workdir, dataset, encoder, model, tokenizer,
                                           dev_ex.qids, mesh=mesh)
                             if section.towers == "query" else None)
+  extra["dev_interpolation"] = dev_interpolation(
+      config, model, trainable, dev_llm,
+      lambda m: (dev_retrieval(config, workdir, dataset, encoder, m, tokenizer, dev_ex.qids,
+                               mesh=mesh) if section.towers == "query" else None))
   checkpoints.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                             "llm_loss": section.llm_loss if teacher == "llm" else None,
                                             "llm_top_k": (llm_top_k(section, config.ranker.top_k)
@@ -395,6 +421,28 @@ def run(config, workdir: str) -> None:
 
 
 DEV_RETRIEVAL_METRICS = ("ndcg@10", "recall@100")
+DEV_INTERPOLATIONS = (0.25, 0.5, 0.75)
+
+
+def dev_interpolation(config, model, trainable, dev_llm: CandidateLists, retrieval_figures
+                      ) -> list[dict]:
+  """The dev figures of the trained retriever interpolated with the initial one at each of
+  DEV_INTERPOLATIONS (`distill.interpolation`; 0 and 1 are done.json's "initial" and "trained"):
+  the LLM's dev ListMLE and, where `retrieval_figures(model)` has them, nDCG@10 and Recall@100
+  over the whole corpus. `model` is left as it came."""
+  start, _ = initial_weights(config.model, config.distill.towers, seed=config.seed)
+  trained = nnx.split(model, trainable, ...)[1]  # the arrays themselves: immutable
+  rows = []
+  for alpha in DEV_INTERPOLATIONS:
+    interpolate(model, start, alpha, trainable)
+    figures = retrieval_figures(model)
+    rows.append({"alpha": alpha,
+                 "dev_llm_listmle": dev_llm_listmle(model, dev_llm, config.ranker.top_k),
+                 "dev_retrieval": figures and figures["trained"]})
+    nnx.update(model, trained)
+  logging.info("Dev figures of the interpolated retriever (distill.interpolation=%g is used "
+               "downstream): %s", config.distill.interpolation, rows)
+  return rows
 
 
 def dev_retrieval(config, workdir: str, dataset, initial: retrieval.Encoder, model, tokenizer,

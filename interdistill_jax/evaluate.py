@@ -127,11 +127,14 @@ def _rerank(config, workdir, dataset, queries, base_run, mesh) -> dict[str, data
 
 def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, base_index):
   from interdistill_jax import distill
+  alpha = config.distill.interpolation
   model, ckpt, info = distill.load_distilled(config.model, out_dir, mesh=base_encoder.mesh,
-                                             param_rules=config.mesh.param_rules, seed=config.seed)
+                                             param_rules=config.mesh.param_rules, seed=config.seed,
+                                             interpolation=alpha)
   encoder = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                               model_config=config.model, mesh=base_encoder.mesh,
-                              param_rules=config.mesh.param_rules, model_id=f"{files.absolute(out_dir)}|step{info['selected_step']}")
+                              param_rules=config.mesh.param_rules,
+                              model_id=f"{files.absolute(out_dir)}|step{info['selected_step']}|a{alpha:g}")
   docids, index = base_index
   if info["towers"] != "query":  # the passage tower changed: the corpus must be re-encoded
     docids, index = retrieval.corpus_index(workdir, encoder, dataset, retrieve_config=config.retrieve,
@@ -176,8 +179,10 @@ def run(config, workdir: str) -> None:
   if jax.process_index() == 0:
     data_lib.write_json(layout.eval_file(workdir, "compare.json"), comparison)
     data_lib.write_json(layout.eval_file(workdir, "ablations.json"), against)
-    text = report.write(workdir, results, comparison, against)
+    text = report.write(workdir, results, comparison, against,
+                        interpolation=config.distill.interpolation)
     logging.info("Wrote %s\n%s", layout.report(workdir), text)
     data_lib.write_json(layout.done(layout.eval_dir(workdir)),
-                        {"systems": [r["system"] for r in results], **inputs})
+                        {"systems": [r["system"] for r in results],
+                         "interpolation": config.distill.interpolation, **inputs})
   logging.info("%s", json.dumps({r["system"]: r["metrics"].get("ndcg@10") for r in results}))

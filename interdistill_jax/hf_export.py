@@ -313,10 +313,11 @@ def push_to_hub(export_config, exported: Sequence[Exported]) -> dict[str, str]:
 
 # --- task -----------------------------------------------------------------------------------
 
-def _trained_model(model_config, workdir: str, which: str, *, mesh, param_rules,
-                   seed: int) -> models.DualEncoder | models.CrossEncoder | None:
-  """The model trained in this workdir, `which` "retriever" (the distilled one) or "ranker", from
-  the checkpoint `model_config` names (`model` or `ranker.model`); None when not trained."""
+def _trained_model(model_config, workdir: str, which: str, *, mesh, param_rules, seed: int,
+                   interpolation: float = 1.0) -> models.DualEncoder | models.CrossEncoder | None:
+  """The model trained in this workdir, `which` "retriever" (the distilled one, interpolated with
+  its initial weights as `distill.interpolation` says) or "ranker", from the checkpoint
+  `model_config` names (`model` or `ranker.model`); None when not trained."""
   out_dir = layout.ranker_dir(workdir) if which == "ranker" else layout.system_dir(workdir, "distilled")
   if not layout.is_done(out_dir):
     if files.exists(os.path.join(out_dir, "checkpoints")):
@@ -328,7 +329,7 @@ def _trained_model(model_config, workdir: str, which: str, *, mesh, param_rules,
     return ranker.load_trained_ranker(model_config, workdir, mesh=mesh, param_rules=param_rules,
                                       seed=seed)[0]
   return distill.load_distilled(model_config, out_dir, mesh=mesh, param_rules=param_rules,
-                                seed=seed)[0]
+                                seed=seed, interpolation=interpolation)[0]
 
 
 def _init_text(init: str) -> str:
@@ -344,13 +345,18 @@ class _Loaded:
   weights: str
 
 
-def _load(which: str, model_config, workdir: str, *, mesh, param_rules, seed: int) -> _Loaded:
+def _load(which: str, model_config, workdir: str, *, mesh, param_rules, seed: int,
+          interpolation: float = 1.0) -> _Loaded:
   """The model to export as `which` ("retriever" or "ranker"): the one trained in this workdir,
   else its initial weights, with a warning and a card that says so."""
-  model = _trained_model(model_config, workdir, which, mesh=mesh, param_rules=param_rules, seed=seed)
+  model = _trained_model(model_config, workdir, which, mesh=mesh, param_rules=param_rules,
+                         seed=seed, interpolation=interpolation)
   if model is not None:
-    return _Loaded(model, True, models.resolve_checkpoint(model_config.init).dir,
-                   f"trained in this experiment ({which}/checkpoints)")
+    weights = f"trained in this experiment ({which}/checkpoints)"
+    if which == "retriever" and interpolation != 1.0:
+      weights += (f", interpolated with the initial weights: {interpolation:g} x trained + "
+                  f"{1 - interpolation:g} x initial (`distill.interpolation`)")
+    return _Loaded(model, True, models.resolve_checkpoint(model_config.init).dir, weights)
   if which == "ranker":
     model, ckpt = models.load_cross_encoder(model_config, seed=seed)
     trained_dir, head = layout.ranker_dir(workdir), ", classification head untrained"
@@ -419,7 +425,8 @@ def run(config, workdir: str) -> None:
   inputs = provenance.begin("export", config, workdir)
   mesh = sharding.local_mesh(sharding.mesh_from_config(config.mesh))
   retriever, ranker = (_load(which, model_config, workdir, mesh=mesh,
-                              param_rules=config.mesh.param_rules, seed=config.seed)
+                              param_rules=config.mesh.param_rules, seed=config.seed,
+                              interpolation=config.distill.interpolation)
                         for which, model_config in (("retriever", config.model),
                                                     ("ranker", config.ranker.model)))
   if jax.process_index() != 0:

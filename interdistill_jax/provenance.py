@@ -49,7 +49,7 @@ NEUTRAL = frozenset({
 # Fields declared after stages began recording their inputs, with the default that does what
 # the stage did before they existed: left out of the inputs at that default, so a workdir
 # recorded earlier stays current.
-ADDED_LATER = {"label.sample_seed": -1}
+ADDED_LATER = {"label.sample_seed": -1, "distill.interpolation": 1.0}
 
 # Provenance stages: the pipeline's `distill` is one of the three retriever stages, by teacher.
 RETRIEVER_STAGES = layout.SYSTEM_TEACHERS
@@ -63,13 +63,16 @@ _READS = {
                   ("train_ranker", "label", "retrieve")),
     "direct": (("distill", "ranker.prefix_only", "ranker.top_k", "seed"), ("label", "retrieve")),
     "supervised": (("distill", "ranker.prefix_only", "ranker.top_k", "seed"), ("label", "retrieve")),
-    "evaluate": (("eval", "reader", "seed"), ("retrieve",)),
-    "export": (("export",), ()),
+    "evaluate": (("eval", "reader", "seed", "distill.interpolation"), ("retrieve",)),
+    "export": (("export", "distill.interpolation"), ()),
 }
 # Fields of a section a stage does not read: the loss on the LLM's rankings is the direct
-# reference's (and how much of them it trusts), the ranker's depth the distilled retriever's.
-_NOT_READ = {"distilled": {"distill.llm_loss", "distill.llm_top_k"}, "direct": {"distill.depth"},
-             "supervised": {"distill.llm_loss", "distill.llm_top_k", "distill.depth"}}
+# reference's (and how much of them it trusts), the ranker's depth the distilled retriever's;
+# the interpolation is applied where a trained retriever is loaded (evaluate, export).
+_NOT_READ = {"distilled": {"distill.llm_loss", "distill.llm_top_k", "distill.interpolation"},
+             "direct": {"distill.depth", "distill.interpolation"},
+             "supervised": {"distill.llm_loss", "distill.llm_top_k", "distill.depth",
+                            "distill.interpolation"}}
 # Stages whose outputs evaluate and export read when they exist.
 _OPTIONAL_UPSTREAM = {
     "evaluate": ("label", "train_ranker", "distilled", "direct", "supervised"),

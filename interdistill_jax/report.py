@@ -120,9 +120,16 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
-def write(workdir: str, results: list[dict], comparison: dict, ablations: dict | None = None) -> str:
-  """Writes eval/report.md (and its plots); returns the markdown."""
+def write(workdir: str, results: list[dict], comparison: dict, ablations: dict | None = None,
+          interpolation: float = 1.0) -> str:
+  """Writes eval/report.md (and its plots); returns the markdown. `interpolation`: the weight of
+  the trained retrievers' own weights against their initial ones (`distill.interpolation`)."""
   parts = [f"# Evaluation: {results[0]['dataset']} / {results[0]['split']}", "", table(results), ""]
+  trained = [r["system"] for r in results if r["system"] in layout.SYSTEMS]
+  if trained and interpolation != 1.0:
+    parts += [f"The trained retrievers ({', '.join(trained)}) are evaluated with their weights "
+              f"interpolated: {interpolation:g} x trained + {1 - interpolation:g} x initial "
+              "(`distill.interpolation`).", ""]
   stats = _read_json(layout.label_stats(workdir)) or {}
   parts += teacher_section(stats.get("quality"), _read_json(layout.done(layout.ranker_dir(workdir))))
   if comparison:

@@ -206,6 +206,20 @@ def test_each_retriever_stage_reads_only_its_own_distill_fields(tmp_path):
   assert config.distill.teacher == "ranker"  # the caller's config is never changed
 
 
+def test_the_interpolation_makes_evaluate_and_export_stale_not_the_training(tmp_path):
+  """distill.interpolation is applied where the trained retriever is loaded: changing it reruns
+  evaluate and export only."""
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  for name in ("retrieve", "label", "train_ranker", "distilled", "evaluate", "export"):
+    _finish(name, config, workdir)
+  config.distill.interpolation = 0.75
+  assert {n: provenance.status(n, config, workdir)[0]
+          for n in ("distilled", "evaluate", "export")} == {
+              "distilled": "current", "evaluate": "stale", "export": "stale"}
+  assert provenance.status("evaluate", config, workdir)[1] == [
+      "distill.interpolation: 0.5 then, 0.75 now"]
+
+
 def test_a_field_added_later_leaves_earlier_records_current_at_its_default(tmp_path):
   config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
   for name in ("retrieve", "label"):

@@ -300,6 +300,7 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path, monkeypatch):
   assert (tmp_path / "eval" / "training_curves.png").stat().st_size > 1000
   report = (tmp_path / "eval" / "report.md").read_text()
   assert "| distilled |" in report and "95% CI" in report
+  assert "0.5 x trained + 0.5 x initial (`distill.interpolation`)" in report
   _check_ranker_score_caches(config, tmp_path)
 
 
@@ -315,20 +316,33 @@ def _check_dev_retrieval(config, data_dir, labels, workdir, mesh):
   dataset = data_lib.load_beir(data_dir)
   qrels = dataset.qrels("train")
   initial = retrieval.Encoder.from_config(config, mesh=mesh)
-  model, ckpt, _ = distill.load_distilled(config.model, out_dir, mesh=mesh,
-                                          param_rules=config.mesh.param_rules, seed=config.seed)
-  trained = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
-                              model_config=config.model, mesh=mesh)
+
+  def load(alpha):
+    model, ckpt, _ = distill.load_distilled(config.model, out_dir, mesh=mesh,
+                                            param_rules=config.mesh.param_rules, seed=config.seed,
+                                            interpolation=alpha)
+    return model, retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir),
+                                    encode_config=config.encode, model_config=config.model, mesh=mesh)
+
+  # distill.interpolation: 0 gives back the initial weights exactly, 0.5 the mean of the two.
+  start, trainable = distill.initial_weights(config.model, "query", seed=config.seed)
+  (at0, _), (at1, trained), (half, interpolated) = load(0.0), load(1.0), load(0.5)
+  for w0, w1, w5, w in zip(*(jax.tree.leaves(nnx.split(m, trainable, ...)[1]) for m in (at0, at1, half)),
+                           jax.tree.leaves(start)):
+    np.testing.assert_array_equal(np.asarray(w0), w)
+    np.testing.assert_allclose(np.asarray(w5), (w + np.asarray(w1)) / 2, rtol=1e-6, atol=1e-7)
+  assert [r["alpha"] for r in done["dev_interpolation"]] == [0.25, 0.5, 0.75]
   docids = list(dataset.corpus)
   d = initial.encode([dataset.corpus[x].full_text() for x in docids], tower="doc")  # query tower only
-  for name, encoder in (("initial", initial), ("trained", trained)):
+  for name, encoder, want in (("initial", initial, dev["initial"]), ("trained", trained, dev["trained"]),
+                              ("0.5", interpolated, done["dev_interpolation"][1]["dev_retrieval"])):
     q = encoder.encode([dataset.queries[x].text for x in dev_qids], tower="query")
     gains = []
     for qid, row in zip(dev_qids, q @ d.T):
       (rel,) = qrels[qid]
       rank = 1 + int(np.sum(row > row[docids.index(rel)]))
       gains.append(1.0 / np.log2(1 + rank) if rank <= 10 else 0.0)
-    assert dev[name]["ndcg@10"] == pytest.approx(float(np.mean(gains)), abs=1e-5), name
+    assert want["ndcg@10"] == pytest.approx(float(np.mean(gains)), abs=1e-5), name
 
 
 def _ndcg_at_10(trec_path, qrels):
