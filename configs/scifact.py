@@ -25,8 +25,9 @@ show it; the ranker re-ranks the top 100 for its own evaluation. Of in-batch wei
 passages in the top 100 over the whole corpus (Recall@100 0.9568 against 0.9444; initial 0.9630).
 Every trained retriever is then used halfway between its initial and trained weights
 (`distill.interpolation=0.5`, the default): over the three seeds' dev slices the mean nDCG@10 is
-highest there (0.7033 against 0.7000 at 1), and the training slices lose far fewer relevant
-passages from their top 100 (benchmarks/results/scifact_recall_churn.json).
+highest there (0.7033 against 0.7000 at 1; benchmarks/results/scifact_interpolation_dev.json),
+and the training slices lose far fewer relevant passages from their top 100
+(benchmarks/results/scifact_recall_churn.json).
 The no-ranker ablation (`distill.teacher=llm`) learns the LLM's first choice, the trust the ranker gets
 (`distill.llm_top_k=-1`: ranker.top_k), by ListMLE: of ListMLE and KL to a rank-based target, each
 over the LLM's whole order or its first choice, the lowest dev ListMLE (seed 0). With a
