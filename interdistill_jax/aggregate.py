@@ -46,11 +46,11 @@ def _json(path: str):
 
 def read_run(workdir: str) -> dict:
   """One finished workdir: each system's headline metrics, its bootstrap comparison with the
-  baseline and against its ablations, the dev figures of done.json, the teacher audit and how many
-  queries were labelled."""
+  baseline and against its ablations, the dev figures of done.json (of the retrievers' weights as
+  evaluated, `distill.interpolation`), the teacher audit and how many queries were labelled."""
   out = {"workdir": workdir, "systems": {}, "vs_baseline": {}, "dev": {}}
-  done = _json(layout.done(layout.eval_dir(workdir))) or {}
-  names = [f"{s}.json" for s in done.get("systems", [])] or sorted(
+  evaluated = _json(layout.done(layout.eval_dir(workdir))) or {}
+  names = [f"{s}.json" for s in evaluated.get("systems", [])] or sorted(
       n for n in files.listdir(layout.eval_dir(workdir)) if n.endswith(".json"))
   for name in names:
     r = _json(layout.eval_file(workdir, name))
@@ -63,11 +63,17 @@ def read_run(workdir: str) -> dict:
   ranker = _json(layout.done(layout.ranker_dir(workdir))) or {}
   if "dev_listmle" in ranker:
     out["dev"]["ranker"] = dict(ranker["dev_listmle"], head=ranker.get("head"))
+  alpha = evaluated.get("interpolation", 1.0)
   for system in layout.SYSTEMS:
     done = _json(layout.done(layout.system_dir(workdir, system)))
     if done:
       out["dev"][system] = {k: done.get(k) for k in ("dev_llm_listmle", "teacher", "llm_loss",
                                                      "list_size", "teacher_temperature", "selected_step")}
+      if alpha != 1.0:  # the dev figure of the weights evaluated (None where none was recorded)
+        row = next((r for r in done.get("dev_interpolation") or [] if r["alpha"] == alpha), None)
+        out["dev"][system]["dev_llm_listmle"] = row and dict(done["dev_llm_listmle"],
+                                                             trained=row["dev_llm_listmle"])
+        out["dev"][system]["interpolation"] = alpha
   stats = _json(layout.label_stats(workdir)) or {}
   out["teacher_audit"] = stats.get("quality")
   out["labelled"] = (stats.get("labels") or {}).get("queries")

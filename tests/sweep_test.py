@@ -363,6 +363,22 @@ def test_aggregate_reports_mean_sd_and_ci_per_setting_with_plots(data_dir, tmp_p
       summary["cells"][0]["systems"]["distilled"]["ndcg@10"]["values"])
 
 
+def test_the_dev_figure_is_the_one_of_the_weights_evaluated(tmp_path):
+  """With distill.interpolation < 1 a retriever's dev figure is the one distill recorded at that
+  interpolation; none where it recorded none (an older run), never the trained weights' one."""
+  workdir = str(tmp_path)
+  for system, rows in (("distilled", [{"alpha": 0.5, "dev_llm_listmle": 2.3}]), ("direct", None)):
+    data_lib.write_json(layout.done(layout.system_dir(workdir, system)), {
+        "dev_llm_listmle": {"initial": 2.5, "trained": 2.1},
+        **({"dev_interpolation": rows} if rows else {})})
+  data_lib.write_json(layout.done(layout.eval_dir(workdir)), {"systems": [], "interpolation": 0.5})
+  run = aggregate.read_run(workdir)
+  assert aggregate.dev_figure(run, "distilled") == 2.3
+  assert aggregate.dev_figure(run, "direct") is None
+  data_lib.write_json(layout.done(layout.eval_dir(workdir)), {"systems": [], "interpolation": 1.0})
+  assert aggregate.dev_figure(aggregate.read_run(workdir), "distilled") == 2.1
+
+
 def test_aggregate_leaves_out_unfinished_points_and_says_so(data_dir, tmp_path, monkeypatch):
   Fakes(monkeypatch, interrupt=("evaluate", 2))
   root = str(tmp_path / "root")
