@@ -9,7 +9,7 @@ dev queries (the seed's dev slice of labels/labels.jsonl in the directory's work
 retriever's scores, at their best scale, over the prefix `ranker.top_k` trusts
 (`distill.dev_llm_listmle`), before and after training, as `distill` records it in done.json; and
 per system the recipe with the lowest. Beside it, where the training split has qrels, the dev
-queries' nDCG@10 and Recall@100 over the whole corpus (`distill.dev_retrieval`), which show what
+queries' nDCG@10 and Recall@100 over the whole corpus (`distill.DevRetrieval`), which show what
 the lists' loss cannot: relevant passages lost below the lists. Prints JSON.
 
 `--interpolate=0,0.1,...,1` adds, per run, the same dev figures for retrievers whose trainable
@@ -60,19 +60,20 @@ def dev_figures(config, out_dir: str, alphas=()) -> dict:
   initial, _, trainable = distill.build_student(config.model, done["towers"], seed=config.seed)
   trained, _, _ = distill.load_distilled(config.model, out_dir, mesh=mesh,
                                          param_rules=config.mesh.param_rules, seed=config.seed)
+  dev_retrieval = distill.DevRetrieval(config, workdir, dataset, encoder, tokenizer, dev_qids,
+                                       mesh=mesh)
   out = {"dev_llm_listmle": {"initial": distill.dev_llm_listmle(initial, lists, config.ranker.top_k),
                              "trained": distill.dev_llm_listmle(trained, lists, config.ranker.top_k)},
-         "dev_retrieval": distill.dev_retrieval(config, workdir, dataset, encoder, trained,
-                                                tokenizer, dev_qids, mesh=mesh)}
+         "dev_retrieval": dev_retrieval(trained)}
   if alphas:
     start = jax.tree.map(np.asarray, nnx.split(initial, trainable, ...)[1])
-    end = nnx.split(trained, trainable, ...)[1]
+    end = jax.tree.map(np.asarray, nnx.split(trained, trainable, ...)[1])  # a copy: the split
+    # state follows the model through nnx.update
     out["interpolation"] = []
     for alpha in alphas:
       nnx.update(trained, end)
       distill.interpolate(trained, start, alpha, trainable)
-      dev = distill.dev_retrieval(config, workdir, dataset, encoder, trained, tokenizer, dev_qids,
-                                  mesh=mesh)
+      dev = dev_retrieval(trained, report=False)
       out["interpolation"].append({
           "alpha": alpha, "dev_llm_listmle": distill.dev_llm_listmle(trained, lists, config.ranker.top_k),
           "dev_retrieval": dev and dev["trained"]})

@@ -79,6 +79,12 @@ def interpolate(model: models.DualEncoder, start: object, alpha: float, trainabl
                                  start, trained))
 
 
+def _snapshot(model, trainable):
+  """`model`'s trainable weights as they are now. The state `nnx.split` returns follows the
+  model (a later `nnx.update` shows in it); a tree map holds the arrays of this moment."""
+  return jax.tree.map(lambda x: x, nnx.split(model, trainable, ...)[1])
+
+
 def initial_weights(model_config, towers: str, *, seed: int):
   """The trainable weights the student starts from (host arrays), and their filter."""
   initial, _, trainable = build_student(model_config, towers, seed=seed)
@@ -391,7 +397,7 @@ def run(config, workdir: str) -> None:
                  "%.3f nats, over %d training lists)", temperature,
                  _entropy(student, train_ex.mask).mean(), len(train_ex))
   if needs_initial:
-    del initial_doc_emb  # the encoder stays: dev_retrieval's initial retriever
+    del initial_doc_emb  # the encoder stays: DevRetrieval's initial retriever
   out_dir = output_dir(section, workdir)
   dev_before = dev_llm_listmle(model, dev_llm, config.ranker.top_k)
   model, summary = train.train_loop(
@@ -401,13 +407,11 @@ def run(config, workdir: str) -> None:
       dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=train.loop_config(section, config.seed), optim_config=section.optim,
       out_dir=out_dir, mesh=mesh, param_rules=config.mesh.param_rules, trainable=trainable)
-  extra["dev_retrieval"] = (dev_retrieval(config, workdir, dataset, encoder, model, tokenizer,
-                                          dev_ex.qids, mesh=mesh)
-                            if section.towers == "query" else None)
+  dev = (DevRetrieval(config, workdir, dataset, encoder, tokenizer, dev_ex.qids, mesh=mesh)
+         if section.towers == "query" else None)
+  extra["dev_retrieval"] = dev and dev(model)
   extra["dev_interpolation"] = dev_interpolation(
-      config, model, trainable, dev_llm,
-      lambda m: (dev_retrieval(config, workdir, dataset, encoder, m, tokenizer, dev_ex.qids,
-                               mesh=mesh) if section.towers == "query" else None))
+      config, model, trainable, dev_llm, lambda m: dev and dev(m, report=False))
   checkpoints.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                             "llm_loss": section.llm_loss if teacher == "llm" else None,
                                             "llm_top_k": (llm_top_k(section, config.ranker.top_k)
@@ -431,7 +435,7 @@ def dev_interpolation(config, model, trainable, dev_llm: CandidateLists, retriev
   the LLM's dev ListMLE and, where `retrieval_figures(model)` has them, nDCG@10 and Recall@100
   over the whole corpus. `model` is left as it came."""
   start, _ = initial_weights(config.model, config.distill.towers, seed=config.seed)
-  trained = nnx.split(model, trainable, ...)[1]  # the arrays themselves: immutable
+  trained = _snapshot(model, trainable)
   rows = []
   for alpha in DEV_INTERPOLATIONS:
     interpolate(model, start, alpha, trainable)
@@ -445,40 +449,59 @@ def dev_interpolation(config, model, trainable, dev_llm: CandidateLists, retriev
   return rows
 
 
-def dev_retrieval(config, workdir: str, dataset, initial: retrieval.Encoder, model, tokenizer,
-                  dev_qids: Sequence[str], *, mesh) -> dict | None:
+class DevRetrieval:
   """The dev queries' nDCG@10 and Recall@100 over the whole corpus against the training split's
-  qrels, for the initial and the trained retriever; None where there are no qrels (NQ, TriviaQA:
-  answers only), no dev queries, or both towers were trained (the corpus would be re-encoded).
+  qrels, of the initial retriever and of each trained one it is called with; the corpus index
+  and the initial retriever's figures are computed once. `available` is False where there are
+  no qrels (NQ, TriviaQA: answers only), no dev queries, or both towers were trained (the corpus
+  would be re-encoded); then every call returns None.
 
   The lists' losses see only the candidates; a retriever that learns them can still lose
   relevant passages below them (Recall@100), and this is where the dev slice shows it.
   """
-  split = config.label.split
-  if not dev_qids or config.distill.towers != "query" or not dataset.has_qrels(split):
-    return None
-  wanted = set(dev_qids)
-  qrels = {q: rel for q, rel in dataset.qrels(split).items() if q in wanted}
-  if not qrels:
-    return None
-  docids, index = retrieval.corpus_index(workdir, initial, dataset, retrieve_config=config.retrieve,
-                                         encode_config=config.encode, data_config=config.data,
-                                         seed=config.seed)
-  trained = retrieval.Encoder(model, tokenizer, encode_config=config.encode,
-                              model_config=config.model, mesh=mesh,
-                              param_rules=config.mesh.param_rules)
-  texts = [dataset.queries[q].text for q in dev_qids]
-  out = {"queries": len(qrels)}
-  for name, encoder in (("initial", initial), ("trained", trained)):
-    run = search.search_run(index, docids, list(dev_qids), encoder.encode(texts, tower="query"),
-                            max(config.eval.depth, 100))
-    means, _ = metrics.evaluate_run(qrels, run)
-    out[name] = {m: means[m] for m in DEV_RETRIEVAL_METRICS}
-  logging.info("Dev queries over the whole corpus (%d with qrels): nDCG@10 %.4f -> %.4f, "
-               "Recall@100 %.4f -> %.4f", out["queries"], out["initial"]["ndcg@10"],
-               out["trained"]["ndcg@10"], out["initial"]["recall@100"], out["trained"]["recall@100"])
-  if out["trained"]["recall@100"] < out["initial"]["recall@100"]:
-    logging.warning("The trained retriever finds fewer relevant dev passages in its top 100 than "
-                    "the initial one (Recall@100 %.4f against %.4f)", out["trained"]["recall@100"],
-                    out["initial"]["recall@100"])
-  return out
+
+  def __init__(self, config, workdir: str, dataset, initial: retrieval.Encoder, tokenizer,
+               dev_qids: Sequence[str], *, mesh):
+    self.config, self.tokenizer, self.mesh = config, tokenizer, mesh
+    self.qids = list(dev_qids)
+    split = config.label.split
+    self.qrels = {}
+    if self.qids and config.distill.towers == "query" and dataset.has_qrels(split):
+      wanted = set(self.qids)
+      self.qrels = {q: rel for q, rel in dataset.qrels(split).items() if q in wanted}
+    self.available = bool(self.qrels)
+    if not self.available:
+      return
+    self.texts = [dataset.queries[q].text for q in self.qids]
+    self.docids, self.index = retrieval.corpus_index(
+        workdir, initial, dataset, retrieve_config=config.retrieve, encode_config=config.encode,
+        data_config=config.data, seed=config.seed)
+    self.initial = self._figures(initial)
+
+  def _figures(self, encoder: retrieval.Encoder) -> dict:
+    run = search.search_run(self.index, self.docids, self.qids,
+                            encoder.encode(self.texts, tower="query"),
+                            max(self.config.eval.depth, 100))
+    means, _ = metrics.evaluate_run(self.qrels, run)
+    return {m: means[m] for m in DEV_RETRIEVAL_METRICS}
+
+  def __call__(self, model: models.DualEncoder, *, report: bool = True) -> dict | None:
+    """{"queries", "initial", "trained"} for `model`; `report` logs them (and warns when the
+    trained retriever finds fewer relevant passages in its top 100)."""
+    if not self.available:
+      return None
+    config = self.config
+    trained = retrieval.Encoder(model, self.tokenizer, encode_config=config.encode,
+                                model_config=config.model, mesh=self.mesh,
+                                param_rules=config.mesh.param_rules)
+    out = {"queries": len(self.qrels), "initial": self.initial, "trained": self._figures(trained)}
+    if report:
+      logging.info("Dev queries over the whole corpus (%d with qrels): nDCG@10 %.4f -> %.4f, "
+                   "Recall@100 %.4f -> %.4f", out["queries"], out["initial"]["ndcg@10"],
+                   out["trained"]["ndcg@10"], out["initial"]["recall@100"],
+                   out["trained"]["recall@100"])
+      if out["trained"]["recall@100"] < out["initial"]["recall@100"]:
+        logging.warning("The trained retriever finds fewer relevant dev passages in its top 100 "
+                        "than the initial one (Recall@100 %.4f against %.4f)",
+                        out["trained"]["recall@100"], out["initial"]["recall@100"])
+    return out

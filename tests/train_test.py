@@ -304,6 +304,31 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path, monkeypatch):
   _check_ranker_score_caches(config, tmp_path)
 
 
+def test_dev_interpolation_scores_each_mix_and_leaves_the_model_as_it_came(tiny, monkeypatch):
+  bert, data_dir = tiny
+  config = fixtures.small_config(bert, data_dir)
+  from interdistill_jax import distill
+  model, _, trainable = distill.build_student(config.model, "query", seed=0)
+  start, _ = distill.initial_weights(config.model, "query", seed=0)
+  nnx.update(model, jax.tree.map(lambda w: w + 1.0, nnx.split(model, trainable, ...)[1]))
+  before = [np.asarray(w).copy() for w in jax.tree.leaves(nnx.split(model, trainable, ...)[1])]
+  seen = []
+
+  def first_weight(m, *_):
+    seen.append(float(np.asarray(jax.tree.leaves(nnx.split(m, trainable, ...)[1])[0]).ravel()[0]))
+    return seen[-1]
+
+  monkeypatch.setattr(distill, "dev_llm_listmle", first_weight)
+  rows = distill.dev_interpolation(config, model, trainable, None, lambda m: None)
+  w0 = float(jax.tree.leaves(start)[0].ravel()[0])
+  assert [r["alpha"] for r in rows] == list(distill.DEV_INTERPOLATIONS)
+  assert [r["dev_llm_listmle"] for r in rows] == pytest.approx(
+      [w0 + a for a in distill.DEV_INTERPOLATIONS], abs=1e-5)
+  after = jax.tree.leaves(nnx.split(model, trainable, ...)[1])
+  for w, b in zip(after, before):
+    np.testing.assert_array_equal(np.asarray(w), b)
+
+
 def _check_dev_retrieval(config, data_dir, labels, workdir, mesh):
   """done.json's dev figures over the whole corpus equal a brute-force search by hand, for the
   initial and the trained retriever (one relevant passage per tiny_beir query)."""
