@@ -71,7 +71,7 @@ def build_student(model_config, towers: str, *,
 
 def interpolate(model: models.DualEncoder, start: object, alpha: float, trainable) -> None:
   """Sets `model`'s trainable weights to (1 - alpha) x `start` + alpha x its own, in place
-  (`start`: the initial weights, `nnx.split(initial, trainable, ...)[1]`). Weight-space
+  (`start`: the initial weights, as `initial_weights` returns them). Weight-space
   ensembling (WiSE-FT, Wortsman et al. 2022): the retriever keeps more of what it could do
   before training, which the candidate lists never show it."""
   trained = nnx.split(model, trainable, ...)[1]
