@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, distill, layout, retrieval, search, sharding, tokenization, train
+from interdistill_jax import assets, layout, retrieval, retrievers, search, sharding, tokenization, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the workdir was run with.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.")
@@ -57,9 +57,9 @@ def main(_):
                                          encode_config=config.encode, data_config=config.data,
                                          seed=config.seed)
   alpha = config.distill.interpolation if _ALPHA.value is None else _ALPHA.value
-  model, ckpt, _ = distill.load_distilled(config.model, f"{workdir}/{_SYSTEM.value}", mesh=mesh,
-                                          param_rules=config.mesh.param_rules, seed=config.seed,
-                                          interpolation=alpha)
+  model, ckpt, _ = retrievers.load_distilled(config.model, f"{workdir}/{_SYSTEM.value}", mesh=mesh,
+                                             param_rules=config.mesh.param_rules, seed=config.seed,
+                                             interpolation=alpha)
   trained = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                               model_config=config.model, mesh=mesh,
                               param_rules=config.mesh.param_rules)

@@ -7,9 +7,9 @@
 For each run (system:retriever directory:recipe name) the ListMLE of the LLM's rankings of the
 dev queries (the seed's dev slice of labels/labels.jsonl in the directory's workdir) under the
 retriever's scores, at their best scale, over the prefix `ranker.top_k` trusts
-(`distill.dev_llm_listmle`), before and after training, as `distill` records it in done.json; and
+(`retrievers.dev_llm_listmle`), before and after training, as `distill` records it in done.json; and
 per system the recipe with the lowest. Beside it, where the training split has qrels, the dev
-queries' nDCG@10 and Recall@100 over the whole corpus (`distill.DevRetrieval`), which show what
+queries' nDCG@10 and Recall@100 over the whole corpus (`retrievers.DevRetrieval`), which show what
 the lists' loss cannot: relevant passages lost below the lists. Prints JSON.
 
 `--interpolate=0,0.1,...,1` adds, per run, the same dev figures for retrievers whose trainable
@@ -29,7 +29,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, distill, layout, retrieval, sharding, tokenization, train
+from interdistill_jax import assets, distill, layout, retrieval, retrievers, sharding, tokenization, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the runs were trained with.")
 _RUNS = flags.DEFINE_list("runs", [], "system:retriever_dir:recipe, ...")
@@ -57,25 +57,26 @@ def dev_figures(config, out_dir: str, alphas=()) -> dict:
       [by_qid[q] for q in dev_qids], dataset, tokenizer, list_size=config.distill.list_size,
       max_query_length=config.model.max_query_length, doc_index={d: i for i, d in enumerate(docids)},
       doc_emb=doc_emb, teacher_scores=None, doc_tokens=None, buckets=config.encode.buckets)
-  initial, _, trainable = distill.build_student(config.model, done["towers"], seed=config.seed)
-  trained, _, _ = distill.load_distilled(config.model, out_dir, mesh=mesh,
-                                         param_rules=config.mesh.param_rules, seed=config.seed)
-  dev_retrieval = distill.DevRetrieval(config, workdir, dataset, encoder, tokenizer, dev_qids,
-                                       mesh=mesh)
-  out = {"dev_llm_listmle": {"initial": distill.dev_llm_listmle(initial, lists, config.ranker.top_k),
-                             "trained": distill.dev_llm_listmle(trained, lists, config.ranker.top_k)},
+  initial, _, trainable = retrievers.build_student(config.model, done["towers"], seed=config.seed)
+  trained, _, _ = retrievers.load_distilled(config.model, out_dir, mesh=mesh,
+                                            param_rules=config.mesh.param_rules, seed=config.seed)
+  dev_retrieval = retrievers.DevRetrieval(config, workdir, dataset, encoder, tokenizer, dev_qids,
+                                          mesh=mesh)
+  out = {"dev_llm_listmle": {"initial": retrievers.dev_llm_listmle(initial, lists, config.ranker.top_k),
+                             "trained": retrievers.dev_llm_listmle(trained, lists, config.ranker.top_k)},
          "dev_retrieval": dev_retrieval(trained)}
   if alphas:
-    start = jax.tree.map(np.asarray, nnx.split(initial, trainable, ...)[1])
+    start = retrievers.host_weights(initial, trainable)
     end = jax.tree.map(np.asarray, nnx.split(trained, trainable, ...)[1])  # a copy: the split
     # state follows the model through nnx.update
     out["interpolation"] = []
     for alpha in alphas:
       nnx.update(trained, end)
-      distill.interpolate(trained, start, alpha, trainable)
+      retrievers.interpolate(trained, start, alpha, trainable)
       dev = dev_retrieval(trained, report=False)
       out["interpolation"].append({
-          "alpha": alpha, "dev_llm_listmle": distill.dev_llm_listmle(trained, lists, config.ranker.top_k),
+          "alpha": alpha,
+          "dev_llm_listmle": retrievers.dev_llm_listmle(trained, lists, config.ranker.top_k),
           "dev_retrieval": dev and dev["trained"]})
   return out
 

@@ -15,6 +15,9 @@ over the same candidate lists:
 
 With `distill.towers="query"` (default) only the query tower trains; passages keep their
 initial embeddings, so the corpus is never re-encoded. `"both"` trains the shared tower.
+
+The retriever itself is `retrievers.py`'s: the student built from the initial checkpoint, the
+trained one loaded (and interpolated) downstream, and the dev figures `run` records in done.json.
 """
 
 from __future__ import annotations
@@ -27,14 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
 
 from interdistill_jax import data as data_lib
 from interdistill_jax import assets, checks, fusion as fusion_lib, layout, losses, models, ranker as ranker_lib
-from interdistill_jax import checkpoints, retrieval
-from interdistill_jax import metrics, provenance, search, sharding, tokenization, train
-
-QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
+from interdistill_jax import checkpoints, provenance, retrieval, retrievers, sharding, tokenization, train
 
 
 def check_teacher(section) -> str:
@@ -59,62 +58,13 @@ def uses_listmle(section) -> bool:
   return section.teacher == "llm" and section.llm_loss == "listmle"
 
 
-def build_student(model_config, towers: str, *,
-                  seed: int) -> tuple[models.DualEncoder, models.Checkpoint, object]:
-  """The retriever to train (from the checkpoint `model_config` names) and the filter of its
-  trainable parameters."""
-  checks.require_one_of("distill.towers", towers, checks.TOWERS)
-  shared = towers == "both"
-  model, ckpt = models.load_dual_encoder(model_config, shared=shared, seed=seed)
-  return model, ckpt, (nnx.Param if shared else QUERY_TOWER)
-
-
-def interpolate(model: models.DualEncoder, start: object, alpha: float, trainable) -> None:
-  """Sets `model`'s trainable weights to (1 - alpha) x `start` + alpha x its own, in place
-  (`start`: the initial weights, as `initial_weights` returns them). Weight-space
-  ensembling (WiSE-FT, Wortsman et al. 2022): the retriever keeps more of what it could do
-  before training, which the candidate lists never show it."""
-  trained = nnx.split(model, trainable, ...)[1]
-  nnx.update(model, jax.tree.map(lambda a, b: (1 - alpha) * np.asarray(a) + alpha * b,
-                                 start, trained))
-
-
-def _snapshot(model, trainable):
-  """`model`'s trainable weights as they are now. The state `nnx.split` returns follows the
-  model (a later `nnx.update` shows in it); a tree map holds the arrays of this moment."""
-  return jax.tree.map(lambda x: x, nnx.split(model, trainable, ...)[1])
-
-
-def initial_weights(model_config, towers: str, *, seed: int):
-  """The trainable weights the student starts from (host arrays), and their filter."""
-  initial, _, trainable = build_student(model_config, towers, seed=seed)
-  return jax.tree.map(np.asarray, nnx.split(initial, trainable, ...)[1]), trainable
-
-
-def load_distilled(model_config, out_dir: str, *, mesh, param_rules, seed: int,
-                   interpolation: float = 1.0) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
-  """A finished distillation's selected retriever, with its done.json; its trainable weights
-  interpolated with the initial ones when `interpolation` < 1 (`distill.interpolation`)."""
-  info = layout.read_done(out_dir)
-  model, ckpt, trainable = build_student(model_config, info["towers"], seed=seed)
-  step = checkpoints.restore_params(model, out_dir, mesh=mesh, param_rules=param_rules,
-                                    trainable=trainable)
-  if interpolation != 1.0:
-    start, _ = initial_weights(model_config, info["towers"], seed=seed)
-    interpolate(model, start, interpolation, trainable)
-  logging.info("Retriever from %s (step %d%s)", out_dir, step,
-               "" if interpolation == 1.0 else
-               f"; weights {interpolation:g} x trained + {1 - interpolation:g} x initial")
-  return model, ckpt, info
-
-
 class CandidateLists:
   """Per training query: query tokens, candidate docids, teacher scores / ranking, fixed shapes.
 
   The lists come from `data.label_lists`, as the ranker's do: the same trust in the teacher's
   ranked prefix (`ranker.prefix_only`). `top_k` stays 0 in training on the ranker's or the gold
   scores (the whole trusted prefix), is `llm_top_k` for the no-ranker reference, and
-  `dev_llm_listmle` applies `ranker.top_k` to its dev figure.
+  `retrievers.dev_llm_listmle` applies `ranker.top_k` to its dev figure.
   """
 
   def __init__(self, labels, dataset, tokenizer, *, list_size: int, max_query_length: int,
@@ -167,26 +117,13 @@ class CandidateLists:
     return out
 
 
-def _embed(model: models.DualEncoder, batch: dict, rng) -> tuple[jax.Array, jax.Array]:
-  """(query embeddings [B, H], candidate embeddings [B, L, H]) of a batch of candidate lists."""
-  r_q, r_d = (None, None) if rng is None else tuple(jax.random.split(rng))
-  q = model.encode(batch["query_ids"], jnp.zeros_like(batch["query_ids"]), batch["query_mask"],
-                   tower="query", dropout_rng=r_q)
-  if "cand_emb" in batch:
-    return q, batch["cand_emb"]
-  b, l, t = batch["cand_ids"].shape
-  ids = batch["cand_ids"].reshape(b * l, t)
-  return q, model.encode(ids, jnp.zeros_like(ids), batch["cand_mask"].reshape(b * l, t),
-                         tower="doc", dropout_rng=r_d).reshape(b, l, -1)
-
-
 def distill_loss(model: models.DualEncoder, batch: dict, rng, *, section,
                  teacher_temperature: float | None = None) -> jax.Array:
   """[B] per-query loss of the retriever against the teacher over its candidate list.
 
   `teacher_temperature` overrides `section.teacher_temperature` (the value `auto` resolved to).
   """
-  q, cand = _embed(model, batch, rng)
+  q, cand = retrievers.embed_lists(model, batch, rng)
   scores = losses.scores_from_embeddings(q, cand)
   if uses_listmle(section):
     loss = losses.listmle(scores / section.student_temperature, batch["ranking"], batch["mask"],
@@ -271,25 +208,6 @@ def teacher_scores(config, workdir: str, dataset, pairs, *, mesh):
   return scores, fusion
 
 
-def dev_llm_listmle(model: models.DualEncoder, dev_ex: CandidateLists, top_k: int) -> float | None:
-  """The ListMLE of the LLM's rankings of the dev lists under the retriever's scores, at their
-  best scale, over the trusted prefix cut to `top_k` (> 0; the trust `ranker.top_k` gives the
-  teacher's order): one dev figure every recipe is compared by, whatever its loss."""
-  if not len(dev_ex):
-    return None
-  graphdef, state = nnx.split(model)
-  score = jax.jit(lambda st, b: losses.scores_from_embeddings(*_embed(nnx.merge(graphdef, st), b, None)))
-  size = 32
-  scores = []
-  for start in range(0, len(dev_ex), size):
-    idx = np.arange(start, min(start + size, len(dev_ex)))
-    batch = dev_ex.batch(np.pad(idx, (0, size - len(idx)), constant_values=-1))
-    scores.append(np.asarray(score(state, batch))[:len(idx)])
-  prefix = np.minimum(dev_ex.prefix, top_k) if top_k > 0 else dev_ex.prefix
-  _, loss = fusion_lib.fit_weights([np.concatenate(scores)], [20.0], dev_ex.ranking, dev_ex.mask, prefix)
-  return loss
-
-
 def deep_lists(workdir: str, labels, depth: int, *, split: str) -> list[dict]:
   """Each labelled query's top `depth` candidates of the run `label` read (of `label.split`; the
   ranker scores them all: it is the cheap teacher), as label-shaped records without an LLM
@@ -355,7 +273,8 @@ def run(config, workdir: str) -> None:
                  "their top %d", len(kept), len(labels), section.list_size)
     extra["queries_without_judged_candidate"] = len(labels) - len(kept)
     records = kept
-  model, ckpt, trainable = build_student(config.model, section.towers, seed=config.seed)
+  model, ckpt, trainable = retrievers.build_student(config.model, section.towers, seed=config.seed)
+  start = retrievers.host_weights(model, trainable)  # the interpolations' initial end
   tokenizer = tokenization.Tokenizer(ckpt.dir)
   # Only the passages of the candidate lists are read: rows of a table of those alone.
   docids = list_docids([(records, width), (labels, section.list_size)])
@@ -399,7 +318,7 @@ def run(config, workdir: str) -> None:
   if needs_initial:
     del initial_doc_emb  # the encoder stays: DevRetrieval's initial retriever
   out_dir = output_dir(section, workdir)
-  dev_before = dev_llm_listmle(model, dev_llm, config.ranker.top_k)
+  dev_before = retrievers.dev_llm_listmle(model, dev_llm, config.ranker.top_k)
   model, summary = train.train_loop(
       model=model, loss_fn=functools.partial(distill_loss, section=section,
                                              teacher_temperature=temperature),
@@ -407,11 +326,12 @@ def run(config, workdir: str) -> None:
       dev_batches=train.dev_batches_fn(dev_ex, section.batch_size, mesh),
       loop=train.loop_config(section, config.seed), optim_config=section.optim,
       out_dir=out_dir, mesh=mesh, param_rules=config.mesh.param_rules, trainable=trainable)
-  dev = (DevRetrieval(config, workdir, dataset, encoder, tokenizer, dev_ex.qids, mesh=mesh)
+  dev = (retrievers.DevRetrieval(config, workdir, dataset, encoder, tokenizer, dev_ex.qids, mesh=mesh)
          if section.towers == "query" else None)
   extra["dev_retrieval"] = dev and dev(model)
-  extra["dev_interpolation"] = dev_interpolation(
-      config, model, trainable, dev_llm, lambda m: dev and dev(m, report=False))
+  extra["dev_interpolation"] = retrievers.dev_interpolation(
+      config, model, trainable, start, dev_llm, lambda m: dev and dev(m, report=False))
+  dev_after = retrievers.dev_llm_listmle(model, dev_llm, config.ranker.top_k)
   checkpoints.write_done(out_dir, summary, {"teacher": section.teacher, "towers": section.towers,
                                             "llm_loss": section.llm_loss if teacher == "llm" else None,
                                             "llm_top_k": (llm_top_k(section, config.ranker.top_k)
@@ -419,89 +339,5 @@ def run(config, workdir: str) -> None:
                                             "teacher_temperature": temperature, "list_size": width,
                                             "ranker_fusion": fusion and dataclasses.asdict(fusion),
                                             "train_queries": len(train_ex), "dev_queries": len(dev_ex),
-                                            "dev_llm_listmle": {"initial": dev_before,
-                                                                "trained": dev_llm_listmle(model, dev_llm, config.ranker.top_k)},
+                                            "dev_llm_listmle": {"initial": dev_before, "trained": dev_after},
                                             **extra, **inputs})
-
-
-DEV_RETRIEVAL_METRICS = ("ndcg@10", "recall@100")
-DEV_INTERPOLATIONS = (0.25, 0.5, 0.75)
-
-
-def dev_interpolation(config, model, trainable, dev_llm: CandidateLists, retrieval_figures
-                      ) -> list[dict]:
-  """The dev figures of the trained retriever interpolated with the initial one at each of
-  DEV_INTERPOLATIONS (`distill.interpolation`; 0 and 1 are done.json's "initial" and "trained"):
-  the LLM's dev ListMLE and, where `retrieval_figures(model)` has them, nDCG@10 and Recall@100
-  over the whole corpus. `model` is left as it came."""
-  start, _ = initial_weights(config.model, config.distill.towers, seed=config.seed)
-  trained = _snapshot(model, trainable)
-  rows = []
-  for alpha in DEV_INTERPOLATIONS:
-    interpolate(model, start, alpha, trainable)
-    figures = retrieval_figures(model)
-    rows.append({"alpha": alpha,
-                 "dev_llm_listmle": dev_llm_listmle(model, dev_llm, config.ranker.top_k),
-                 "dev_retrieval": figures and figures["trained"]})
-    nnx.update(model, trained)
-  logging.info("Dev figures of the interpolated retriever (distill.interpolation=%g is used "
-               "downstream): %s", config.distill.interpolation, rows)
-  return rows
-
-
-class DevRetrieval:
-  """The dev queries' nDCG@10 and Recall@100 over the whole corpus against the training split's
-  qrels, of the initial retriever and of each trained one it is called with; the corpus index
-  and the initial retriever's figures are computed once. `available` is False where there are
-  no qrels (NQ, TriviaQA: answers only), no dev queries, or both towers were trained (the corpus
-  would be re-encoded); then every call returns None.
-
-  The lists' losses see only the candidates; a retriever that learns them can still lose
-  relevant passages below them (Recall@100), and this is where the dev slice shows it.
-  """
-
-  def __init__(self, config, workdir: str, dataset, initial: retrieval.Encoder, tokenizer,
-               dev_qids: Sequence[str], *, mesh):
-    self.config, self.tokenizer, self.mesh = config, tokenizer, mesh
-    self.qids = list(dev_qids)
-    split = config.label.split
-    self.qrels = {}
-    if self.qids and config.distill.towers == "query" and dataset.has_qrels(split):
-      wanted = set(self.qids)
-      self.qrels = {q: rel for q, rel in dataset.qrels(split).items() if q in wanted}
-    self.available = bool(self.qrels)
-    if not self.available:
-      return
-    self.texts = [dataset.queries[q].text for q in self.qids]
-    self.docids, self.index = retrieval.corpus_index(
-        workdir, initial, dataset, retrieve_config=config.retrieve, encode_config=config.encode,
-        data_config=config.data, seed=config.seed)
-    self.initial = self._figures(initial)
-
-  def _figures(self, encoder: retrieval.Encoder) -> dict:
-    run = search.search_run(self.index, self.docids, self.qids,
-                            encoder.encode(self.texts, tower="query"),
-                            max(self.config.eval.depth, 100))
-    means, _ = metrics.evaluate_run(self.qrels, run)
-    return {m: means[m] for m in DEV_RETRIEVAL_METRICS}
-
-  def __call__(self, model: models.DualEncoder, *, report: bool = True) -> dict | None:
-    """{"queries", "initial", "trained"} for `model`; `report` logs them (and warns when the
-    trained retriever finds fewer relevant passages in its top 100)."""
-    if not self.available:
-      return None
-    config = self.config
-    trained = retrieval.Encoder(model, self.tokenizer, encode_config=config.encode,
-                                model_config=config.model, mesh=self.mesh,
-                                param_rules=config.mesh.param_rules)
-    out = {"queries": len(self.qrels), "initial": self.initial, "trained": self._figures(trained)}
-    if report:
-      logging.info("Dev queries over the whole corpus (%d with qrels): nDCG@10 %.4f -> %.4f, "
-                   "Recall@100 %.4f -> %.4f", out["queries"], out["initial"]["ndcg@10"],
-                   out["trained"]["ndcg@10"], out["initial"]["recall@100"],
-                   out["trained"]["recall@100"])
-      if out["trained"]["recall@100"] < out["initial"]["recall@100"]:
-        logging.warning("The trained retriever finds fewer relevant dev passages in its top 100 "
-                        "than the initial one (Recall@100 %.4f against %.4f)",
-                        out["trained"]["recall@100"], out["initial"]["recall@100"])
-    return out

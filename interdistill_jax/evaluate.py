@@ -126,11 +126,11 @@ def _rerank(config, workdir, dataset, queries, base_run, mesh) -> dict[str, data
 
 
 def _distilled_run(config, workdir, out_dir, dataset, queries, base_encoder, base_index):
-  from interdistill_jax import distill
+  from interdistill_jax import retrievers
   alpha = config.distill.interpolation
-  model, ckpt, info = distill.load_distilled(config.model, out_dir, mesh=base_encoder.mesh,
-                                             param_rules=config.mesh.param_rules, seed=config.seed,
-                                             interpolation=alpha)
+  model, ckpt, info = retrievers.load_distilled(config.model, out_dir, mesh=base_encoder.mesh,
+                                                param_rules=config.mesh.param_rules, seed=config.seed,
+                                                interpolation=alpha)
   encoder = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                               model_config=config.model, mesh=base_encoder.mesh,
                               param_rules=config.mesh.param_rules,

@@ -324,12 +324,12 @@ def _trained_model(model_config, workdir: str, which: str, *, mesh, param_rules,
       raise RuntimeError(f"{out_dir} has checkpoints but no done.json: the {which} stage did not "
                          "finish; rerun it (it resumes) before exporting")
     return None
-  from interdistill_jax import distill, ranker  # noqa: PLC0415 (training code only when trained)
+  from interdistill_jax import ranker, retrievers  # noqa: PLC0415 (training code only when trained)
   if which == "ranker":
     return ranker.load_trained_ranker(model_config, workdir, mesh=mesh, param_rules=param_rules,
                                       seed=seed)[0]
-  return distill.load_distilled(model_config, out_dir, mesh=mesh, param_rules=param_rules,
-                                seed=seed, interpolation=interpolation)[0]
+  return retrievers.load_distilled(model_config, out_dir, mesh=mesh, param_rules=param_rules,
+                                   seed=seed, interpolation=interpolation)[0]
 
 
 def _init_text(init: str) -> str:

@@ -246,13 +246,13 @@ def test_missing_files_the_stages_need(data_dir, tmp_path):
 
 
 def test_the_modules_check_through_the_same_tables():
-  from interdistill_jax import distill, fusion, labeling, models, shards, train
+  from interdistill_jax import fusion, labeling, models, retrievers, shards, train
   with pytest.raises(checks.ConfigError, match="^ranker.fuse_initial='x': must be one of 'none', 'fit'$"):
     fusion.check_fuse_initial("x")
   with pytest.raises(checks.ConfigError, match="^ranker.head='x'"):
     models.ranker_head("x", {})
   with pytest.raises(checks.ConfigError, match="^distill.towers='x'"):
-    distill.build_student(defaults.model_config(), "x", seed=0)
+    retrievers.build_student(defaults.model_config(), "x", seed=0)
   with pytest.raises(checks.ConfigError, match="^label.weak_teacher='x'"):
     labeling.check_teacher(None, "x", "stats.json")
   optim = defaults.optim_config(1e-4)

@@ -307,9 +307,9 @@ def test_ranker_distill_evaluate_end_to_end(tiny, tmp_path, monkeypatch):
 def test_dev_interpolation_scores_each_mix_and_leaves_the_model_as_it_came(tiny, monkeypatch):
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
-  from interdistill_jax import distill
-  model, _, trainable = distill.build_student(config.model, "query", seed=0)
-  start, _ = distill.initial_weights(config.model, "query", seed=0)
+  from interdistill_jax import retrievers
+  model, _, trainable = retrievers.build_student(config.model, "query", seed=0)
+  start = retrievers.host_weights(model, trainable)
   nnx.update(model, jax.tree.map(lambda w: w + 1.0, nnx.split(model, trainable, ...)[1]))
   before = [np.asarray(w).copy() for w in jax.tree.leaves(nnx.split(model, trainable, ...)[1])]
   seen = []
@@ -318,12 +318,12 @@ def test_dev_interpolation_scores_each_mix_and_leaves_the_model_as_it_came(tiny,
     seen.append(float(np.asarray(jax.tree.leaves(nnx.split(m, trainable, ...)[1])[0]).ravel()[0]))
     return seen[-1]
 
-  monkeypatch.setattr(distill, "dev_llm_listmle", first_weight)
-  rows = distill.dev_interpolation(config, model, trainable, None, lambda m: None)
+  monkeypatch.setattr(retrievers, "dev_llm_listmle", first_weight)
+  rows = retrievers.dev_interpolation(config, model, trainable, start, None, lambda m: None)
   w0 = float(jax.tree.leaves(start)[0].ravel()[0])
-  assert [r["alpha"] for r in rows] == list(distill.DEV_INTERPOLATIONS)
+  assert [r["alpha"] for r in rows] == list(retrievers.DEV_INTERPOLATIONS)
   assert [r["dev_llm_listmle"] for r in rows] == pytest.approx(
-      [w0 + a for a in distill.DEV_INTERPOLATIONS], abs=1e-5)
+      [w0 + a for a in retrievers.DEV_INTERPOLATIONS], abs=1e-5)
   after = jax.tree.leaves(nnx.split(model, trainable, ...)[1])
   for w, b in zip(after, before):
     np.testing.assert_array_equal(np.asarray(w), b)
@@ -332,7 +332,7 @@ def test_dev_interpolation_scores_each_mix_and_leaves_the_model_as_it_came(tiny,
 def _check_dev_retrieval(config, data_dir, labels, workdir, mesh):
   """done.json's dev figures over the whole corpus equal a brute-force search by hand, for the
   initial and the trained retriever (one relevant passage per tiny_beir query)."""
-  from interdistill_jax import distill, retrieval
+  from interdistill_jax import retrieval, retrievers
   out_dir = str(workdir / "retriever")
   done = layout.read_done(out_dir)
   dev = done["dev_retrieval"]
@@ -343,14 +343,14 @@ def _check_dev_retrieval(config, data_dir, labels, workdir, mesh):
   initial = retrieval.Encoder.from_config(config, mesh=mesh)
 
   def load(alpha):
-    model, ckpt, _ = distill.load_distilled(config.model, out_dir, mesh=mesh,
-                                            param_rules=config.mesh.param_rules, seed=config.seed,
-                                            interpolation=alpha)
+    model, ckpt, _ = retrievers.load_distilled(config.model, out_dir, mesh=mesh,
+                                               param_rules=config.mesh.param_rules, seed=config.seed,
+                                               interpolation=alpha)
     return model, retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir),
                                     encode_config=config.encode, model_config=config.model, mesh=mesh)
 
   # distill.interpolation: 0 gives back the initial weights exactly, 0.5 the mean of the two.
-  start, trainable = distill.initial_weights(config.model, "query", seed=config.seed)
+  start, trainable = retrievers.initial_weights(config.model, "query", seed=config.seed)
   (at0, _), (at1, trained), (half, interpolated) = load(0.0), load(1.0), load(0.5)
   for w0, w1, w5, w in zip(*(jax.tree.leaves(nnx.split(m, trainable, ...)[1]) for m in (at0, at1, half)),
                            jax.tree.leaves(start)):
