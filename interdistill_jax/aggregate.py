@@ -9,7 +9,10 @@ seed's paired-bootstrap 95% CI against the baseline (`eval/compare.json`). Write
 `ROOT/aggregate/`: `report.md`, `summary.json`, and the plots (`aggregate_plots`): the metric
 against the number of labelled queries, the distilled gain against the teacher's own quality on
 its training lists (labels/stats.json "quality"), and each system's dev loss (done.json) against
-its test metric.
+its test metric. The dev losses are correlated with the test metric only among points whose dev
+figures compare: those with the same seed (it draws the dev queries) and the same data, teacher
+and label settings (they make the labels the dev loss is computed against), which differ in
+recipe alone: the question a selection by dev loss answers.
 
 `read_run` and `over_seeds` are also what `benchmarks/seeds.py` reports over seed workdirs.
 """
@@ -36,6 +39,9 @@ SYSTEM_ORDER = ("baseline", "ranker", "ranker_fused", *layout.SYSTEMS)
 DEV_FIGURES = {"baseline": ("ranker", "initial"), "ranker": ("ranker", "ranker"),
                "ranker_fused": ("ranker", "fused"),
                **{s: (s, "dev_llm_listmle", "trained") for s in layout.SYSTEMS}}
+# Swept fields that change the dev queries or the labels a dev figure is computed against: two
+# points' dev figures compare only when these are equal.
+DEV_DATA_PREFIXES = ("data.", "teacher.", "label.")
 
 def _json(path: str):
   if not files.exists(path):
@@ -237,30 +243,54 @@ def markdown(summary: dict, plots: Sequence[str]) -> str:
     lines.append("")
   if summary["dev_vs_test"]:
     lines += ["## Dev loss against the test metric", "",
-              f"Spearman's rank correlation over the points, per system (dev figure: done.json; "
-              f"lower is better, so a dev figure that predicts {metric} correlates negatively).", "",
-              "| system | points | Spearman rho |", "|---|---|---|"]
+              "Spearman's rank correlation, per system, within each set of at least 3 points "
+              "whose dev figures compare: the same seed (it draws the dev queries) and the same "
+              "data, teacher and label settings (the labels the dev loss is computed against), "
+              "so that they differ in recipe alone; the mean over those sets, weighted by their "
+              f"points (dev figure: done.json; lower is better, so a dev figure that predicts "
+              f"{metric} correlates negatively)."]
+    if not any(c["groups"] for c in summary["dev_vs_test"].values()):
+      lines[-1] += (" No 3 points here share their dev queries and labels (they differ in seed, "
+                    "data, teacher or labelled set), so no correlation is computed: their dev "
+                    "losses do not compare, though the plot shows them.")
+    lines += ["", "| system | points | sets compared | Spearman rho |", "|---|---|---|---|"]
     for system, c in summary["dev_vs_test"].items():
       rho = "" if c["spearman"] is None else f"{c['spearman']:+.3f}"
-      lines.append(f"| {system} | {len(c['points'])} | {rho} |")
+      lines.append(f"| {system} | {len(c['points'])} | {len(c['groups'])} | {rho} |")
     lines.append("")
   lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
   return "\n".join(lines) + "\n"
 
 
+def dev_group(values: dict) -> str:
+  """What two points must share for their dev figures to compare: the seed (the dev queries are
+  its draw) and every data, teacher and label setting (the labels)."""
+  shared = {k: v for k, v in values.items()
+            if k == SEED or k.startswith(DEV_DATA_PREFIXES) or k.endswith("dev_fraction")}
+  return json.dumps(shared, sort_keys=True, default=str)
+
+
 def _dev_vs_test(points: Sequence[dict], metric: str) -> dict:
+  """Per system: every point's (dev figure, test metric), and Spearman's rho within each group
+  of at least 3 points whose dev figures compare (`dev_group`); "spearman" is the groups' mean,
+  weighted by their points, None where no group has 3."""
   from scipy import stats  # noqa: PLC0415
   out = {}
   for system in DEV_FIGURES:
-    pairs = [(dev_figure(p, system), p["systems"][system][metric], p["name"]) for p in points
-             if system in p["systems"] and metric in p["systems"][system]]
+    pairs = [(dev_figure(p, system), p["systems"][system][metric], p["name"], dev_group(p["values"]))
+             for p in points if system in p["systems"] and metric in p["systems"][system]]
     pairs = [x for x in pairs if x[0] is not None]
     if not pairs:
       continue
-    rho = None
-    if len(pairs) >= 3 and len({x[0] for x in pairs}) > 1 and len({x[1] for x in pairs}) > 1:
-      rho = float(stats.spearmanr([x[0] for x in pairs], [x[1] for x in pairs]).statistic)
-    out[system] = {"spearman": rho, "points": [x[2] for x in pairs],
+    groups = []
+    for key in dict.fromkeys(x[3] for x in pairs):
+      rows = [x for x in pairs if x[3] == key]
+      if len(rows) >= 3 and len({x[0] for x in rows}) > 1 and len({x[1] for x in rows}) > 1:
+        rho = float(stats.spearmanr([x[0] for x in rows], [x[1] for x in rows]).statistic)
+        groups.append({"points": [x[2] for x in rows], "spearman": rho})
+    rho = (float(np.average([g["spearman"] for g in groups], weights=[len(g["points"]) for g in groups]))
+           if groups else None)
+    out[system] = {"spearman": rho, "groups": groups, "points": [x[2] for x in pairs],
                    "dev": [x[0] for x in pairs], "test": [x[1] for x in pairs]}
   return out
 

@@ -108,7 +108,8 @@ def dev_vs_test(root: str, summary: dict) -> str | None:
       if rows:
         ax.scatter([d for d, _ in rows], [t for _, t in rows], s=18, color=f"C{i % 10}",
                    label=_label(cell["values"], others))
-    rho = "" if c["spearman"] is None else f" (Spearman {c['spearman']:+.2f})"
+    rho = ("" if c["spearman"] is None else
+           f" (Spearman {c['spearman']:+.2f} in {len(c['groups'])} comparable sets)")
     ax.set_title(system + rho, fontsize=10)
     ax.set_xlabel("dev ListMLE (done.json)")
     ax.set_ylabel(f"test {metric}")

@@ -97,15 +97,19 @@ class Fakes:
     inputs = provenance.begin(provenance.stage_name("distill", config), config, workdir)
     quality = _quality(workdir)
     data_lib.write_json(layout.done(layout.retriever_dir(workdir, config.distill.teacher)), {
-        "selected_step": 2, "dev_llm_listmle": {"initial": 2.1, "trained": 2.0 - quality}, **inputs})
+        "selected_step": 2, "dev_llm_listmle": {
+            "initial": 2.1, "trained": 2.0 - quality - config.distill.student_temperature},
+        **inputs})
 
   @staticmethod
   def evaluate(config, workdir):
-    """baseline 0.5; distilled 0.5 + 0.2 quality + 0.01 seed + 0.001 labelled queries."""
+    """baseline 0.5; distilled 0.5 + 0.2 quality + 0.01 seed + 0.001 labelled queries (+ 0.1 x
+    the student temperature's distance above its default)."""
     inputs = provenance.begin("evaluate", config, workdir)
     labelled = len(data_lib.load_labels(layout.labels(workdir)))
-    scores = {"baseline": 0.5,
-              "distilled": 0.5 + 0.2 * _quality(workdir) + 0.01 * config.seed + 0.001 * labelled}
+    recipe = 0.1 * (config.distill.student_temperature - 0.05)
+    scores = {"baseline": 0.5, "distilled": (0.5 + 0.2 * _quality(workdir) + 0.01 * config.seed
+                                             + 0.001 * labelled + recipe)}
     for system, ndcg in scores.items():
       data_lib.write_json(layout.eval_file(workdir, f"{system}.json"), {
           "dataset": "tiny", "split": "test", "system": system, "num_queries": 8,
@@ -355,12 +359,35 @@ def test_aggregate_reports_mean_sd_and_ci_per_setting_with_plots(data_dir, tmp_p
   for name in ("learning_curve.png", "gain_vs_teacher.png", "dev_vs_test.png"):
     assert os.path.getsize(layout.aggregate_file(root, name)) > 5000, name
     assert f"]({name})" in report
-  # Dev figures: the fake retriever's dev loss falls as the teacher's quality rises, and its
-  # test metric rises with it.
-  assert summary["dev_vs_test"]["distilled"]["spearman"] < -0.5
+  # Dev figures: these points differ in seed, teacher or labelled set, so no two share the dev
+  # queries and labels their dev losses are computed on: none is correlated (the fake's loss
+  # falls with the teacher's quality, as its test metric rises, but across labels that differ).
+  assert summary["dev_vs_test"]["distilled"]["spearman"] is None
+  assert summary["dev_vs_test"]["distilled"]["groups"] == []
+  assert len(summary["dev_vs_test"]["distilled"]["points"]) == 8
+  assert "No 3 points here share their dev queries and labels" in report
   saved = json.load(open(layout.aggregate_file(root, "summary.json")))
   assert saved["cells"][0]["systems"]["distilled"]["ndcg@10"]["values"] == pytest.approx(
       summary["cells"][0]["systems"]["distilled"]["ndcg@10"]["values"])
+
+
+def test_dev_losses_are_correlated_only_among_recipes_on_the_same_dev_data(data_dir, tmp_path,
+                                                                          monkeypatch):
+  Fakes(monkeypatch)
+  root = str(tmp_path / "root")
+  sweep.run(base_config(data_dir), {"seed": (0, 1), "teacher.sim_noise": (0.0, 3.0),
+                                    "distill.student_temperature": (0.02, 0.05, 0.1)}, root)
+  summary = aggregate.aggregate(root)
+  c = summary["dev_vs_test"]["distilled"]
+  # One set per seed and teacher, each the three recipes: the fake's dev loss falls and its test
+  # metric rises with the temperature, so each set ranks them perfectly.
+  assert sorted(len(g["points"]) for g in c["groups"]) == [3, 3, 3, 3]
+  for g in c["groups"]:
+    assert len({p.split("+")[0] for p in g["points"]}) == 1  # one seed
+    assert g["spearman"] == pytest.approx(-1.0)
+  assert c["spearman"] == pytest.approx(-1.0)
+  report = open(layout.aggregate_file(root, "report.md")).read()
+  assert "| distilled | 12 | 4 | -1.000 |" in report
 
 
 def test_the_dev_figure_is_the_one_of_the_weights_evaluated(tmp_path):
