@@ -26,21 +26,27 @@ from ml_collections import config_flags
 from interdistill_jax import data as data_lib
 from interdistill_jax import assets, layout, metrics, retrieval, retrievers, search, sharding, tokenization, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The config the run was trained with.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (its retriever/ is scored).")
-_SYSTEM = flags.DEFINE_string("system", "retriever", "The retriever directory in the workdir.")
-_ALPHAS = flags.DEFINE_list("alphas", ["0", "0.1", "0.2", "0.25", "0.3", "0.4", "0.5", "0.6", "0.7",
-                                       "0.75", "0.8", "0.9", "1"], "Interpolations scored.")
-_OUT = flags.DEFINE_string("out", None, "Where to write the per-query figures (JSON).")
-_ANALYSE = flags.DEFINE_list("analyse", [], "Per-query files to compare the rule on.")
-_CHOICES = flags.DEFINE_list("choices", ["0.25", "0.5", "0.75", "1"], "What the rule picks from.")
-_SPLITS = flags.DEFINE_integer("splits", 2000, "Random halvings of each run's dev queries.")
+
+def _define_flags() -> None:
+  """Defined only when the script runs: the tests import `held_out` beside modules whose flags
+  share these names."""
+  config_flags.DEFINE_config_file("config", None, "The config the run was trained with.")
+  flags.DEFINE_string("workdir", None, "The run's workdir (its retriever/ is scored).")
+  flags.DEFINE_string("system", "retriever", "The retriever directory in the workdir.")
+  flags.DEFINE_list("alphas", ["0", "0.1", "0.2", "0.25", "0.3", "0.4", "0.5", "0.6", "0.7", "0.75",
+                               "0.8", "0.9", "1"], "Interpolations scored.")
+  flags.DEFINE_string("out", None, "Where to write the per-query figures (JSON).")
+  flags.DEFINE_list("analyse", [], "Per-query files to compare the rule on.")
+  flags.DEFINE_list("choices", ["0.25", "0.5", "0.75", "1"], "What the rule picks from.")
+  flags.DEFINE_integer("splits", 2000, "Random halvings of each run's dev queries.")
+
 
 METRICS = ("ndcg@10", "recall@100")
 
 
 def per_query_figures(config, workdir: str, system: str, alphas) -> dict:
-  """{"qids", "alphas", "figures": {alpha: {metric: [per dev query]}}} of `workdir/system`."""
+  """{"workdir", "system", "qids", "figures": {alpha: {metric: [per dev query, in qids' order]}}}
+  of the retriever in `workdir/system` at each interpolation of `alphas`."""
   dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir))
   _, dev_qids = train.dev_split([r["qid"] for r in labels], config.distill.dev_fraction, config.seed)
@@ -113,14 +119,15 @@ def held_out(files, choices, splits: int) -> dict:
 
 
 def main(_):
-  if _ANALYSE.value:
-    print(json.dumps(held_out(_ANALYSE.value, _CHOICES.value, _SPLITS.value), indent=1))
+  f = flags.FLAGS
+  if f.analyse:
+    print(json.dumps(held_out(f.analyse, f.choices, f.splits), indent=1))
     return
-  config = _CONFIG.value
-  out = per_query_figures(config, _WORKDIR.value, _SYSTEM.value, [float(a) for a in _ALPHAS.value])
-  with open(_OUT.value, "w") as f:
-    json.dump(out, f)
+  out = per_query_figures(f.config, f.workdir, f.system, [float(a) for a in f.alphas])
+  with open(f.out, "w") as fp:
+    json.dump(out, fp)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
