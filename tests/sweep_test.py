@@ -185,7 +185,7 @@ def test_committed_sweep_files_fit_the_scifact_config():
     for p in points:
       grid.apply(module.get_config(), p.values, source=path)
     sizes[name] = len(points)
-  assert sizes == {"learning_curve": 8, "teacher_quality": 10}
+  assert sizes == {"learning_curve": 8, "teacher_quality": 12}
 
 
 # --- sharing --------------------------------------------------------------------------------
