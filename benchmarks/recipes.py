@@ -22,8 +22,6 @@ import json
 import os
 import sys
 
-import jax
-import numpy as np
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
@@ -67,8 +65,7 @@ def dev_figures(config, out_dir: str, alphas=()) -> dict:
          "dev_retrieval": dev_retrieval(trained)}
   if alphas:
     start = retrievers.host_weights(initial, trainable)
-    end = jax.tree.map(np.asarray, nnx.split(trained, trainable, ...)[1])  # a copy: the split
-    # state follows the model through nnx.update
+    end = retrievers.host_weights(trained, trainable)  # a copy: the split state follows the model
     out["interpolation"] = []
     for alpha in alphas:
       nnx.update(trained, end)

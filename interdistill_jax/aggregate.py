@@ -43,6 +43,7 @@ DEV_FIGURES = {"baseline": ("ranker", "initial"), "ranker": ("ranker", "ranker")
 # points' dev figures compare only when these are equal.
 DEV_DATA_PREFIXES = ("data.", "teacher.", "label.")
 
+
 def _json(path: str):
   if not files.exists(path):
     return None
