@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, layout, metrics, retrieval, retrievers, search, sharding, tokenization, train
+from interdistill_jax import assets, layout, retrieval, retrievers, sharding, tokenization, train
 
 
 def _define_flags() -> None:
@@ -58,18 +58,14 @@ def per_query_figures(config, workdir: str, system: str, alphas) -> dict:
     raise SystemExit(f"{workdir}: no dev queries with qrels to score")
   qids = sorted(dev.qrels)  # every one has a relevant passage (train qrels)
   out = {"workdir": workdir, "system": system, "qids": qids, "figures": {}}
-  for alpha in alphas:
-    model, ckpt, _ = retrievers.load_distilled(config.model, os.path.join(workdir, system), mesh=mesh,
-                                               param_rules=config.mesh.param_rules, seed=config.seed,
-                                               interpolation=alpha)
-    encoder = retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
-                                model_config=config.model, mesh=mesh,
-                                param_rules=config.mesh.param_rules)
-    run = search.search_run(dev.index, dev.docids, dev.qids, encoder.encode(dev.texts, tower="query"),
-                            max(config.eval.depth, 100))
-    means, per_query = metrics.evaluate_run(dev.qrels, run)
+  model, _, info = retrievers.load_distilled(config.model, os.path.join(workdir, system), mesh=mesh,
+                                             param_rules=config.mesh.param_rules, seed=config.seed)
+  start, trainable = retrievers.initial_weights(config.model, info["towers"], seed=config.seed)
+  for alpha in retrievers.interpolations(model, start, trainable, alphas):
+    per_query = dev.per_query(model)
     out["figures"][f"{alpha:g}"] = {m: [per_query[m][q] for q in qids] for m in METRICS}
-    print(json.dumps({"alpha": alpha, **{m: means[m] for m in METRICS}}), flush=True)
+    print(json.dumps({"alpha": alpha, **{m: float(np.mean(out["figures"][f"{alpha:g}"][m]))
+                                         for m in METRICS}}), flush=True)
   return out
 
 

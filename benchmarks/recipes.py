@@ -23,7 +23,6 @@ import os
 import sys
 
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
@@ -65,11 +64,8 @@ def dev_figures(config, out_dir: str, alphas=()) -> dict:
          "dev_retrieval": dev_retrieval(trained)}
   if alphas:
     start = retrievers.host_weights(initial, trainable)
-    end = retrievers.host_weights(trained, trainable)  # a copy: the split state follows the model
     out["interpolation"] = []
-    for alpha in alphas:
-      nnx.update(trained, end)
-      retrievers.interpolate(trained, start, alpha, trainable)
+    for alpha in retrievers.interpolations(trained, start, trainable, alphas):
       dev = dev_retrieval(trained, report=False)
       out["interpolation"].append({
           "alpha": alpha,

@@ -23,7 +23,7 @@ this module does not import `distill` (which imports it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,9 +58,25 @@ def interpolate(model: models.DualEncoder, start: object, alpha: float, trainabl
 
 
 def _snapshot(model, trainable):
-  """`model`'s trainable weights as they are now. The state `nnx.split` returns follows the
-  model (a later `nnx.update` shows in it); a tree map holds the arrays of this moment."""
+  """`model`'s trainable weights as they are now, left where they are (on the mesh). The state
+  `nnx.split` returns follows the model (a later `nnx.update` shows in it); a tree map holds the
+  arrays of this moment. `interpolations` restores from it, which needs no copy to the host;
+  `host_weights` is the copy that must outlive training or a restore."""
   return jax.tree.map(lambda x: x, nnx.split(model, trainable, ...)[1])
+
+
+def interpolations(model: models.DualEncoder, start: object, trainable,
+                   alphas: Sequence[float]) -> Iterator[float]:
+  """Yields each of `alphas` with `model`'s trainable weights set to (1 - alpha) x `start` +
+  alpha x its own (`interpolate`), and gives the model back its own weights after each, and
+  when the loop ends or is left early."""
+  trained = _snapshot(model, trainable)
+  for alpha in alphas:
+    interpolate(model, start, alpha, trainable)
+    try:
+      yield alpha
+    finally:
+      nnx.update(model, trained)
 
 
 def host_weights(model, trainable):
@@ -139,15 +155,12 @@ def dev_interpolation(config, model, trainable, start, dev_llm, retrieval_figure
   dev ListMLE over `dev_llm` (a `distill.CandidateLists`) and, where
   `retrieval_figures(model)` has them, nDCG@10 and Recall@100 over the whole corpus. `model` is
   left as it came."""
-  trained = _snapshot(model, trainable)
   rows = []
-  for alpha in DEV_INTERPOLATIONS:
-    interpolate(model, start, alpha, trainable)
+  for alpha in interpolations(model, start, trainable, DEV_INTERPOLATIONS):
     figures = retrieval_figures(model)
     rows.append({"alpha": alpha,
                  "dev_llm_listmle": dev_llm_listmle(model, dev_llm, config.ranker.top_k),
                  "dev_retrieval": figures and figures["trained"]})
-    nnx.update(model, trained)
   logging.info("Dev figures of the interpolated retriever (distill.interpolation=%g is used "
                "downstream): %s", config.distill.interpolation, rows)
   return rows
@@ -182,25 +195,37 @@ class DevRetrieval:
         data_config=config.data, seed=config.seed)
     self.initial = self._figures(initial)
 
-  def _figures(self, encoder: retrieval.Encoder) -> dict:
+  def _evaluate(self, encoder: retrieval.Encoder) -> tuple[dict, dict]:
+    """(means, per query) of DEV_RETRIEVAL_METRICS, as `metrics.evaluate_run` gives them."""
     run = search.search_run(self.index, self.docids, self.qids,
                             encoder.encode(self.texts, tower="query"),
                             max(self.config.eval.depth, 100))
-    means, _ = metrics.evaluate_run(self.qrels, run)
-    return {m: means[m] for m in DEV_RETRIEVAL_METRICS}
+    means, per_query = metrics.evaluate_run(self.qrels, run)
+    return ({m: means[m] for m in DEV_RETRIEVAL_METRICS},
+            {m: per_query[m] for m in DEV_RETRIEVAL_METRICS})
+
+  def _figures(self, encoder: retrieval.Encoder) -> dict:
+    return self._evaluate(encoder)[0]
+
+  def _encoder(self, model: models.DualEncoder) -> retrieval.Encoder:
+    # A new Encoder per call: one places the model's weights of that moment on the mesh, and
+    # `model` differs from call to call (or was changed in place: `interpolations`).
+    return retrieval.Encoder(model, self.tokenizer, encode_config=self.config.encode,
+                             model_config=self.config.model, mesh=self.mesh,
+                             param_rules=self.config.mesh.param_rules)
+
+  def per_query(self, model: models.DualEncoder) -> dict | None:
+    """{metric: {qid: figure}} of `model` over the dev queries with qrels (the analyses that
+    resample the dev queries, e.g. `benchmarks/interpolation_rule.py`)."""
+    return self._evaluate(self._encoder(model))[1] if self.available else None
 
   def __call__(self, model: models.DualEncoder, *, report: bool = True) -> dict | None:
     """{"queries", "initial", "trained"} for `model`; `report` logs them (and warns when the
     trained retriever finds fewer relevant passages in its top 100)."""
     if not self.available:
       return None
-    config = self.config
-    # A new Encoder per call: one places the model's weights of that moment on the mesh, and
-    # `model` differs from call to call (or was changed in place: `dev_interpolation`).
-    trained = retrieval.Encoder(model, self.tokenizer, encode_config=config.encode,
-                                model_config=config.model, mesh=self.mesh,
-                                param_rules=config.mesh.param_rules)
-    out = {"queries": len(self.qrels), "initial": self.initial, "trained": self._figures(trained)}
+    out = {"queries": len(self.qrels), "initial": self.initial,
+           "trained": self._figures(self._encoder(model))}
     if report:
       logging.info("Dev queries over the whole corpus (%d with qrels): nDCG@10 %.4f -> %.4f, "
                    "Recall@100 %.4f -> %.4f", out["queries"], out["initial"]["ndcg@10"],

@@ -327,6 +327,16 @@ def test_dev_interpolation_scores_each_mix_and_leaves_the_model_as_it_came(tiny,
   after = jax.tree.leaves(nnx.split(model, trainable, ...)[1])
   for w, b in zip(after, before):
     np.testing.assert_array_equal(np.asarray(w), b)
+  # A loop left early (a break, an error in its body) gives the model back its weights too.
+  for alpha in retrievers.interpolations(model, start, trainable, (0.0, 0.5)):
+    np.testing.assert_array_equal(np.asarray(jax.tree.leaves(nnx.split(model, trainable, ...)[1])[0]),
+                                  jax.tree.leaves(start)[0])
+    break
+  with pytest.raises(RuntimeError):
+    for alpha in retrievers.interpolations(model, start, trainable, (0.5,)):
+      raise RuntimeError(alpha)
+  for w, b in zip(jax.tree.leaves(nnx.split(model, trainable, ...)[1]), before):
+    np.testing.assert_array_equal(np.asarray(w), b)
 
 
 def _check_dev_retrieval(config, data_dir, labels, workdir, mesh):
@@ -368,6 +378,12 @@ def _check_dev_retrieval(config, data_dir, labels, workdir, mesh):
       rank = 1 + int(np.sum(row > row[docids.index(rel)]))
       gains.append(1.0 / np.log2(1 + rank) if rank <= 10 else 0.0)
     assert want["ndcg@10"] == pytest.approx(float(np.mean(gains)), abs=1e-5), name
+    if name == "trained":  # the per-query figures the dev resampling analyses read
+      dev_retrieval = retrievers.DevRetrieval(config, str(workdir), dataset, initial,
+                                              tokenization.Tokenizer(config.model.init), dev_qids,
+                                              mesh=mesh)
+      per_query = dev_retrieval.per_query(at1)
+      assert [per_query["ndcg@10"][q] for q in dev_qids] == pytest.approx(gains, abs=1e-5)
 
 
 def _ndcg_at_10(trec_path, qrels):
