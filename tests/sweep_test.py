@@ -179,13 +179,15 @@ def test_committed_sweep_files_fit_the_scifact_config():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   sizes = {}
-  for name in ("learning_curve", "teacher_quality"):
+  for name in ("learning_curve", "teacher_quality", "ranker_schedule"):
     path = str(REPO / "configs" / "sweeps" / f"{name}.py")
     points = grid.points(grid.load(path), source=path)
     for p in points:
-      grid.apply(module.get_config(), p.values, source=path)
+      config = grid.apply(module.get_config(), p.values, source=path)
+      if name == "ranker_schedule":  # dev figures only: no distillation, no test metric
+        assert tuple(config.pipeline.stages)[-1] == "train_ranker"
     sizes[name] = len(points)
-  assert sizes == {"learning_curve": 8, "teacher_quality": 12}
+  assert sizes == {"learning_curve": 8, "teacher_quality": 12, "ranker_schedule": 12}
 
 
 # --- sharing --------------------------------------------------------------------------------
