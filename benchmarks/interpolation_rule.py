@@ -63,9 +63,9 @@ def per_query_figures(config, workdir: str, system: str, alphas) -> dict:
   start, trainable = retrievers.initial_weights(config.model, info["towers"], seed=config.seed)
   for alpha in retrievers.interpolations(model, start, trainable, alphas):
     per_query = dev.per_query(model)
-    out["figures"][f"{alpha:g}"] = {m: [per_query[m][q] for q in qids] for m in METRICS}
-    print(json.dumps({"alpha": alpha, **{m: float(np.mean(out["figures"][f"{alpha:g}"][m]))
-                                         for m in METRICS}}), flush=True)
+    figures = out["figures"][f"{alpha:g}"] = {m: [per_query[m][q] for q in qids] for m in METRICS}
+    print(json.dumps({"alpha": alpha, **{m: float(np.mean(v)) for m, v in figures.items()}}),
+          flush=True)
   return out
 
 

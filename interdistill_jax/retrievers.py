@@ -193,7 +193,7 @@ class DevRetrieval:
     self.docids, self.index = retrieval.corpus_index(
         workdir, initial, dataset, retrieve_config=config.retrieve, encode_config=config.encode,
         data_config=config.data, seed=config.seed)
-    self.initial = self._figures(initial)
+    self.initial = self._evaluate(initial)[0]
 
   def _evaluate(self, encoder: retrieval.Encoder) -> tuple[dict, dict]:
     """(means, per query) of DEV_RETRIEVAL_METRICS, as `metrics.evaluate_run` gives them."""
@@ -203,9 +203,6 @@ class DevRetrieval:
     means, per_query = metrics.evaluate_run(self.qrels, run)
     return ({m: means[m] for m in DEV_RETRIEVAL_METRICS},
             {m: per_query[m] for m in DEV_RETRIEVAL_METRICS})
-
-  def _figures(self, encoder: retrieval.Encoder) -> dict:
-    return self._evaluate(encoder)[0]
 
   def _encoder(self, model: models.DualEncoder) -> retrieval.Encoder:
     # A new Encoder per call: one places the model's weights of that moment on the mesh, and
@@ -225,7 +222,7 @@ class DevRetrieval:
     if not self.available:
       return None
     out = {"queries": len(self.qrels), "initial": self.initial,
-           "trained": self._figures(self._encoder(model))}
+           "trained": self._evaluate(self._encoder(model))[0]}
     if report:
       logging.info("Dev queries over the whole corpus (%d with qrels): nDCG@10 %.4f -> %.4f, "
                    "Recall@100 %.4f -> %.4f", out["queries"], out["initial"]["ndcg@10"],
