@@ -9,7 +9,8 @@ seed's paired-bootstrap 95% CI against the baseline (`eval/compare.json`). Write
 `ROOT/aggregate/`: `report.md`, `summary.json`, and the plots (`aggregate_plots`): the metric
 against the number of labelled queries, the distilled gain against the teacher's own quality on
 its training lists (labels/stats.json "quality"), and each system's dev loss (done.json) against
-its test metric. The dev losses are correlated with the test metric only among points whose dev
+its test metric. Where the teacher varies, the report says from which teacher quality on each
+system pays (`teacher_curves`). The dev losses are correlated with the test metric only among points whose dev
 figures compare: those with the same seed (it draws the dev queries) and the same data, teacher
 and label settings (they make the labels the dev loss is computed against), which differ in
 recipe alone: the question a selection by dev loss answers.
@@ -198,6 +199,87 @@ def cells(points: Sequence[dict]) -> list[dict]:
   return out
 
 
+def teacher_curves(cells_: Sequence[dict], metric: str) -> list[dict]:
+  """Where distillation starts to pay. Per set of cells that differ in teacher settings alone
+  (fields `teacher.*`), with at least two teachers whose quality on their training lists was
+  measured (labels/stats.json): the cells from the weakest teacher to the strongest, each
+  system's gain and whether it pays there (every seed's CI against the baseline above 0), and per
+  system `pays_from`: the weakest teacher from which it pays at every stronger level measured
+  (None where it does not pay at the strongest), `not_at`: the next weaker one, where it does
+  not, and `pays_everywhere` when there is none (where it stops paying is below the range)."""
+  groups: dict[str, tuple[dict, list[dict]]] = {}
+  for cell in cells_:
+    if "teacher_ndcg@10" not in cell["teacher"]:
+      continue
+    fixed = {k: v for k, v in cell["values"].items() if not k.startswith("teacher.")}
+    groups.setdefault(json.dumps(fixed, sort_keys=True, default=str), (fixed, []))[1].append(cell)
+  curves = []
+  for fixed, members in groups.values():
+    if len({c["teacher"]["teacher_ndcg@10"]["mean"] for c in members}) < 2:
+      continue
+    members = sorted(members, key=lambda c: c["teacher"]["teacher_ndcg@10"]["mean"])
+    rows = []
+    for cell in members:
+      initial = cell["teacher"].get("initial_ndcg@10")
+      systems = {}
+      for system, stats in cell["systems"].items():
+        per_seed = stats.get("vs_baseline", {}).get(metric)
+        if per_seed:
+          systems[system] = {"gain": stats["gain"][metric]["mean"], "seeds": len(per_seed),
+                             "pays": all(c["ci_low"] > 0 for c in per_seed)}
+      rows.append({"values": {k: v for k, v in cell["values"].items() if k.startswith("teacher.")},
+                   "teacher_ndcg@10": cell["teacher"]["teacher_ndcg@10"]["mean"],
+                   "initial_ndcg@10": initial["mean"] if initial else None, "systems": systems})
+    names = list(dict.fromkeys(s for r in rows for s in r["systems"]))
+    pays_from = {}
+    for system in names:
+      level, not_at = None, None
+      for row in reversed(rows):  # from the strongest teacher down, while it pays
+        if not row["systems"].get(system, {}).get("pays"):
+          not_at = row["teacher_ndcg@10"]
+          break
+        level = row["teacher_ndcg@10"]
+      pays_from[system] = {"teacher_ndcg@10": level, "not_at": not_at,
+                           "pays_everywhere": level is not None and not_at is None}
+    curves.append({"fixed": fixed, "rows": rows, "pays_from": pays_from})
+  return curves
+
+
+def _teacher_markdown(curves: Sequence[dict], metric: str) -> list[str]:
+  lines = ["## Gain against the teacher's quality", "",
+           f"Each cell's gain in {metric} over the baseline (mean over its seeds), from the weakest "
+           "teacher to the strongest (the teacher's nDCG@10 on its training lists against the "
+           "initial order's); a system pays where every seed's 95% CI is above 0 (marked *).", ""]
+  for curve in curves:
+    if curve["fixed"]:
+      lines += ["With " + ", ".join(f"{k}={v}" for k, v in curve["fixed"].items()) + ":", ""]
+    names = list(curve["pays_from"])
+    head = ["teacher", "teacher nDCG@10", "initial order", *names]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in curve["rows"]:
+      initial = "" if row["initial_ndcg@10"] is None else f"{row['initial_ndcg@10']:.4f}"
+      gains = []
+      for system in names:
+        s = row["systems"].get(system)
+        gains.append("" if s is None else f"{s['gain']:+.4f}{' *' if s['pays'] else ''}")
+      label = ", ".join(f"{k}={v}" for k, v in row["values"].items())
+      lines.append("| " + " | ".join([label, f"{row['teacher_ndcg@10']:.4f}", initial, *gains]) + " |")
+    lines.append("")
+    weakest = curve["rows"][0]["teacher_ndcg@10"]
+    for system, p in curve["pays_from"].items():
+      if p["teacher_ndcg@10"] is None:
+        lines.append(f"- {system}: does not pay with the strongest teacher measured "
+                     f"({p['not_at']:.4f}).")
+      elif p["pays_everywhere"]:
+        lines.append(f"- {system}: pays at every level measured, down to the weakest teacher "
+                     f"({weakest:.4f}): where it stops paying is below this range.")
+      else:
+        lines.append(f"- {system}: pays from teacher {p['teacher_ndcg@10']:.4f} up; not at "
+                     f"{p['not_at']:.4f}.")
+    lines.append("")
+  return lines
+
+
 def _varying(points: Sequence[dict]) -> list[str]:
   fields = list(dict.fromkeys(k for p in points for k in p["values"]))
   return [f for f in fields
@@ -242,6 +324,8 @@ def markdown(summary: dict, plots: Sequence[str]) -> str:
              s.get(f"{metric}_ci_low_above_0_in", "")]
       lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+  if summary.get("teacher_curves"):
+    lines += _teacher_markdown(summary["teacher_curves"], metric)
   if summary["dev_vs_test"]:
     lines += ["## Dev loss against the test metric", "",
               "Spearman's rank correlation, per system, within each set of at least 3 points "
@@ -305,8 +389,10 @@ def aggregate(root: str, *, metric: str = "ndcg@10") -> dict:
   available = sorted({m for p in points for s in p["systems"].values() for m in s})
   if metric not in available:
     raise ValueError(f"--metric={metric!r} is not in the points' results; they have {available}")
-  summary = {"root": root, "metric": metric, "varying": _varying(points), "cells": cells(points),
+  grouped = cells(points)
+  summary = {"root": root, "metric": metric, "varying": _varying(points), "cells": grouped,
              "points": {p["name"]: p for p in points}, "unfinished": unfinished,
+             "teacher_curves": teacher_curves(grouped, metric),
              "dev_vs_test": _dev_vs_test(points, metric)}
   files.makedirs(layout.aggregate_dir(root))
   plots = aggregate_plots.write_all(root, summary)

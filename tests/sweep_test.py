@@ -358,6 +358,12 @@ def test_aggregate_reports_mean_sd_and_ci_per_setting_with_plots(data_dir, tmp_p
   report = open(layout.aggregate_file(root, "report.md")).read()
   assert f"{np.mean(want):.4f} ± {np.std(want, ddof=1):.4f}" in report
   assert "## teacher.sim_noise=0.0, label.max_queries=0\n" in report
+  # One teacher curve per labelled set, each from the weaker teacher (noise 3.0) up.
+  assert [c["fixed"] for c in summary["teacher_curves"]] == [{"label.max_queries": 6},
+                                                             {"label.max_queries": 0}]
+  for c in summary["teacher_curves"]:
+    assert [r["values"]["teacher.sim_noise"] for r in c["rows"]] == [3.0, 0.0]
+  assert "## Gain against the teacher's quality" in report
   for name in ("learning_curve.png", "gain_vs_teacher.png", "dev_vs_test.png"):
     assert os.path.getsize(layout.aggregate_file(root, name)) > 5000, name
     assert f"]({name})" in report
@@ -390,6 +396,45 @@ def test_dev_losses_are_correlated_only_among_recipes_on_the_same_dev_data(data_
   assert c["spearman"] == pytest.approx(-1.0)
   report = open(layout.aggregate_file(root, "report.md")).read()
   assert "| distilled | 12 | 4 | -1.000 |" in report
+
+
+def _teacher_cell(noise, quality, max_queries, ci_lows):
+  """A cell of `aggregate.cells`: per system, each seed's CI low against the baseline."""
+  return {"values": {"teacher.sim_noise": noise, "label.max_queries": max_queries},
+          "teacher": {"teacher_ndcg@10": {"mean": quality}, "initial_ndcg@10": {"mean": 0.66}},
+          "systems": {"baseline": {"ndcg@10": {"mean": 0.6}},
+                      **{s: {"gain": {"ndcg@10": {"mean": lows[0] + 0.01}},
+                             "vs_baseline": {"ndcg@10": [{"ci_low": lo} for lo in lows]}}
+                         for s, lows in ci_lows.items()}}}
+
+
+def test_teacher_curves_say_from_which_teacher_each_system_pays():
+  cells = [
+      _teacher_cell(0.3, 0.81, 0, {"distilled": [0.02, 0.01], "ranker": [-0.01, 0.02], "fused": [0.01]}),
+      _teacher_cell(0.6, 0.59, 0, {"distilled": [0.01, -0.001], "ranker": [0.01, 0.01], "fused": [0.01]}),
+      _teacher_cell(0.48, 0.66, 0, {"distilled": [0.01, 0.02], "ranker": [0.01, 0.01], "fused": [0.01]}),
+      _teacher_cell(0.48, 0.66, 100, {"distilled": [0.01]}),  # alone with its labelled set
+  ]
+  (curve,) = aggregate.teacher_curves(cells, "ndcg@10")
+  assert curve["fixed"] == {"label.max_queries": 0}
+  assert [r["teacher_ndcg@10"] for r in curve["rows"]] == [0.59, 0.66, 0.81]
+  assert [r["systems"]["distilled"]["pays"] for r in curve["rows"]] == [False, True, True]
+  assert curve["pays_from"]["distilled"] == {"teacher_ndcg@10": 0.66, "not_at": 0.59,
+                                             "pays_everywhere": False}
+  # Paying at weaker teachers does not count when the strongest one does not.
+  assert curve["pays_from"]["ranker"] == {"teacher_ndcg@10": None, "not_at": 0.81,
+                                          "pays_everywhere": False}
+  assert curve["pays_from"]["fused"]["pays_everywhere"]
+  assert "baseline" not in curve["pays_from"]
+  text = "\n".join(aggregate._teacher_markdown([curve], "ndcg@10"))
+  assert "With label.max_queries=0:" in text
+  # Columns in the order the systems come: distilled, ranker, fused.
+  assert "| teacher.sim_noise=0.6 | 0.5900 | 0.6600 | +0.0200 | +0.0200 * | +0.0200 * |" in text
+  assert "- distilled: pays from teacher 0.6600 up; not at 0.5900." in text
+  assert "- ranker: does not pay with the strongest teacher measured (0.8100)." in text
+  assert "- fused: pays at every level measured, down to the weakest teacher (0.5900)" in text
+  # One teacher level per set: no curve.
+  assert aggregate.teacher_curves(cells[3:], "ndcg@10") == []
 
 
 def test_the_dev_figure_is_the_one_of_the_weights_evaluated(tmp_path):
