@@ -10,10 +10,10 @@ seed's paired-bootstrap 95% CI against the baseline (`eval/compare.json`). Write
 against the number of labelled queries, the distilled gain against the teacher's own quality on
 its training lists (labels/stats.json "quality"), and each system's dev loss (done.json) against
 its test metric. Where the teacher varies, the report says from which teacher quality on each
-system pays (`teacher_curves`). The dev losses are correlated with the test metric only among points whose dev
-figures compare: those with the same seed (it draws the dev queries) and the same data, teacher
-and label settings (they make the labels the dev loss is computed against), which differ in
-recipe alone: the question a selection by dev loss answers.
+system pays (`teacher_curves`). The dev losses are correlated with the test metric only among
+points whose dev figures compare: those with the same seed (it draws the dev queries) and the
+same data, teacher and label settings (they make the labels the dev loss is computed against),
+which differ in recipe alone: the question a selection by dev loss answers.
 
 `read_run` and `over_seeds` are also what `benchmarks/seeds.py` reports over seed workdirs.
 """

@@ -14,9 +14,10 @@ Below about 0.2 nothing improves (0.15 -> 0.8448): the candidates cap it. Retrie
 label once per noise level (both seeds train on the same labels). 12 points of about 45 minutes
 each on a 2-core CPU. The points run in the order written, seed 0 first, and within a seed the
 teacher level with the initial order (0.48) first, then one clearly worse (0.6), then 0.3 and
-0.43 (with 0.48, four levels from the initial order's quality to 0.81), then 0.2 and 0.38. The simulated teacher's errors are independent noise around the qrels, which a
-ranker trained on 809 lists can average out; 0.48 already paid at seed 0, so the curve reaches
-below the initial order's quality to find where it stops paying.
+0.43 (with 0.48, four levels from the initial order's quality to 0.81), then 0.2 and 0.38. The
+simulated teacher's errors are independent noise around the qrels, which a ranker trained on 809
+lists can average out; 0.48 already paid at seed 0, so the curve reaches below the initial
+order's quality to find where it stops paying.
 """
 
 
