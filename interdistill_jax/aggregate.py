@@ -13,7 +13,10 @@ its test metric. Where the teacher varies, the report says from which teacher qu
 system pays (`teacher_curves`). The dev losses are correlated with the test metric only among
 points whose dev figures compare: those with the same seed (it draws the dev queries) and the
 same data, teacher and label settings (they make the labels the dev loss is computed against),
-which differ in recipe alone: the question a selection by dev loss answers.
+which differ in recipe alone: the question a selection by dev loss answers. Points whose
+`pipeline.stages` end before `evaluate` (a sweep that compares rankers on dev, say) count as
+finished when their last stage is: the report's "Dev figures" gives every setting's dev figures,
+mean ± sd over seeds (`dev_cells`), theirs and the evaluated points' alike.
 
 `read_run` and `over_seeds` are also what `benchmarks/seeds.py` reports over seed workdirs.
 """
@@ -25,6 +28,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import ml_collections
 import numpy as np
 from absl import app, flags
 
@@ -59,7 +63,8 @@ def read_run(workdir: str) -> dict:
   out = {"workdir": workdir, "systems": {}, "vs_baseline": {}, "dev": {}}
   evaluated = _json(layout.done(layout.eval_dir(workdir))) or {}
   names = [f"{s}.json" for s in evaluated.get("systems", [])] or sorted(
-      n for n in files.listdir(layout.eval_dir(workdir)) if n.endswith(".json"))
+      n for n in (files.listdir(layout.eval_dir(workdir)) if files.exists(layout.eval_dir(workdir))
+                  else []) if n.endswith(".json"))
   for name in names:
     r = _json(layout.eval_file(workdir, name))
     if r and "system" in r and "metrics" in r:  # not compare.json, ablations.json, done.json, inputs.json
@@ -70,7 +75,8 @@ def read_run(workdir: str) -> dict:
                 for system, per_metric in (_json(layout.eval_file(workdir, name)) or {}).items()}
   ranker = _json(layout.done(layout.ranker_dir(workdir))) or {}
   if "dev_listmle" in ranker:
-    out["dev"]["ranker"] = dict(ranker["dev_listmle"], head=ranker.get("head"))
+    out["dev"]["ranker"] = dict(ranker["dev_listmle"], head=ranker.get("head"),
+                                selected_step=ranker.get("selected_step"))
   alpha = evaluated.get("interpolation", 1.0)
   for system in layout.SYSTEMS:
     done = _json(layout.done(layout.system_dir(workdir, system)))
@@ -147,26 +153,40 @@ def ablations_over_seeds(runs: Sequence[dict]) -> dict:
 
 # --- a sweep root ---------------------------------------------------------------------------
 
-def read_points(root: str) -> tuple[list[dict], list[str]]:
-  """(finished points: `read_run` records with "name" and "values", unfinished point names)."""
+def _stages_done(workdir: str, config: dict) -> bool:
+  """Whether every stage of the point's recorded `pipeline.stages` left its done marker."""
+  cfg = ml_collections.ConfigDict(config)
+  return all(files.exists(path) for name in cfg.pipeline.stages
+             for path in layout.STAGES[name].outputs(cfg, workdir))
+
+
+def read_points(root: str) -> tuple[list[dict], list[dict], list[str]]:
+  """(points whose `evaluate` finished, points whose stages end before `evaluate` and finished:
+  dev figures only, unfinished point names); the points are `read_run` records with "name" and
+  "values"."""
   plan = _json(layout.sweep_plan(root))
   if plan is None:
     raise FileNotFoundError(f"{layout.sweep_plan(root)} not found: run `interdistill_jax.sweep "
                             f"--root={root}` first")
-  finished, unfinished = [], []
+  evaluated, dev_only, unfinished = [], [], []
   for name, entry in plan["points"].items():
     workdir = layout.point_dir(root, name)
-    if not layout.is_done(layout.eval_dir(workdir)):
+    config = (_json(layout.point_record(workdir)) or {}).get("config", {})
+    stages = _lookup(config, "pipeline.stages") or ()
+    if layout.is_done(layout.eval_dir(workdir)):
+      kind = evaluated
+    elif stages and "evaluate" not in stages and _stages_done(workdir, config):
+      kind = dev_only
+    else:
       unfinished.append(name)
       continue
     values = dict(entry["values"])
     # A field another sweep over this root varied: this point ran with its config's value.
-    config = (_json(layout.point_record(workdir)) or {}).get("config", {})
     for field in plan["axes"]:
       if field not in values:
         values[field] = _lookup(config, field)
-    finished.append(read_run(workdir) | {"name": name, "values": values})
-  return finished, unfinished
+    kind.append(read_run(workdir) | {"name": name, "values": values})
+  return evaluated, dev_only, unfinished
 
 
 def _lookup(config: dict, field: str):
@@ -196,6 +216,33 @@ def cells(points: Sequence[dict]) -> list[dict]:
                 "labelled": _stats(labelled) if labelled else None,
                 "teacher": teacher, "systems": over_seeds(runs),
                 "ablations": ablations_over_seeds(runs)})
+  return out
+
+
+def dev_cells(points: Sequence[dict]) -> list[dict]:
+  """The dev figures (`DEV_FIGURES`, lower is better) of points grouped by their values but the
+  seed: per cell and system, mean ± sd over its seeds, and the ranker's selected steps. These are
+  what a choice between settings is made on; two cells compare seed by seed where they hold the
+  same seeds and the same data, teacher and label settings (`dev_group`)."""
+  groups: dict[str, dict] = {}
+  for p in points:
+    figures = {s: f for s in DEV_FIGURES if (f := dev_figure(p, s)) is not None}
+    if not figures:
+      continue
+    values = {k: v for k, v in p["values"].items() if k != SEED}
+    key = json.dumps(values, sort_keys=True, default=str)
+    cell = groups.setdefault(key, {"values": values, "points": [], "seeds": [], "figures": []})
+    cell["points"].append(p["name"])
+    cell["seeds"].append(p["values"].get(SEED))
+    cell["figures"].append((figures, (p["dev"].get("ranker") or {}).get("selected_step")))
+  out = []
+  for cell in groups.values():
+    rows = cell.pop("figures")
+    systems = [s for s in DEV_FIGURES if any(s in f for f, _ in rows)]
+    cell["dev"] = {s: _stats([f[s] for f, _ in rows if s in f]) for s in systems}
+    steps = [step for _, step in rows if step is not None]
+    cell["ranker_selected_step"] = steps or None
+    out.append(cell)
   return out
 
 
@@ -301,6 +348,9 @@ def markdown(summary: dict, plots: Sequence[str]) -> str:
            f"{len(summary['points'])} finished points in {len(summary['cells'])} settings; each "
            "metric is the mean ± sd over the seeds (sample sd), and each seed's paired bootstrap "
            "(10,000 resamples) against the baseline gives its 95% CI.", ""]
+  if summary["dev_only"]:
+    lines[-2] += (f" {len(summary['dev_only'])} more points end before `evaluate` (their "
+                  "`pipeline.stages`): they have dev figures only (the last section).")
   if summary["unfinished"]:
     lines += [f"Not finished (left out): {', '.join(summary['unfinished'])}.", ""]
   varying = summary["varying"]
@@ -343,8 +393,31 @@ def markdown(summary: dict, plots: Sequence[str]) -> str:
       rho = "" if c["spearman"] is None else f"{c['spearman']:+.3f}"
       lines.append(f"| {system} | {len(c['points'])} | {len(c['groups'])} | {rho} |")
     lines.append("")
+  if summary["dev_cells"]:
+    lines += _dev_markdown(summary["dev_cells"], summary["dev_varying"])
   lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
   return "\n".join(lines) + "\n"
+
+
+def _dev_markdown(dev_cells_: Sequence[dict], varying: Sequence[str]) -> list[str]:
+  systems = [s for s in DEV_FIGURES if any(s in c["dev"] for c in dev_cells_)]
+  names = {"baseline": "initial order"}
+  lines = ["## Dev figures", "",
+           "Each setting's dev figures (done.json: the ranker's ListMLE of the teacher's dev "
+           "rankings, alone, fused and the initial order's; each retriever's after training; "
+           "lower is better), mean ± sd over its seeds. Settings compare where they hold the "
+           "same seeds and the same data, teacher and label settings.", ""]
+  head = ["setting", "seeds", *(names.get(s, s) for s in systems), "ranker's selected steps"]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for cell in dev_cells_:
+    title = ", ".join(f"{k}={v}" for k, v in cell["values"].items()
+                      if k in varying and k != SEED) or "all points"
+    steps = ", ".join(str(s) for s in cell["ranker_selected_step"] or [])
+    row = [title, ", ".join(str(s) for s in cell["seeds"]),
+           *(_fmt(cell["dev"].get(s)) for s in systems), steps]
+    lines.append("| " + " | ".join(row) + " |")
+  lines.append("")
+  return lines
 
 
 def dev_group(values: dict) -> str:
@@ -383,17 +456,20 @@ def _dev_vs_test(points: Sequence[dict], metric: str) -> dict:
 def aggregate(root: str, *, metric: str = "ndcg@10") -> dict:
   """Writes ROOT/aggregate/{report.md, summary.json, *.png}; returns the summary."""
   from interdistill_jax import aggregate_plots  # noqa: PLC0415 (matplotlib only here)
-  points, unfinished = read_points(root)
-  if not points:
-    raise ValueError(f"{root}: no point has finished `evaluate` yet ({len(unfinished)} unfinished)")
+  points, dev_only, unfinished = read_points(root)
+  if not points and not dev_only:
+    raise ValueError(f"{root}: no point has finished yet ({len(unfinished)} unfinished)")
   available = sorted({m for p in points for s in p["systems"].values() for m in s})
-  if metric not in available:
+  if points and metric not in available:
     raise ValueError(f"--metric={metric!r} is not in the points' results; they have {available}")
   grouped = cells(points)
   summary = {"root": root, "metric": metric, "varying": _varying(points), "cells": grouped,
              "points": {p["name"]: p for p in points}, "unfinished": unfinished,
              "teacher_curves": teacher_curves(grouped, metric),
-             "dev_vs_test": _dev_vs_test(points, metric)}
+             "dev_vs_test": _dev_vs_test(points, metric),
+             "dev_only": {p["name"]: p for p in dev_only},
+             "dev_cells": dev_cells([*points, *dev_only]),
+             "dev_varying": _varying([*points, *dev_only])}
   files.makedirs(layout.aggregate_dir(root))
   plots = aggregate_plots.write_all(root, summary)
   summary["plots"] = [os.path.basename(p) for p in plots]
@@ -415,7 +491,8 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     sys.stderr.write(f"error: {e}\n")
     sys.exit(1)
-  print(f"{len(summary['points'])} points, {len(summary['cells'])} settings: "  # noqa: T201
+  dev_only = f" (and {len(summary['dev_only'])} with dev figures only)" if summary["dev_only"] else ""
+  print(f"{len(summary['points'])} points, {len(summary['cells'])} settings{dev_only}: "  # noqa: T201
         f"{layout.aggregate_file(flags.FLAGS.root, 'report.md')}")
 
 

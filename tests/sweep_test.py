@@ -89,8 +89,9 @@ class Fakes:
     for kind in ("best", "latest"):
       os.makedirs(os.path.join(d, "checkpoints", kind, "2"), exist_ok=True)
       open(os.path.join(d, "checkpoints", kind, "2", "params"), "w").write(kind)
-    data_lib.write_json(layout.done(d), {"selected_step": 2, "dev_listmle": {
-        "ranker": 2.0 - 0.01 * config.seed, "initial": 2.1, "fused": 1.9}, **inputs})
+    rate = 100 * config.ranker.optim.learning_rate
+    data_lib.write_json(layout.done(d), {"selected_step": 2 + config.seed, "dev_listmle": {
+        "ranker": 2.0 - 0.01 * config.seed + rate, "initial": 2.1, "fused": 1.9 + rate}, **inputs})
 
   @staticmethod
   def distill(config, workdir):
@@ -468,6 +469,52 @@ def test_aggregate_leaves_out_unfinished_points_and_says_so(data_dir, tmp_path, 
   assert "Not finished (left out): seed=1" in open(layout.aggregate_file(root, "report.md")).read()
   with pytest.raises(ValueError, match="--metric='top20_acc' is not in the points' results"):
     aggregate.aggregate(root, metric="top20_acc")
+
+
+def test_a_sweep_that_ends_before_evaluate_is_reported_by_its_dev_figures(data_dir, tmp_path,
+                                                                         monkeypatch):
+  """Rankers compared on dev (stages up to train_ranker): every point is finished, with dev
+  figures only; a later sweep in the same root runs the whole pipeline for one rate, takes those
+  rankers, and its points are reported with test figures and dev figures alike."""
+  fakes = Fakes(monkeypatch)
+  root = str(tmp_path / "root")
+  config = base_config(data_dir)
+  rates = {"seed": (0, 1), "ranker.optim.learning_rate": (5e-5, 1e-4),
+           "pipeline.stages": (("retrieve", "label", "train_ranker"),)}
+  sweep.run(config, rates, root)
+  summary = aggregate.aggregate(root)
+  assert summary["points"] == {} and summary["cells"] == [] and summary["unfinished"] == []
+  assert len(summary["dev_only"]) == 4
+  by_rate = {c["values"]["ranker.optim.learning_rate"]: c for c in summary["dev_cells"]}
+  for lr, cell in by_rate.items():
+    rate = 100 * lr
+    assert cell["seeds"] == [0, 1]
+    assert cell["dev"]["ranker"]["values"] == pytest.approx([2.0 + rate, 1.99 + rate])
+    assert cell["dev"]["ranker_fused"]["mean"] == pytest.approx(1.9 + rate)
+    assert cell["dev"]["baseline"]["mean"] == pytest.approx(2.1)
+    assert cell["ranker_selected_step"] == [2, 3]
+    assert "distilled" not in cell["dev"]
+  report = open(layout.aggregate_file(root, "report.md")).read()
+  assert "4 more points end before `evaluate`" in report and "Not finished" not in report
+  assert ("| ranker.optim.learning_rate=5e-05 | 0, 1 | 2.1000 ± 0.0000 | 2.0000 ± 0.0071 | "
+          "1.9050 ± 0.0000 | 2, 3 |") in report
+  assert ("| ranker.optim.learning_rate=0.0001 | 0, 1 | 2.1000 ± 0.0000 | 2.0050 ± 0.0071 | "
+          "1.9100 ± 0.0000 | 2, 3 |") in report
+  # The whole pipeline at one rate: the rankers are taken, not trained again.
+  trained = fakes.count("train_ranker")
+  sweep.run(config, {"seed": (0, 1), "ranker.optim.learning_rate": (5e-5,)}, root)
+  assert fakes.count("train_ranker") == trained and fakes.count("evaluate") == 2
+  summary = aggregate.aggregate(root)
+  assert len(summary["points"]) == 2 and len(summary["dev_only"]) == 4
+  assert summary["cells"][0]["systems"]["distilled"]["seeds"] == 2
+  whole = [c for c in summary["dev_cells"] if "evaluate" in c["values"]["pipeline.stages"]]
+  assert len(whole) == 1 and "distilled" in whole[0]["dev"]
+  assert whole[0]["dev"]["ranker"]["values"] == by_rate[5e-5]["dev"]["ranker"]["values"]
+  # A point cut short before its last stage is unfinished, not dev-only.
+  layout_done = layout.done(layout.ranker_dir(layout.point_dir(root, "seed=1+learning_rate=0.0001")))
+  os.remove(layout_done)
+  summary = aggregate.aggregate(root)
+  assert summary["unfinished"] == ["seed=1+learning_rate=0.0001"] and len(summary["dev_only"]) == 3
 
 
 # --- for real -------------------------------------------------------------------------------
