@@ -9,7 +9,8 @@ scorer (`ranker.PairScorer`) differ only in how they tokenize and what function 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import collections
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import numpy as np
@@ -18,6 +19,10 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from interdistill_jax import sharding, tokenization
+
+# Batches dispatched to the devices and not yet read back: the host prepares batch i + 1 (and
+# more) while batch i computes. Each holds one batch's inputs and outputs in device memory.
+IN_FLIGHT = 2
 
 
 class PlacedModel:
@@ -51,10 +56,14 @@ class BucketedRunner:
 
     self._fn = jax.jit(fn, out_shardings=sharding.batch_sharding(model.mesh))
 
+  def _dispatch(self, batch: tokenization.Batch):
+    """Starts `batch` on the devices and returns at once: the result is still on device."""
+    arrays = sharding.put_batch((batch.input_ids, batch.token_type_ids, batch.attention_mask),
+                                self.model.mesh)
+    return self._fn(self.model.state, *arrays)
+
   def _batch(self, batch: tokenization.Batch) -> np.ndarray:
-    mesh = self.model.mesh
-    arrays = sharding.put_batch((batch.input_ids, batch.token_type_ids, batch.attention_mask), mesh)
-    return np.asarray(sharding.to_host(self._fn(self.model.state, *arrays)))
+    return np.asarray(sharding.to_host(self._dispatch(batch)))
 
   def compile(self) -> None:
     """Compiles every batch shape `run` can take (one per bucket), e.g. before timing."""
@@ -67,14 +76,44 @@ class BucketedRunner:
 
     The progress bar shows from 5 batches on, or always with `show_progress`.
     """
+    return self.run_chunks([(seqs, types)], len(seqs), desc=desc, show_progress=show_progress)
+
+  def run_chunks(self, chunks: Iterable[tuple[Sequence[np.ndarray], Sequence[np.ndarray] | None]],
+                 total: int, *, desc: str, show_progress: bool = False) -> np.ndarray:
+    """`run` over consecutive chunks of the N = `total` sequences, given as (seqs, types or
+    None) as they become ready (e.g. tokenized ahead in another thread), outputs in order.
+
+    Each chunk is cut into batches by length on its own. Batches are dispatched without waiting
+    for their results: up to `IN_FLIGHT` run on the devices while the host pads and sends the
+    next ones, across chunk boundaries too, so the devices do not wait on the host between
+    batches.
+    """
     out = None
-    batches = tokenization.bucketed_batches(seqs, self.batch_size, self.buckets, self.pad_id, types)
-    total = tokenization.num_batches(len(seqs), self.batch_size)
-    for batch in tqdm(batches, total=total, desc=desc, unit="batch",
-                      disable=not show_progress and total < 5):
-      y = self._batch(batch)
+    pending = collections.deque()
+    done = 0
+
+    def collect():
+      nonlocal out
+      batch, y = pending.popleft()
+      y = np.asarray(sharding.to_host(y))
       if out is None:
-        out = np.zeros((len(seqs), *y.shape[1:]), np.float32)
+        out = np.zeros((total, *y.shape[1:]), np.float32)
       valid = batch.index >= 0
       out[batch.index[valid]] = y[valid]
+
+    num = tokenization.num_batches(total, self.batch_size)
+    with tqdm(total=total, desc=desc, unit="seq", disable=not show_progress and num < 5) as bar:
+      for seqs, types in chunks:
+        for batch in tokenization.bucketed_batches(seqs, self.batch_size, self.buckets,
+                                                   self.pad_id, types):
+          batch.index[batch.index >= 0] += done
+          pending.append((batch, self._dispatch(batch)))
+          if len(pending) > IN_FLIGHT:
+            collect()
+          bar.update(batch.num_valid)
+        done += len(seqs)
+      while pending:
+        collect()
+    if done != total:
+      raise ValueError(f"{desc}: chunks held {done} sequences, not the {total} announced")
     return out if out is not None else np.zeros(self.empty_shape, np.float32)

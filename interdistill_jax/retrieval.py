@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
 import hashlib
 import itertools
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -20,6 +22,8 @@ from interdistill_jax import shards, tokenization
 
 # Passages encoded per step of `Encoder.encode_documents` (SciFact's 5,183 in one).
 CORPUS_CHUNK = 1 << 16
+# Batches' worth of texts tokenized at a time, ahead of the devices (Encoder.encode).
+TOKENIZE_AHEAD = 8
 
 
 class Encoder:
@@ -72,10 +76,16 @@ class Encoder:
     self._runners[tower].compile()
 
   def encode(self, texts: Sequence[str], *, tower: str, desc: str | None = None) -> np.ndarray:
-    """texts -> [N, H] float32 embeddings, in input order."""
-    seqs = self.tokenizer.encode(texts, self._max_length(tower))
-    return self._runners[tower].run(seqs, desc=desc or f"encode {tower}s",
-                                    show_progress=desc is not None)
+    """texts -> [N, H] float32 embeddings, in input order.
+
+    Texts are tokenized TOKENIZE_AHEAD batches at a time in a worker thread (the Rust tokenizer
+    releases the GIL and uses the cores), the next chunk while the devices encode this one.
+    """
+    chunk = self.batch_sizes[tower] * TOKENIZE_AHEAD
+    chunks = tokenized_ahead(self.tokenizer, texts, self._max_length(tower), chunk)
+    return self._runners[tower].run_chunks(((seqs, None) for seqs in chunks), len(texts),
+                                           desc=desc or f"encode {tower}s",
+                                           show_progress=desc is not None)
 
   def cache_key(self, corpus_id: str, *extra: str) -> str:
     """Names this encoder's embeddings of a corpus on disk (model, corpus, passage length, extra)."""
@@ -119,6 +129,24 @@ class Encoder:
         out = np.zeros((num_docs, emb.shape[1]), np.float32)
       out[i * CORPUS_CHUNK:i * CORPUS_CHUNK + len(chunk)] = emb
     return out
+
+
+def tokenized_ahead(tokenizer: tokenization.Tokenizer, texts: Sequence[str], max_length: int,
+                    chunk: int) -> Iterator[list[np.ndarray]]:
+  """`tokenizer.encode` of `texts` in consecutive chunks of `chunk`, each one computed in a
+  worker thread while the caller uses the one before."""
+  starts = range(0, len(texts), chunk)
+  if len(starts) <= 1:
+    yield tokenizer.encode(texts, max_length) if texts else []
+    return
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+    ahead = collections.deque()
+    for start in starts:
+      ahead.append(pool.submit(tokenizer.encode, texts[start:start + chunk], max_length))
+      if len(ahead) > 1:
+        yield ahead.popleft().result()
+    while ahead:
+      yield ahead.popleft().result()
 
 
 def embeddings_key(model_id: str, corpus_id: str, max_doc_length: int, *extra: str) -> str:

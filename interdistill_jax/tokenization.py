@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -42,6 +43,9 @@ class Tokenizer:
     if not os.path.exists(file):
       raise FileNotFoundError(f"{file}: no tokenizer.json (a fast tokenizer file is required)")
     self._tok = tokenizers.Tokenizer.from_file(file)
+    # Truncation is set for the length of each call: calls from several threads (the encoder
+    # tokenizes ahead in a worker) take turns, each call is parallel inside.
+    self._lock = threading.Lock()
     self._tok.no_padding()
     self._tok.no_truncation()
     self.dir = os.path.dirname(file)
@@ -59,21 +63,23 @@ class Tokenizer:
 
   def encode(self, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
     """Token ids with [CLS] ... [SEP], truncated to `max_length` (as transformers does)."""
-    self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
-    try:
-      encs = self._tok.encode_batch(list(texts))
-    finally:
-      self._tok.no_truncation()
+    with self._lock:
+      self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
+      try:
+        encs = self._tok.encode_batch(list(texts))
+      finally:
+        self._tok.no_truncation()
     return [np.asarray(e.ids, np.int32) for e in encs]
 
   def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str],
                    max_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """`[CLS] a [SEP] b [SEP]` ids and token types, longest-first truncation."""
-    self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
-    try:
-      encs = self._tok.encode_batch(list(zip(firsts, seconds)))
-    finally:
-      self._tok.no_truncation()
+    with self._lock:
+      self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
+      try:
+        encs = self._tok.encode_batch(list(zip(firsts, seconds)))
+      finally:
+        self._tok.no_truncation()
     return [(np.asarray(e.ids, np.int32), np.asarray(e.type_ids, np.int32)) for e in encs]
 
 

@@ -47,6 +47,25 @@ def test_runner_returns_outputs_in_input_order_with_one_compile_per_bucket():
   assert empty.shape == (0, 3) and empty.dtype == np.float32
 
 
+@pytest.mark.parametrize("in_flight", [0, 1, 3])
+def test_chunks_in_flight_give_what_one_run_gives(monkeypatch, in_flight):
+  """Chunks of 5, 0, 9 and 7 sequences, batches left on the devices up to `in_flight` at a
+  time: every output lands in its row of the whole, as with one `run` over all 21."""
+  monkeypatch.setattr(inference, "IN_FLIGHT", in_flight)
+  rng = np.random.default_rng(1)
+  seqs = [rng.integers(1, 50, size=n).astype(np.int32) for n in rng.integers(1, 30, size=21)]
+  types = [(np.arange(len(s)) % 2).astype(np.int32) for s in seqs]
+  model = inference.PlacedModel(_Weighted(), sharding.make_mesh())
+  runner = inference.BucketedRunner(model, lambda m, *a: m(*a), batch_size=4, buckets=(8, 16, 32),
+                                    pad_id=0, empty_shape=(0, 3))
+  whole = runner.run(seqs, types, desc="test")
+  cuts = [0, 5, 5, 14, 21]
+  chunks = [(seqs[a:b], types[a:b]) for a, b in zip(cuts, cuts[1:])]
+  np.testing.assert_array_equal(runner.run_chunks(iter(chunks), 21, desc="test"), whole)
+  with pytest.raises(ValueError, match="held 21 sequences, not the 22"):
+    runner.run_chunks(iter(chunks), 22, desc="test")
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   bert = fixtures.tiny_bert(tmp_path_factory.mktemp("tiny") / "bert", layers=2, hidden=32, heads=4)
@@ -66,8 +85,10 @@ def _alone(seqs, types=None):
     yield s[None], t[None], np.ones_like(s)[None]
 
 
-@pytest.mark.parametrize("tower", ["doc", "query"])
-def test_encoder_matches_the_model_one_text_at_a_time(tiny, tower):
+@pytest.mark.parametrize("tower,ahead", [("doc", 8), ("query", 8), ("doc", 1)])
+def test_encoder_matches_the_model_one_text_at_a_time(tiny, tower, ahead, monkeypatch):
+  """`ahead` = 1: the 13 texts are tokenized 8 at a time in the worker thread (two chunks)."""
+  monkeypatch.setattr(retrieval, "TOKENIZE_AHEAD", ahead)
   config, tok = tiny
   model, _ = models.load_dual_encoder(config.model)
   encoder = retrieval.Encoder(model, tok, encode_config=config.encode, model_config=config.model,
