@@ -33,7 +33,7 @@ from interdistill_jax.teachers import teacher as teacher_lib
 # Allowed values of the fields whose modules are too heavy to import for a check (JAX, Flax).
 POOLINGS = ("", "mean", "cls")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-ATTENTION = ("auto", "xla", "cudnn")
+ATTENTION = ("auto", "xla", "cudnn", "cudnn_dropout")
 RANKER_HEADS = ("auto", "cls", "residual")
 FUSE_INITIAL = ("none", "fit")
 LLM_LOSSES = ("listmle", "kl")

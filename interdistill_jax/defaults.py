@@ -57,7 +57,8 @@ def model_config() -> ml_collections.ConfigDict:
       max_doc_length=256,
       dtype="float32",         # Compute dtype: "float32" or "bfloat16" (params stay float32).
       # "auto": cuDNN fused attention on a GPU in bfloat16 (not while training with attention
-      # dropout), XLA otherwise; or force "xla" / "cudnn".
+      # dropout), XLA otherwise; or force "xla" / "cudnn"; "cudnn_dropout" also trains with
+      # attention dropout inside cuDNN's fused attention (masks drawn by cuDNN, not the seed).
       attention="auto",
       # Training only: >= 0 overrides the checkpoint's attention dropout. 0 lets training use
       # the fused cuDNN attention too (jax.nn has no dropout inside it); -1 keeps the checkpoint's.

@@ -12,7 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from interdistill_jax import checks, defaults, peers, tasks, teachers
+from interdistill_jax import checks, defaults, models, peers, tasks, teachers
 from interdistill_jax.locking import WorkdirBusy, lock_workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -119,6 +119,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  models.prepare_backend(_CONFIG.value)  # XLA_FLAGS, before JAX starts its backends
   import jax  # noqa: PLC0415 (after flag parsing: XLA_FLAGS may come from the launcher)
   if _MULTIHOST.value:
     # Twice the peers' own bound: a silent process is named by `peers` before JAX aborts.

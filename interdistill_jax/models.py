@@ -80,6 +80,21 @@ def _dropout(x, rate: float, rng):
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+def _cudnn_attention_with_dropout(q, k, v, lengths, rate: float, seed: int):
+  """Fused attention on cuDNN that applies attention dropout inside the kernel.
+
+  q, k, v: [B, T, N, D]; lengths: [B] valid (right-padded) positions. jax.nn does not expose
+  dropout for cuDNN, so this calls JAX's cuDNN lowering directly (jax._src: pinned by the
+  versions in requirements.txt). cuDNN draws the masks from its Philox generator with the
+  static `seed`; XLA advances the generator's offset at every execution, so each step gets new
+  masks, but they do not follow the run's dropout key.
+  """
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # noqa: PLC0415 (GPU only)
+  return cudnn.dot_product_attention(
+      q, k, v, q_seqlen=lengths, kv_seqlen=lengths, scale=float(1 / np.sqrt(q.shape[-1])),
+      mask_type=cudnn.MaskType.PADDING, seed=seed, dropout_rate=rate)
+
+
 def _split(rng, n):
   return (None,) * n if rng is None else tuple(jax.random.split(rng, n))
 
@@ -87,7 +102,8 @@ def _split(rng, n):
 class BertLayer(nnx.Module):
   """Post-LayerNorm transformer block, as in BERT."""
 
-  def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs, attention: str = "xla"):
+  def __init__(self, cfg: BertConfig, *, dtype, rngs: nnx.Rngs, attention: str = "xla",
+               dropout_seed: int = 0):
     h, i = cfg.hidden_size, cfg.intermediate_size
     dense = lambda a, b: nnx.Linear(a, b, dtype=dtype, rngs=rngs)  # noqa: E731
     self.query, self.key, self.value = dense(h, h), dense(h, h), dense(h, h)
@@ -101,6 +117,7 @@ class BertLayer(nnx.Module):
     self.hidden_dropout = cfg.hidden_dropout_prob
     self.attn_dropout = cfg.attention_probs_dropout_prob
     self.attention = attention
+    self.dropout_seed = dropout_seed  # cuDNN's attention dropout only: one stream per layer
 
   def _gelu(self, h):
     """GELU of the first FFN matmul's output, materialised on both sides when on CPU.
@@ -121,7 +138,13 @@ class BertLayer(nnx.Module):
     heads = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)  # noqa: E731
     q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
     r_attn, r_out, r_ffn = _split(dropout_rng, 3)
-    if self.attention == "cudnn" and (r_attn is None or self.attn_dropout == 0.0):
+    dropping = r_attn is not None and self.attn_dropout > 0.0
+    if self.attention == "cudnn_dropout" and dropping:
+      # cuDNN's fused attention with its own attention dropout (see `attention_impl`).
+      lengths = mask[:, 0, 0, :].sum(-1, dtype=jnp.int32)
+      ctx = _cudnn_attention_with_dropout(q, k, v, lengths, self.attn_dropout,
+                                          self.dropout_seed).reshape(b, t, h)
+    elif self.attention in ("cudnn", "cudnn_dropout") and not dropping:
       # cuDNN's fused (flash) attention: no [B, H, T, T] scores in memory. Attention dropout
       # is not available through jax.nn, so training with it takes the path below.
       # Its padding mask takes lengths: attention masks here are right-padded prefixes.
@@ -151,8 +174,8 @@ class Bert(nnx.Module):
     self.pos_emb = nnx.Embed(cfg.max_position_embeddings, h, rngs=rngs)
     self.type_emb = nnx.Embed(cfg.type_vocab_size, h, rngs=rngs)
     self.emb_norm = nnx.LayerNorm(h, epsilon=cfg.layer_norm_eps, rngs=rngs)
-    self.layers = nnx.List([BertLayer(cfg, dtype=dtype, rngs=rngs, attention=attention)
-                            for _ in range(cfg.num_hidden_layers)])
+    self.layers = nnx.List([BertLayer(cfg, dtype=dtype, rngs=rngs, attention=attention, dropout_seed=i)
+                            for i in range(cfg.num_hidden_layers)])
 
   def __call__(self, input_ids, token_type_ids, attention_mask, dropout_rng=None):
     """input_ids, token_type_ids, attention_mask: [B, T] int -> [B, T, H]."""
@@ -376,14 +399,46 @@ def _dtype(name: str):
   return getattr(jnp, checks.require_one_of("model.dtype", name, checks.COMPUTE_DTYPES))
 
 
+# XLA records cuDNN's graphs into CUDA command buffers; one with attention dropout aborts the
+# process there (JAX 0.11.2 on an H200: "Check failed: local_device_ordinal.has_value()" in
+# CudnnGraph::PackOperands). Without command buffers it runs; the ranker step measured the same
+# either way with XLA's attention (accelerator_h200_run4.json, _run5_no_command_buffers.json).
+NO_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer="
+
+
+def uses_cudnn_dropout(config) -> bool:
+  """Whether the retriever or the ranker asks for `model.attention="cudnn_dropout"`."""
+  sections = [config.get("model")]
+  if config.get("ranker") is not None:
+    sections.append(config.ranker.get("model"))
+  return any(s is not None and s.get("attention") == "cudnn_dropout" for s in sections)
+
+
+def prepare_backend(config) -> None:
+  """What the config's choices need from XLA, set before JAX starts its backends: with
+  `cudnn_dropout`, no command buffers (unless XLA_FLAGS already says which to use)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if uses_cudnn_dropout(config) and "--xla_gpu_enable_command_buffer" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {NO_COMMAND_BUFFERS}".strip()
+    logging.info("model.attention=cudnn_dropout: XLA_FLAGS += %s", NO_COMMAND_BUFFERS)
+
+
 def attention_impl(model_config) -> str:
-  """`model.attention` resolved: "auto" is cuDNN's fused attention on a GPU in bfloat16, else XLA."""
+  """`model.attention` resolved: "auto" is cuDNN's fused attention on a GPU in bfloat16, else XLA.
+
+  "cudnn" trains with attention dropout through XLA's attention (masks from the dropout key);
+  "cudnn_dropout" keeps cuDNN's fused attention while training too, with cuDNN drawing the
+  attention dropout masks itself: faster, but those masks are not reproducible from the seed.
+  """
   choice = model_config.get("attention", "auto")
   if choice == "auto":
     return "cudnn" if jax.default_backend() == "gpu" and model_config.dtype == "bfloat16" else "xla"
-  if choice == "cudnn" and jax.default_backend() != "gpu":
-    raise ValueError(f"model.attention='cudnn' needs a CUDA GPU; this run's backend is "
+  if choice in ("cudnn", "cudnn_dropout") and jax.default_backend() != "gpu":
+    raise ValueError(f"model.attention={choice!r} needs a CUDA GPU; this run's backend is "
                      f"{jax.default_backend()!r} (use 'auto' or 'xla')")
+  if choice == "cudnn_dropout" and "--xla_gpu_enable_command_buffer" not in os.environ.get("XLA_FLAGS", ""):
+    raise ValueError("model.attention='cudnn_dropout' needs XLA_FLAGS=" + NO_COMMAND_BUFFERS +
+                     " set before JAX starts (models.prepare_backend does it for the entry points)")
   return checks.require_one_of("model.attention", choice, checks.ATTENTION)
 
 

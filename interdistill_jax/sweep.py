@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import files, grid, layout, locking, pipeline, provenance, sharing
+from interdistill_jax import files, grid, layout, locking, models, pipeline, provenance, sharing
 
 
 
@@ -219,6 +219,8 @@ def run(base_config, axes, root: str, *, source: str = "sweep", argv: list[str] 
     raise ValueError(f"--root={root}: a sweep's root must be on local disk (its points share "
                      "embeddings through symbolic links and LLM answers through SQLite files)")
   points = plan(base_config, axes, root, source=source)
+  for p in points:  # before JAX starts its backends
+    models.prepare_backend(p.config)
   record = write_plan(root, points, argv or [])
   workdirs = [layout.point_dir(root, name) for name in record["points"]]
   done = {p.name for p in points if is_finished(p)}

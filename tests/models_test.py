@@ -1,6 +1,7 @@
 """The Flax BERT against PyTorch transformers on the same weights."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +86,21 @@ def test_tokenizer_file_padding_and_truncation_are_reset():
   assert long[0] == tok.cls_id and long[-1] == tok.sep_id
 
 
+def test_the_tokenizer_gives_each_thread_its_own_length():
+  """Calls from two threads at once, at lengths 8 and 64: each result keeps its call's length
+  (truncation is set per call on a shared tokenizer)."""
+  import concurrent.futures
+  tok = tokenization.Tokenizer(assets.packaged_encoder_dir())
+  texts = ["word " * 200] * 64
+
+  def lengths(n):
+    return {len(x) for _ in range(20) for x in tok.encode(texts, n)}
+
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    short, long = pool.map(lengths, [8, 64])
+  assert short == {8} and long == {64}
+
+
 def test_fused_attention_path_matches_the_xla_path(monkeypatch):
   """The cuDNN branch (length-based padding mask) computes the same attention as the XLA branch.
 
@@ -119,6 +135,57 @@ def test_fused_attention_path_matches_the_xla_path(monkeypatch):
   assert not calls
 
 
+def test_cudnn_dropout_trains_through_the_fused_kernel_with_a_stream_per_layer(monkeypatch):
+  """`cudnn_dropout`: with a dropout key, every layer calls cuDNN's attention with dropout (its
+  rate, the layer's own seed, lengths from the mask); without one, the plain fused branch.
+  Here both stand in with XLA's attention (cuDNN needs a GPU)."""
+  from flax import nnx
+
+  cfg = models.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=32)
+  ids = jnp.asarray(np.random.default_rng(0).integers(1, 50, (2, 10)), jnp.int32)
+  lengths = np.array([10, 4])
+  mask = jnp.asarray(np.arange(10)[None] < lengths[:, None], jnp.int32)
+  bert = models.Bert(cfg, rngs=nnx.Rngs(0), attention="cudnn_dropout")
+  real, fused, plain = jax.nn.dot_product_attention, [], []
+
+  def with_dropout(q, k, v, lens, rate, seed):
+    fused.append((np.asarray(lens), rate, seed))
+    return real(q, k, v, query_seq_lengths=lens, key_value_seq_lengths=lens, implementation="xla")
+
+  def without(*args, **kwargs):
+    plain.append(kwargs["implementation"])
+    return real(*args, **dict(kwargs, implementation="xla"))
+
+  monkeypatch.setattr(models, "_cudnn_attention_with_dropout", with_dropout)
+  monkeypatch.setattr(jax.nn, "dot_product_attention", without)
+  bert(ids, jnp.zeros_like(ids), mask, jax.random.key(0))
+  assert [(r, s) for _, r, s in fused] == [(cfg.attention_probs_dropout_prob, i) for i in range(3)]
+  np.testing.assert_array_equal(fused[0][0], lengths)
+  assert not plain
+  fused.clear()
+  bert(ids, jnp.zeros_like(ids), mask)  # inference: no dropout
+  assert not fused and plain == ["cudnn"] * 3
+
+
+def test_cudnn_dropout_turns_off_command_buffers_before_jax_starts(monkeypatch):
+  config = defaults.base_config()
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  models.prepare_backend(config)
+  assert "XLA_FLAGS" not in os.environ  # nothing asked for it
+  config.ranker.model.attention = "cudnn_dropout"
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  models.prepare_backend(config)
+  assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
+                                     "--xla_gpu_enable_command_buffer=")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer=FUSION")  # the user's choice stays
+  models.prepare_backend(config)
+  assert os.environ["XLA_FLAGS"] == "--xla_gpu_enable_command_buffer=FUSION"
+  if jax.default_backend() != "gpu":
+    with pytest.raises(ValueError, match="'cudnn_dropout' needs a CUDA GPU"):
+      models.attention_impl(config.ranker.model)
+
+
 def test_attention_auto_is_xla_off_gpu_and_cudnn_is_refused_there():
   config = defaults.base_config()
   assert config.model.attention == "auto"
@@ -129,7 +196,7 @@ def test_attention_auto_is_xla_off_gpu_and_cudnn_is_refused_there():
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
       models.attention_impl(config.model)
   config.model.attention = "flash"
-  with pytest.raises(ValueError, match="model.attention=.flash.: must be one of .auto., .xla., .cudnn."):
+  with pytest.raises(ValueError, match="model.attention=.flash.: must be one of .auto., .xla., .cudnn., .cudnn_dropout."):
     models.attention_impl(config.model)
 
 
