@@ -74,6 +74,9 @@ def encode_config() -> ml_collections.ConfigDict:
       # Lengths each batch is padded up to (each compiles once): fine steps waste little compute.
       buckets=(16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512),
       cache=True,              # Store corpus embeddings under workdir/embeddings/ and reuse.
+      # Keep the corpus's token ids under data.cache_dir/tokens/ (per tokenizer, corpus and
+      # passage length): encoding it again, with any model on the same tokenizer, reads no text.
+      token_cache=True,
       # > 0: encode the corpus into on-disk shards of this many passages (bounded memory,
       # resumable per shard, each process its own shards); 0: in memory (small corpora).
       shard_size=0,

@@ -198,6 +198,11 @@ def corpus_indexes(cache_dir: str) -> str:
   return os.path.join(os.path.expanduser(cache_dir), "corpus_index")
 
 
+def token_cache(cache_dir: str, key: str) -> str:
+  """Where the token ids of one corpus, tokenizer and passage length are kept (`token_cache`)."""
+  return os.path.join(os.path.expanduser(cache_dir), "tokens", key)
+
+
 def digest_record(cache_dir: str, path: str) -> str:
   """Where the content digest of data file `path` is remembered (`digests.content_id`)."""
   real = os.path.realpath(path)

@@ -6,9 +6,8 @@ import collections
 import concurrent.futures
 import functools
 import hashlib
-import itertools
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -18,7 +17,7 @@ from interdistill_jax import data as data_lib
 from interdistill_jax import (assets, digests, files, inference, layout, models, provenance, search,
                               sharding)
 from interdistill_jax import corpus as corpus_lib
-from interdistill_jax import shards, tokenization
+from interdistill_jax import shards, token_cache, tokenization
 
 # Passages encoded per step of `Encoder.encode_documents` (SciFact's 5,183 in one).
 CORPUS_CHUNK = 1 << 16
@@ -81,20 +80,47 @@ class Encoder:
     Texts are tokenized TOKENIZE_AHEAD batches at a time in a worker thread (the Rust tokenizer
     releases the GIL and uses the cores), the next chunk while the devices encode this one.
     """
+    return self._encode_texts(texts, tower, desc, None)
+
+  def _encode_texts(self, texts: Sequence[str], tower: str, desc: str | None,
+                    keep: list[np.ndarray] | None) -> np.ndarray:
+    """`encode`, appending the texts' token ids to `keep` (when given) as they pass."""
     chunk = self.batch_sizes[tower] * TOKENIZE_AHEAD
-    chunks = tokenized_ahead(self.tokenizer, texts, self._max_length(tower), chunk)
-    return self._runners[tower].run_chunks(((seqs, None) for seqs in chunks), len(texts),
-                                           desc=desc or f"encode {tower}s",
+
+    def chunks():
+      for seqs in tokenized_ahead(self.tokenizer, texts, self._max_length(tower), chunk):
+        if keep is not None:
+          keep.extend(seqs)
+        yield seqs, None
+
+    return self._runners[tower].run_chunks(chunks(), len(texts), desc=desc or f"encode {tower}s",
                                            show_progress=desc is not None)
+
+  def encode_passages(self, texts: Callable[[], Sequence[str]], start: int, count: int,
+                      tokens: token_cache.TokenCache | None, *, desc: str) -> np.ndarray:
+    """[count, H] embeddings of a corpus's rows [start, start + count): from their token ids in
+    `tokens` when it holds them (then `texts()`, which reads them, is not called), else from
+    `texts()`, whose ids `tokens` then keeps."""
+    seqs = tokens.read(start, count) if tokens is not None else None
+    if seqs is not None:
+      return self._runners["doc"].run(seqs, desc=desc, show_progress=True)
+    if tokens is None:
+      return self.encode(texts(), tower="doc", desc=desc)
+    keep = []
+    emb = self._encode_texts(texts(), "doc", desc, keep)
+    tokens.write(start, keep)
+    return emb
 
   def cache_key(self, corpus_id: str, *extra: str) -> str:
     """Names this encoder's embeddings of a corpus on disk (model, corpus, passage length, extra)."""
     return embeddings_key(self.model_id, corpus_id, self.max_doc_length, *extra)
 
   def encode_corpus(self, corpus: Mapping[str, data_lib.Document], cache_dir: str | None,
-                    corpus_id: str, legacy_id: str | None = None) -> tuple[list[str], np.ndarray]:
+                    corpus_id: str, legacy_id: str | None = None,
+                    tokens: token_cache.TokenCache | None = None) -> tuple[list[str], np.ndarray]:
     """(docids, [N, H] embeddings), read from the cache when this model already encoded it
-    (under `corpus_id`, or under `legacy_id`, the corpus's name in older caches)."""
+    (under `corpus_id`, or under `legacy_id`, the corpus's name in older caches); encoded
+    from the token ids `tokens` keeps, where it has them."""
     docids = list(corpus)
     path = None
     if cache_dir:
@@ -108,7 +134,7 @@ class Encoder:
         if problem:  # recomputed from the corpus: safe, and it costs no LLM call
           logging.warning("%s: %s; encoding the corpus again", path, problem)
       path = os.path.join(cache_dir, f"corpus-{self.cache_key(corpus_id)}.npy")
-    emb = self.encode_documents(corpus.values(), len(docids))
+    emb = self.encode_documents(corpus, docids, tokens)
     if path and jax.process_index() == 0:
       # The description first, the embeddings last: their presence is what marks the cache
       # complete, so a killed run leaves both files or none that is read.
@@ -117,17 +143,22 @@ class Encoder:
       files.save_npy(path, emb)
     return docids, emb
 
-  def encode_documents(self, docs: Iterable[data_lib.Document], num_docs: int) -> np.ndarray:
-    """[num_docs, H] float32 embeddings of `docs`, in order, streamed CORPUS_CHUNK at a time:
-    memory holds one chunk's texts, not the corpus's."""
+  def encode_documents(self, corpus: Mapping[str, data_lib.Document], docids: Sequence[str],
+                       tokens: token_cache.TokenCache | None = None) -> np.ndarray:
+    """[N, H] float32 embeddings of `corpus[d]` for d in `docids`, in order, streamed
+    CORPUS_CHUNK at a time: memory holds one chunk's texts, not the corpus's; a chunk whose
+    token ids `tokens` holds reads no text."""
+    num_docs = len(docids)
     out = np.zeros((num_docs, 0), np.float32)
     chunks = -(-num_docs // CORPUS_CHUNK)
-    for i, chunk in enumerate(itertools.batched(docs, CORPUS_CHUNK)):
+    for i, start in enumerate(range(0, num_docs, CORPUS_CHUNK)):
+      ids = docids[start:start + CORPUS_CHUNK]
       desc = "encode corpus" if chunks == 1 else f"encode corpus {i + 1}/{chunks}"
-      emb = self.encode([d.full_text() for d in chunk], tower="doc", desc=desc)
+      emb = self.encode_passages(lambda ids=ids: [corpus[d].full_text() for d in ids], start,
+                                 len(ids), tokens, desc=desc)
       if i == 0:
         out = np.zeros((num_docs, emb.shape[1]), np.float32)
-      out[i * CORPUS_CHUNK:i * CORPUS_CHUNK + len(chunk)] = emb
+      out[start:start + len(ids)] = emb
     return out
 
 
@@ -222,8 +253,19 @@ def corpus_embeddings(workdir: str, encoder: Encoder, dataset: data_lib.Dataset,
   """(docids, [N, H]) of the data set's corpus, through the workdir's embedding cache."""
   cache = layout.embeddings_dir(workdir) if encode_config.cache else None
   path = corpus_path(data_config, dataset)
-  return encoder.encode_corpus(dataset.corpus, cache, corpus_id(path, data_config.cache_dir),
-                               legacy_corpus_id(path))
+  cid = corpus_id(path, data_config.cache_dir)
+  return encoder.encode_corpus(dataset.corpus, cache, cid, legacy_corpus_id(path),
+                               corpus_tokens(encoder, cid, encode_config, data_config))
+
+
+def corpus_tokens(encoder: Encoder, corpus_id: str, encode_config,
+                  data_config) -> token_cache.TokenCache | None:
+  """Where `encoder`'s token ids of the corpus are kept (`encode.token_cache`, in
+  `data.cache_dir`), or None."""
+  if not (encode_config.get("token_cache", True) and data_config.cache_dir):
+    return None
+  return token_cache.TokenCache.for_corpus(data_config.cache_dir, encoder.tokenizer, corpus_id,
+                                           encoder.max_doc_length)
 
 
 class CorpusEmbeddings:
@@ -286,7 +328,9 @@ def corpus_shards(workdir: str, encoder: Encoder, dataset: data_lib.Dataset, *, 
   directory = store_dir(corpus_id=cid)
   return shards.encode_to_shards(
       encoder.on_local_devices(), path, directory, shard_size=encode_config.shard_size,
-      dtype=encode_config.shard_dtype, meta={"model": encoder.model_id, "corpus": cid})
+      dtype=encode_config.shard_dtype, meta={"model": encoder.model_id, "corpus": cid},
+      tokens=corpus_tokens(encoder, corpus_id(path, data_config.cache_dir), encode_config,
+                           data_config))
 
 
 def corpus_index(workdir: str, encoder: Encoder, dataset: data_lib.Dataset, *, retrieve_config,

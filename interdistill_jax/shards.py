@@ -152,8 +152,11 @@ def _drop_damaged(directory: str, manifest: dict) -> bool:
 
 
 def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: int,
-                     dtype: str = "float16", meta: dict | None = None) -> ShardStore:
+                     dtype: str = "float16", meta: dict | None = None, tokens=None) -> ShardStore:
   """Encodes the corpus file into `directory` (resuming), and returns the finished store.
+
+  `tokens` (a `token_cache.TokenCache`, optional): where each shard's token ids are read from
+  when kept, and kept when not (`Encoder.encode_passages`).
 
   `encoder` must live on this process's devices only (`Encoder(..., mesh=local mesh)`): the
   processes encode different shards at the same time and never wait for one another until the end.
@@ -187,7 +190,8 @@ def encode_to_shards(encoder, corpus_path: str, directory: str, *, shard_size: i
       if problem is None:
         continue
       logging.warning("%s.npy: %s; encoding this shard again", base, problem)
-    emb = encoder.encode([d.full_text() for d in docs], tower="doc", desc=f"encode shard {i}")
+    emb = encoder.encode_passages(lambda docs=docs: [d.full_text() for d in docs], sum(counts[:-1]),
+                                  len(docs), tokens, desc=f"encode shard {i}")
     write_shard(directory, i, [d.docid for d in docs], emb, dtype)
   if not counts:
     raise data_lib.DataError(corpus_path, None, "no documents")

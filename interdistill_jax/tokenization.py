@@ -48,6 +48,7 @@ class Tokenizer:
     self._lock = threading.Lock()
     self._tok.no_padding()
     self._tok.no_truncation()
+    self.file = file
     self.dir = os.path.dirname(file)
     self.pad_id = self._token_id("[PAD]", default=0)
     self.cls_id = self._token_id("[CLS]")

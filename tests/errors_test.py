@@ -143,6 +143,7 @@ class _FakeEncoder:
   cache_key = retrieval.Encoder.cache_key
   encode_corpus = retrieval.Encoder.encode_corpus
   encode_documents = retrieval.Encoder.encode_documents
+  encode_passages = retrieval.Encoder.encode_passages
 
   def __init__(self):
     self.encoded = 0

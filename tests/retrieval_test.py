@@ -140,9 +140,13 @@ class _StubEncoder:
     self.encoded += 1
     return np.arange(4 * len(texts), dtype=np.float32).reshape(len(texts), 4)
 
-  def encode_documents(self, docs, num_docs):
+  def encode_documents(self, corpus, docids, tokens=None):
     from interdistill_jax import retrieval
-    return retrieval.Encoder.encode_documents(self, docs, num_docs)
+    return retrieval.Encoder.encode_documents(self, corpus, docids, tokens)
+
+  def encode_passages(self, texts, start, count, tokens, *, desc):
+    from interdistill_jax import retrieval
+    return retrieval.Encoder.encode_passages(self, texts, start, count, tokens, desc=desc)
 
 
 def test_the_embedding_cache_is_complete_or_absent_after_a_kill(tmp_path, monkeypatch):
