@@ -23,7 +23,8 @@ PyTorch (and sentence-transformers) can be imported by `--ref_python`.
 - `encode`: the corpus at max length 256 for each `--encodings` variant, vs sentence-transformers,
   with nDCG@10 of our embeddings on the test split: from texts as `Encoder.encode` does it
   (tokenized ahead in a worker thread, batches in flight), the tokenizer alone, from token ids
-  (the devices' share), and the code before (tokenize everything, then one batch at a time).
+  (the devices' share), the code before (tokenize everything, then one batch at a time), and
+  `Encoder.encode_corpus` with a token cache (first keeping the ids, then encoding from them).
   A first full pass compiles every bucket and is not timed.
 - `encode_projection`: `--synthetic_docs` passages of 100 words drawn from the corpus's words
   (DPR's passage length), from texts and from token ids, projected to 21,015,324 passages.
@@ -213,7 +214,7 @@ def _encode(dtype, attention, texts, dataset, docids, st_cache):
   """Encoding from texts as `Encoder.encode` does it (tokenized ahead in a worker thread, batches
   in flight), beside: the tokenizer alone, the devices alone (token ids ready), and the code
   before both (all texts tokenized first, then one batch at a time, each waited for)."""
-  from interdistill_jax import inference, metrics, models, search
+  from interdistill_jax import inference, metrics, models, search, token_cache
 
   config, encoder = _encoder(dtype, attention)
   runner, length, repeats = encoder._runners["doc"], encoder.max_doc_length, _REPEATS.value
@@ -224,6 +225,14 @@ def _encode(dtype, attention, texts, dataset, docids, st_cache):
   seconds, emb = _timed(lambda: encoder.encode(texts, tower="doc"), repeats)
   tokenize_s, seqs = _timed(lambda: encoder.tokenizer.encode(texts, length), repeats)
   device_s, from_tokens = _timed(lambda: runner.run(seqs, desc="encode"), repeats)
+  with tempfile.TemporaryDirectory() as tmp:  # encode_corpus with the token cache: kept, then read
+    tokens = token_cache.TokenCache(tmp)
+    corpus = {d: dataset.corpus[d] for d in docids}
+    t = time.perf_counter()
+    encoder.encode_corpus(corpus, None, "corpus", tokens=tokens)
+    keeping_s = time.perf_counter() - t
+    cached_s, (_, from_cache) = _timed(lambda: encoder.encode_corpus(corpus, None, "corpus", tokens=tokens),
+                                       repeats)
   in_flight = inference.IN_FLIGHT
   inference.IN_FLIGHT = 0
   try:
@@ -238,6 +247,11 @@ def _encode(dtype, attention, texts, dataset, docids, st_cache):
                  "tokenize_s": tokenize_s, "tokenize_docs_per_s": n / tokenize_s,
                  "from_token_ids_s": device_s, "from_token_ids_docs_per_s": n / device_s,
                  "before_s": before_s, "before_docs_per_s": n / before_s,
+                 "encode_corpus_keeping_tokens_s": keeping_s,
+                 "encode_corpus_keeping_tokens_docs_per_s": n / keeping_s,
+                 "encode_corpus_from_token_cache_s": cached_s,
+                 "encode_corpus_from_token_cache_docs_per_s": n / cached_s,
+                 "max_abs_diff_from_token_cache": float(abs(emb - from_cache).max()),
                  "max_abs_diff_vs_before": float(abs(emb - before).max()),
                  "max_abs_diff_from_token_ids": float(abs(emb - from_tokens).max())}
   if not _MAX_DOCS.value:
