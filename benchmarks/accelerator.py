@@ -72,6 +72,8 @@ _ENCODINGS = flags.DEFINE_list("encodings", ["float32:xla", "bfloat16:xla", "bfl
 _SYNTHETIC = flags.DEFINE_integer("synthetic_docs", 100_000,
                                   "Passages of 100 words (DPR's length) for the encoding projection "
                                   "to 21M (0 skips).")
+_PROFILE = flags.DEFINE_string("profile_dir", "", "Also trace 3 train steps with jax.profiler "
+                               "(a Perfetto trace) under this directory ('' = no).")
 _OUT = flags.DEFINE_string("out", "", "Also write the JSON here (rewritten after each section).")
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, without sparsity).
@@ -161,7 +163,14 @@ def _train_step(lists, dtype, attention, attn_dropout, peak, matmul, ref_cache):
   config.ranker.model.attention = attention
   config.ranker.model.attention_dropout = attn_dropout
   step, state, batch, model, ckpt = ranker_step.build(config.ranker, lists, n, t)
-  compile_s, times, m = ranker_step.time_steps(step, state, batch, warmup=3, steps=_STEPS.value)
+  compile_s, times, m, state = ranker_step.time_steps(step, state, batch, warmup=3, steps=_STEPS.value)
+  if _PROFILE.value:  # a few more steps under the profiler: where the step's time goes
+    import jax
+    directory = os.path.join(_PROFILE.value, f"{dtype}_{lists}x{n}_{attention}_{attn_dropout:g}")
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+      for _ in range(3):
+        state, m = step(state, batch)
+      jax.block_until_ready(m)
   step_s = ranker_step.median(times)
   pairs = lists * n
   flops = ranker_step.flops_per_pair(ckpt.config, t) * pairs

@@ -65,8 +65,8 @@ def build(section, lists: int, list_size: int, length: int):
 
 
 def time_steps(step, state, batch, *, warmup: int, steps: int):
-  """(compile_s, [step_s of each timed step], last metrics): step 0 compiles, `warmup - 1` more
-  run untimed, then `steps` are timed."""
+  """(compile_s, [step_s of each timed step], last metrics, last state): step 0 compiles,
+  `warmup - 1` more run untimed, then `steps` are timed (the state given is donated)."""
   import jax
   t0 = time.perf_counter()
   state, m = step(state, batch)
@@ -81,7 +81,7 @@ def time_steps(step, state, batch, *, warmup: int, steps: int):
     state, m = step(state, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
-  return compile_s, times, m
+  return compile_s, times, m, state
 
 
 def median(xs):

@@ -60,7 +60,7 @@ def _ours_worker():
   config = defaults.base_config()
   config.ranker.model.dtype = _DTYPE.value
   step, state, batch, _, ckpt = ranker_step.build(config.ranker, 1, _BATCH.value, _LENGTH.value)
-  _, times, _ = ranker_step.time_steps(step, state, batch, warmup=1, steps=_STEPS.value)
+  _, times, _, _ = ranker_step.time_steps(step, state, batch, warmup=1, steps=_STEPS.value)
   print(json.dumps({"times": times, "matmul_peak": ranker_step.matmul_rate(jnp.float32, 2048),
                     "flops": ranker_step.flops_per_pair(ckpt.config, _LENGTH.value) * _BATCH.value,
                     "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}))
