@@ -23,6 +23,7 @@ from interdistill_jax import shards, token_cache, tokenization
 CORPUS_CHUNK = 1 << 16
 # Batches' worth of texts tokenized at a time, ahead of the devices (Encoder.encode).
 TOKENIZE_AHEAD = 8
+TOKENIZE_AHEAD_MIN = 1024
 
 
 class Encoder:
@@ -77,15 +78,18 @@ class Encoder:
   def encode(self, texts: Sequence[str], *, tower: str, desc: str | None = None) -> np.ndarray:
     """texts -> [N, H] float32 embeddings, in input order.
 
-    Texts are tokenized TOKENIZE_AHEAD batches at a time in a worker thread (the Rust tokenizer
-    releases the GIL and uses the cores), the next chunk while the devices encode this one.
+    Texts are tokenized TOKENIZE_AHEAD batches (at least TOKENIZE_AHEAD_MIN texts) at a time in
+    a worker thread (the Rust tokenizer releases the GIL and uses the cores), the next chunk
+    while the devices encode this one.
     """
     return self._encode_texts(texts, tower, desc, None)
 
   def _encode_texts(self, texts: Sequence[str], tower: str, desc: str | None,
                     keep: list[np.ndarray] | None) -> np.ndarray:
     """`encode`, appending the texts' token ids to `keep` (when given) as they pass."""
-    chunk = self.batch_sizes[tower] * TOKENIZE_AHEAD
+    # Batches are cut by length within a chunk: at least TOKENIZE_AHEAD_MIN texts keep them as
+    # even as one sort of all the texts would (small CPU batches), 8 batches overlap the devices.
+    chunk = max(self.batch_sizes[tower] * TOKENIZE_AHEAD, TOKENIZE_AHEAD_MIN)
 
     def chunks():
       for seqs in tokenized_ahead(self.tokenizer, texts, self._max_length(tower), chunk):

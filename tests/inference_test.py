@@ -89,6 +89,7 @@ def _alone(seqs, types=None):
 def test_encoder_matches_the_model_one_text_at_a_time(tiny, tower, ahead, monkeypatch):
   """`ahead` = 1: the 13 texts are tokenized 8 at a time in the worker thread (two chunks)."""
   monkeypatch.setattr(retrieval, "TOKENIZE_AHEAD", ahead)
+  monkeypatch.setattr(retrieval, "TOKENIZE_AHEAD_MIN", 1)
   config, tok = tiny
   model, _ = models.load_dual_encoder(config.model)
   encoder = retrieval.Encoder(model, tok, encode_config=config.encode, model_config=config.model,
