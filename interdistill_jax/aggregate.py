@@ -6,7 +6,8 @@ Reads the points of `ROOT/sweep.json` (`interdistill_jax.sweep`) whose `evaluate
 groups them into cells: the points with the same swept values but the seed. For each cell and
 system: each metric's mean ± sd over the seeds, the gain over the baseline (mean ± sd), and each
 seed's paired-bootstrap 95% CI against the baseline (`eval/compare.json`). Writes
-`ROOT/aggregate/`: `report.md`, `summary.json`, and the plots (`aggregate_plots`): the metric
+`ROOT/aggregate/`: `report.md` (`aggregate_report`), `summary.json`, and the plots
+(`aggregate_plots`): the metric
 against the number of labelled queries, the distilled gain against the teacher's own quality on
 its training lists (labels/stats.json "quality"), and each system's dev loss (done.json) against
 its test metric. Where the teacher varies, the report says from which teacher quality on each
@@ -33,7 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import files, layout, metrics
+from interdistill_jax import aggregate_report, files, layout, metrics
 
 SEED = "seed"
 # evaluate's systems in the order its report lists them.
@@ -196,22 +197,25 @@ def _lookup(config: dict, field: str):
   return node
 
 
-def cells(points: Sequence[dict]) -> list[dict]:
-  """Points grouped by their values but the seed, in the order they first appear."""
-  groups: dict[str, dict] = {}
+def _by_setting(points: Sequence[dict]) -> list[tuple[dict, list[dict]]]:
+  """(values but the seed, the points that have them), in the order the settings first appear."""
+  groups: dict[str, tuple[dict, list[dict]]] = {}
   for p in points:
     values = {k: v for k, v in p["values"].items() if k != SEED}
-    key = json.dumps(values, sort_keys=True, default=str)
-    groups.setdefault(key, {"values": values, "points": []})["points"].append(p)
+    groups.setdefault(json.dumps(values, sort_keys=True, default=str), (values, []))[1].append(p)
+  return list(groups.values())
+
+
+def cells(points: Sequence[dict]) -> list[dict]:
+  """Points grouped by their values but the seed, in the order they first appear."""
   out = []
-  for cell in groups.values():
-    runs = cell["points"]
+  for values, runs in _by_setting(points):
     audits = [r["teacher_audit"] for r in runs if r.get("teacher_audit")]
     teacher = {k: _stats([a[k] for a in audits if k in a])
                for k in ("teacher_ndcg@10", "initial_ndcg@10", "kendall_tau")
                if any(k in a for a in audits)}
     labelled = [r["labelled"] for r in runs if r.get("labelled") is not None]
-    out.append({"values": cell["values"], "points": [r["name"] for r in runs],
+    out.append({"values": values, "points": [r["name"] for r in runs],
                 "seeds": [r["values"].get(SEED) for r in runs],
                 "labelled": _stats(labelled) if labelled else None,
                 "teacher": teacher, "systems": over_seeds(runs),
@@ -224,25 +228,18 @@ def dev_cells(points: Sequence[dict]) -> list[dict]:
   seed: per cell and system, mean ± sd over its seeds, and the ranker's selected steps. These are
   what a choice between settings is made on; two cells compare seed by seed where they hold the
   same seeds and the same data, teacher and label settings (`dev_group`)."""
-  groups: dict[str, dict] = {}
-  for p in points:
-    figures = {s: f for s in DEV_FIGURES if (f := dev_figure(p, s)) is not None}
-    if not figures:
-      continue
-    values = {k: v for k, v in p["values"].items() if k != SEED}
-    key = json.dumps(values, sort_keys=True, default=str)
-    cell = groups.setdefault(key, {"values": values, "points": [], "seeds": [], "figures": []})
-    cell["points"].append(p["name"])
-    cell["seeds"].append(p["values"].get(SEED))
-    cell["figures"].append((figures, (p["dev"].get("ranker") or {}).get("selected_step")))
+  figures = {p["name"]: {s: f for s in DEV_FIGURES if (f := dev_figure(p, s)) is not None}
+             for p in points}
   out = []
-  for cell in groups.values():
-    rows = cell.pop("figures")
-    systems = [s for s in DEV_FIGURES if any(s in f for f, _ in rows)]
-    cell["dev"] = {s: _stats([f[s] for f, _ in rows if s in f]) for s in systems}
-    steps = [step for _, step in rows if step is not None]
-    cell["ranker_selected_step"] = steps or None
-    out.append(cell)
+  for values, group in _by_setting([p for p in points if figures[p["name"]]]):
+    rows = [figures[p["name"]] for p in group]
+    systems = [s for s in DEV_FIGURES if any(s in f for f in rows)]
+    steps = [step for p in group
+             if (step := (p["dev"].get("ranker") or {}).get("selected_step")) is not None]
+    out.append({"values": values, "points": [p["name"] for p in group],
+                "seeds": [p["values"].get(SEED) for p in group],
+                "dev": {s: _stats([f[s] for f in rows if s in f]) for s in systems},
+                "ranker_selected_step": steps or None})
   return out
 
 
@@ -292,132 +289,10 @@ def teacher_curves(cells_: Sequence[dict], metric: str) -> list[dict]:
   return curves
 
 
-def _teacher_markdown(curves: Sequence[dict], metric: str) -> list[str]:
-  lines = ["## Gain against the teacher's quality", "",
-           f"Each cell's gain in {metric} over the baseline (mean over its seeds), from the weakest "
-           "teacher to the strongest (the teacher's nDCG@10 on its training lists against the "
-           "initial order's); a system pays where every seed's 95% CI is above 0 (marked *).", ""]
-  for curve in curves:
-    if curve["fixed"]:
-      lines += ["With " + ", ".join(f"{k}={v}" for k, v in curve["fixed"].items()) + ":", ""]
-    names = list(curve["pays_from"])
-    head = ["teacher", "teacher nDCG@10", "initial order", *names]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in curve["rows"]:
-      initial = "" if row["initial_ndcg@10"] is None else f"{row['initial_ndcg@10']:.4f}"
-      gains = []
-      for system in names:
-        s = row["systems"].get(system)
-        gains.append("" if s is None else f"{s['gain']:+.4f}{' *' if s['pays'] else ''}")
-      label = ", ".join(f"{k}={v}" for k, v in row["values"].items())
-      lines.append("| " + " | ".join([label, f"{row['teacher_ndcg@10']:.4f}", initial, *gains]) + " |")
-    lines.append("")
-    weakest = curve["rows"][0]["teacher_ndcg@10"]
-    for system, p in curve["pays_from"].items():
-      if p["teacher_ndcg@10"] is None:
-        lines.append(f"- {system}: does not pay with the strongest teacher measured "
-                     f"({p['not_at']:.4f}).")
-      elif p["pays_everywhere"]:
-        lines.append(f"- {system}: pays at every level measured, down to the weakest teacher "
-                     f"({weakest:.4f}): where it stops paying is below this range.")
-      else:
-        lines.append(f"- {system}: pays from teacher {p['teacher_ndcg@10']:.4f} up; not at "
-                     f"{p['not_at']:.4f}.")
-    lines.append("")
-  return lines
-
-
 def _varying(points: Sequence[dict]) -> list[str]:
   fields = list(dict.fromkeys(k for p in points for k in p["values"]))
   return [f for f in fields
           if len({json.dumps(p["values"].get(f), default=str) for p in points}) > 1]
-
-
-def _fmt(stats: dict | None, signed: bool = False) -> str:
-  if not stats:
-    return ""
-  mean = f"{stats['mean']:+.4f}" if signed else f"{stats['mean']:.4f}"
-  return mean if stats["sd"] is None else f"{mean} ± {stats['sd']:.4f}"
-
-
-def markdown(summary: dict, plots: Sequence[str]) -> str:
-  """The report: one table per cell, then the plots."""
-  metric = summary["metric"]
-  shown = [m for m in metrics.HEADLINE if any(m in s for c in summary["cells"] for s in c["systems"].values())]
-  lines = [f"# Sweep: {summary['root']}", "",
-           f"{len(summary['points'])} finished points in {len(summary['cells'])} settings; each "
-           "metric is the mean ± sd over the seeds (sample sd), and each seed's paired bootstrap "
-           "(10,000 resamples) against the baseline gives its 95% CI.", ""]
-  if summary["dev_only"]:
-    lines[-2] += (f" {len(summary['dev_only'])} more points end before `evaluate` (their "
-                  "`pipeline.stages`): they have dev figures only (the last section).")
-  if summary["unfinished"]:
-    lines += [f"Not finished (left out): {', '.join(summary['unfinished'])}.", ""]
-  varying = summary["varying"]
-  for cell in summary["cells"]:
-    title = ", ".join(f"{k}={v}" for k, v in cell["values"].items() if k in varying) or "all points"
-    seeds = ", ".join(str(s) for s in cell["seeds"])
-    lines += [f"## {title}", "", f"Seeds: {seeds}."]
-    if cell["labelled"]:
-      lines[-1] += f" Labelled queries: {cell['labelled']['mean']:.0f}."
-    t = cell["teacher"]
-    if "teacher_ndcg@10" in t:
-      lines[-1] += (f" Teacher nDCG@10 on its training lists {_fmt(t['teacher_ndcg@10'])} "
-                    f"(initial order {_fmt(t.get('initial_ndcg@10'))}).")
-    head = ["system", "seeds", *shown, f"Δ {metric}", f"{metric} 95% CI per seed", "CI above 0"]
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for system, s in cell["systems"].items():
-      cis = "; ".join(f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
-                      for c in s.get("vs_baseline", {}).get(metric, []))
-      row = [system, str(s["seeds"]), *(_fmt(s.get(m)) for m in shown),
-             _fmt(s.get("gain", {}).get(metric), signed=True), cis,
-             s.get(f"{metric}_ci_low_above_0_in", "")]
-      lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-  if summary.get("teacher_curves"):
-    lines += _teacher_markdown(summary["teacher_curves"], metric)
-  if summary["dev_vs_test"]:
-    lines += ["## Dev loss against the test metric", "",
-              "Spearman's rank correlation, per system, within each set of at least 3 points "
-              "whose dev figures compare: the same seed (it draws the dev queries) and the same "
-              "data, teacher and label settings (the labels the dev loss is computed against), "
-              "so that they differ in recipe alone; the mean over those sets, weighted by their "
-              f"points (dev figure: done.json; lower is better, so a dev figure that predicts "
-              f"{metric} correlates negatively)."]
-    if not any(c["groups"] for c in summary["dev_vs_test"].values()):
-      lines[-1] += (" No 3 points here share their dev queries and labels (they differ in seed, "
-                    "data, teacher or labelled set), so no correlation is computed: their dev "
-                    "losses do not compare, though the plot shows them.")
-    lines += ["", "| system | points | sets compared | Spearman rho |", "|---|---|---|---|"]
-    for system, c in summary["dev_vs_test"].items():
-      rho = "" if c["spearman"] is None else f"{c['spearman']:+.3f}"
-      lines.append(f"| {system} | {len(c['points'])} | {len(c['groups'])} | {rho} |")
-    lines.append("")
-  if summary["dev_cells"]:
-    lines += _dev_markdown(summary["dev_cells"], summary["dev_varying"])
-  lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
-  return "\n".join(lines) + "\n"
-
-
-def _dev_markdown(dev_cells_: Sequence[dict], varying: Sequence[str]) -> list[str]:
-  systems = [s for s in DEV_FIGURES if any(s in c["dev"] for c in dev_cells_)]
-  names = {"baseline": "initial order"}
-  lines = ["## Dev figures", "",
-           "Each setting's dev figures (done.json: the ranker's ListMLE of the teacher's dev "
-           "rankings, alone, fused and the initial order's; each retriever's after training; "
-           "lower is better), mean ± sd over its seeds. Settings compare where they hold the "
-           "same seeds and the same data, teacher and label settings.", ""]
-  head = ["setting", "seeds", *(names.get(s, s) for s in systems), "ranker's selected steps"]
-  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for cell in dev_cells_:
-    title = ", ".join(f"{k}={v}" for k, v in cell["values"].items()
-                      if k in varying and k != SEED) or "all points"
-    steps = ", ".join(str(s) for s in cell["ranker_selected_step"] or [])
-    row = [title, ", ".join(str(s) for s in cell["seeds"]),
-           *(_fmt(cell["dev"].get(s)) for s in systems), steps]
-    lines.append("| " + " | ".join(row) + " |")
-  lines.append("")
-  return lines
 
 
 def dev_group(values: dict) -> str:
@@ -474,7 +349,8 @@ def aggregate(root: str, *, metric: str = "ndcg@10") -> dict:
   plots = aggregate_plots.write_all(root, summary)
   summary["plots"] = [os.path.basename(p) for p in plots]
   data_lib.write_json(layout.aggregate_file(root, "summary.json"), summary)
-  data_lib.atomic_write_text(layout.aggregate_file(root, "report.md"), markdown(summary, plots))
+  report = aggregate_report.markdown(summary, plots, dev_systems=tuple(DEV_FIGURES), seed=SEED)
+  data_lib.atomic_write_text(layout.aggregate_file(root, "report.md"), report)
   return summary
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from interdistill_jax import aggregate, data as data_lib, defaults, grid, layout, provenance
-from interdistill_jax import sharing, sweep, tasks
+from interdistill_jax import aggregate_report, sharing, sweep, tasks
 from interdistill_jax.teachers import simulated
 from tests import fixtures
 from tests.conftest import REPO
@@ -431,7 +431,7 @@ def test_teacher_curves_say_from_which_teacher_each_system_pays():
                                           "pays_everywhere": False}
   assert curve["pays_from"]["fused"]["pays_everywhere"]
   assert "baseline" not in curve["pays_from"]
-  text = "\n".join(aggregate._teacher_markdown([curve], "ndcg@10"))
+  text = "\n".join(aggregate_report._teacher_markdown([curve], "ndcg@10"))
   assert "With label.max_queries=0:" in text
   # Columns in the order the systems come: distilled, ranker, fused.
   assert "| teacher.sim_noise=0.6 | 0.5900 | 0.6600 | +0.0200 | +0.0200 * | +0.0200 * |" in text
