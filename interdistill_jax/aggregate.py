@@ -7,10 +7,9 @@ groups them into cells: the points with the same swept values but the seed. For 
 system: each metric's mean ± sd over the seeds, the gain over the baseline (mean ± sd), and each
 seed's paired-bootstrap 95% CI against the baseline (`eval/compare.json`). Writes
 `ROOT/aggregate/`: `report.md` (`aggregate_report`), `summary.json`, and the plots
-(`aggregate_plots`): the metric
-against the number of labelled queries, the distilled gain against the teacher's own quality on
-its training lists (labels/stats.json "quality"), and each system's dev loss (done.json) against
-its test metric. Where the teacher varies, the report says from which teacher quality on each
+(`aggregate_plots`): the metric against the number of labelled queries, the distilled gain
+against the teacher's own quality on its training lists (labels/stats.json "quality"), and each
+system's dev loss (done.json) against its test metric. Where the teacher varies, the report says from which teacher quality on each
 system pays (`teacher_curves`). The dev losses are correlated with the test metric only among
 points whose dev figures compare: those with the same seed (it draws the dev queries) and the
 same data, teacher and label settings (they make the labels the dev loss is computed against),
