@@ -33,7 +33,8 @@ from interdistill_jax import data as data_lib
 # Config fields that cannot change any stage's result.
 NEUTRAL = frozenset({
     "data.cache_dir", "data.download_url", "data.name",
-    "encode.batch_size", "encode.cache", "retrieve.block_size", "retrieve.exact_backend",
+    "encode.batch_size", "encode.cache", "encode.token_cache", "retrieve.block_size",
+    "retrieve.exact_backend",
     "teacher.concurrency", "teacher.rpm", "teacher.max_retries", "teacher.backoff_base",
     "teacher.backoff_max", "teacher.max_retry_after", "teacher.timeout",
     "teacher.price_input_per_mtok", "teacher.price_output_per_mtok", "teacher.n_threads",

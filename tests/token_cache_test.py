@@ -109,3 +109,13 @@ def test_shards_are_encoded_from_the_kept_ids_too(tiny, tmp_path):
   assert len(calls) == 5
   for i in range(first.num_shards):
     np.testing.assert_array_equal(np.asarray(second.embeddings(i)), np.asarray(first.embeddings(i)))
+
+
+def test_the_token_cache_switch_does_not_make_the_corpus_stale():
+  """It changes where ids come from, never an embedding: not among retrieve's recorded inputs."""
+  from interdistill_jax import provenance
+  config = defaults.base_config()
+  fields = provenance.config_fields("retrieve", config)
+  assert "encode.buckets" in fields and "encode.token_cache" not in fields
+  config.encode.token_cache = False
+  assert provenance.config_fields("retrieve", config) == fields
