@@ -220,6 +220,7 @@ def _weights_id(directory: str, model_config) -> str:
   """Identifies a checkpoint's weights and everything that changes its embeddings."""
   st = os.stat(os.path.join(directory, "model.safetensors"))
   attention = models.attention_impl(model_config)
+  attention = "cudnn" if attention == "cudnn_dropout" else attention  # the same embeddings
   return (f"{os.path.realpath(directory)}|{st.st_size}|{int(st.st_mtime)}|"
           f"{model_config.pooling}|{model_config.normalize}|{model_config.dtype}"
           + ("" if attention == "xla" else f"|{attention}"))
