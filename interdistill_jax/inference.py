@@ -1,9 +1,10 @@
 """Inference on the mesh in fixed-shape batches, one compiled shape per length bucket.
 
 A model's state is placed on the mesh once (`PlacedModel`). A `BucketedRunner` applies
-one jitted function of it to token sequences: sorted by length, cut into batches of `batch_size`
-rows (the last padded), each padded to the smallest bucket that holds its longest sequence, and
-the rows' outputs put back in input order. The corpus encoder (`retrieval.Encoder`) and the pair
+one jitted function of it to token sequences: sorted by length (within each chunk, when they
+come in chunks), cut into batches of `batch_size` rows (the last padded), each padded to the
+smallest bucket that holds its longest sequence, dispatched a few ahead of the results read
+back, and the rows' outputs put back in input order. The corpus encoder (`retrieval.Encoder`) and the pair
 scorer (`ranker.PairScorer`) differ only in how they tokenize and what function they apply.
 """
 
