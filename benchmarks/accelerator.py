@@ -302,9 +302,9 @@ def _tokenize(texts):
   import concurrent.futures
   import multiprocessing
 
-  from interdistill_jax import models, tokenization
+  from interdistill_jax import hf_weights, tokenization
 
-  path = models.resolve_checkpoint(_MODEL.value).dir
+  path = hf_weights.resolve_checkpoint(_MODEL.value).dir
   tok = tokenization.Tokenizer(path)
   chunks = [texts[i:i + 256] for i in range(0, len(texts), 256)]
   n, cpus = len(texts), os.cpu_count()
@@ -405,19 +405,17 @@ def _cudnn_dropout_check():
 
 
 def encoder_dir(config):
-  from interdistill_jax import models
-  return models.resolve_checkpoint(config.model.init).dir
+  from interdistill_jax import hf_weights
+  return hf_weights.resolve_checkpoint(config.model.init).dir
 
 
 def main(argv):
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  if any(v.startswith("cudnn_dropout:") for v in _TRAIN.value):
-    # As the entry points do (models.prepare_backend): this process's other sections run so too.
-    from interdistill_jax import models
-    flags_ = os.environ.get("XLA_FLAGS", "")
-    if "--xla_gpu_enable_command_buffer" not in flags_:
-      os.environ["XLA_FLAGS"] = f"{flags_} {models.NO_COMMAND_BUFFERS}".strip()
+  # As the entry points do (models.prepare_backend): this process's other sections run so too.
+  from interdistill_jax import models
+  models.prepare_attention_backend(
+      cudnn_dropout=any(v.startswith("cudnn_dropout:") for v in _TRAIN.value))
   import jax
   import jax.numpy as jnp
 

@@ -37,9 +37,9 @@ def build(section, lists: int, list_size: int, length: int):
   import numpy as np
   from flax import nnx
 
-  from interdistill_jax import models, ranker, sharding, train
+  from interdistill_jax import hf_weights, ranker, sharding, train
 
-  model, ckpt = models.load_cross_encoder(section.model)
+  model, ckpt = hf_weights.load_cross_encoder(section.model)
   mesh = sharding.make_mesh()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx, _ = train.make_optimizer(section.optim, total_steps=1000)

@@ -42,7 +42,7 @@ def main(argv):
   if _DUMP.value:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={_DUMP.value}"
                                " --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*step_fn.*").strip()
-  from interdistill_jax import defaults, models
+  from interdistill_jax import defaults, hf_weights, models
 
   config = defaults.base_config()
   config.ranker.model.init = _MODEL.value
@@ -51,19 +51,19 @@ def main(argv):
   models.prepare_backend(config)
   import jax
 
-  real = models._bert_config
+  real = hf_weights._bert_config
   out = {"benchmark": "step_variants", "device_kind": jax.devices()[0].device_kind,
          "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
          "attention": _ATTENTION.value, "lists": _LISTS.value, "list_size": _LIST_SIZE.value,
          "tokens": _LENGTH.value, "variants": {}}
   for name, change in VARIANTS.items():
-    models._bert_config = lambda ckpt, mc, change=change: dataclasses.replace(real(ckpt, mc), **change)
+    hf_weights._bert_config = lambda ckpt, mc, change=change: dataclasses.replace(real(ckpt, mc), **change)
     try:
       step, state, batch, _, ckpt = ranker_step.build(config.ranker, _LISTS.value, _LIST_SIZE.value,
                                                       _LENGTH.value)
       compile_s, times, m, _ = ranker_step.time_steps(step, state, batch, warmup=3, steps=_STEPS.value)
     finally:
-      models._bert_config = real
+      hf_weights._bert_config = real
     step_s = ranker_step.median(times)
     flops = ranker_step.flops_per_pair(ckpt.config, _LENGTH.value) * _LISTS.value * _LIST_SIZE.value
     out["variants"][name] = {"change": change, "step_s": step_s, "tflops": flops / step_s / 1e12,

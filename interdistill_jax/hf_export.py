@@ -8,14 +8,14 @@ Written under `{workdir}/export/`:
               the query tower only), `retriever/` holds two complete models instead, `query/`
               and `doc/`: encode queries with one and passages with the other.
   ranker/     a one-label `BertForSequenceClassification` that `sentence_transformers.CrossEncoder`
-              and `models.load_cross_encoder` load. Its config names Identity as the CrossEncoder
+              and `hf_weights.load_cross_encoder` load. Its config names Identity as the CrossEncoder
               activation, so `predict` returns the raw logit, the score our `CrossEncoder` gives
               (sentence-transformers would otherwise apply a sigmoid, which keeps every ranking).
   labels/     labels.jsonl, stats.json and a data set card, when the workdir has labels.
 
 The sentence-transformers files use the long-standing layout (modules.json naming
 `sentence_transformers.models.*`, `pooling_mode_*` flags in 1_Pooling/config.json, max_seq_length in
-sentence_bert_config.json), which sentence-transformers 2 to 6 load and `models.resolve_checkpoint`
+sentence_bert_config.json), which sentence-transformers 2 to 6 load and `hf_weights.resolve_checkpoint`
 reads. Each directory is written beside its destination and renamed into place, so an interrupted
 export never leaves half a model behind. In a workdir in a bucket (`gs://...`) it is written in a
 local temporary directory and then uploaded over the destination, file by file: an interrupted
@@ -38,7 +38,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import checks, files, layout, model_cards, models, provenance, sharding
+from interdistill_jax import checks, files, hf_weights, layout, model_cards, models, provenance, sharding
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _TOKENIZER_FILES = ("vocab.txt", "special_tokens_map.json")
@@ -144,7 +144,7 @@ def _write_tower(bert: models.Bert, out_dir: str, *, source_dir: str,
   """One complete sentence-transformers model of `bert` in `out_dir`."""
   os.makedirs(out_dir, exist_ok=True)
   _write_safetensors(os.path.join(out_dir, "model.safetensors"),
-                     {**models.bert_tensors(bert), **pooler})
+                     {**hf_weights.bert_tensors(bert), **pooler})
   _write_json(os.path.join(out_dir, "config.json"), bert.cfg.to_hf_dict())
   _write_tokenizer(source_dir, out_dir, max_seq_length)
   modules = [
@@ -216,7 +216,7 @@ def export_cross_encoder(model: models.CrossEncoder, source_dir: str, out_dir: s
     card: experiment facts for README.md (see `card_info`).
     max_length: the tokenizer's model_max_length, which CrossEncoder truncates pairs to.
   """
-  tensors = models.cross_encoder_tensors(model)
+  tensors = hf_weights.cross_encoder_tensors(model)
   host = lambda p: np.asarray(jax.device_get(p[...]), np.float32)  # noqa: E731
   config = model.bert.cfg.to_hf_dict()
   config.update(architectures=["BertForSequenceClassification"], id2label={"0": "LABEL_0"},
@@ -356,12 +356,12 @@ def _load(which: str, model_config, workdir: str, *, mesh, param_rules, seed: in
     if which == "retriever" and interpolation != 1.0:
       weights += (f", interpolated with the initial weights: {interpolation:g} x trained + "
                   f"{1 - interpolation:g} x initial (`distill.interpolation`)")
-    return _Loaded(model, True, models.resolve_checkpoint(model_config.init).dir, weights)
+    return _Loaded(model, True, hf_weights.resolve_checkpoint(model_config.init).dir, weights)
   if which == "ranker":
-    model, ckpt = models.load_cross_encoder(model_config, seed=seed)
+    model, ckpt = hf_weights.load_cross_encoder(model_config, seed=seed)
     trained_dir, head = layout.ranker_dir(workdir), ", classification head untrained"
   else:
-    model, ckpt = models.load_dual_encoder(model_config, seed=seed)
+    model, ckpt = hf_weights.load_dual_encoder(model_config, seed=seed)
     trained_dir, head = layout.system_dir(workdir, "distilled"), ""
   logging.warning("Exporting the %s's INITIAL weights (%s%s): %s does not exist", which, ckpt.dir,
                   head, os.path.join(trained_dir, "checkpoints"))

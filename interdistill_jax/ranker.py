@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, files, fusion, inference, layout, losses, models, peers, provenance
+from interdistill_jax import assets, files, fusion, hf_weights, inference, layout, losses, models, peers, provenance
 from interdistill_jax import checkpoints, retrieval, sharding, tokenization, train
 
 
@@ -220,7 +220,7 @@ def load_trained_ranker(model_config, workdir: str, *, mesh, param_rules,
   """The ranker `train_ranker` selected in this workdir (frozen for distillation/evaluation), of
   the checkpoint `model_config` (`ranker.model`) names."""
   info = layout.read_done(layout.ranker_dir(workdir))
-  model, ckpt = models.load_cross_encoder(model_config, seed=seed, head=info.get("head", "cls"))
+  model, ckpt = hf_weights.load_cross_encoder(model_config, seed=seed, head=info.get("head", "cls"))
   step = checkpoints.restore_params(model, layout.ranker_dir(workdir), mesh=mesh,
                                     param_rules=param_rules)
   logging.info("Ranker from %s/ranker (%s head, step %d)", workdir, info.get("head", "cls"), step)
@@ -302,7 +302,7 @@ def run(config, workdir: str) -> None:
   if section.fuse_initial == "fit" and not dev_labels:
     raise ValueError("ranker.fuse_initial='fit' needs dev queries to fit on: set "
                      "ranker.dev_fraction > 0")
-  model, ckpt = models.load_cross_encoder(section.model, seed=config.seed, head=section.head)
+  model, ckpt = hf_weights.load_cross_encoder(section.model, seed=config.seed, head=section.head)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
   # The initial retriever: its passage embeddings, and its scores of every labelled pair.
   encoder = retrieval.Encoder.from_config(config, mesh=mesh)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import (assets, digests, files, inference, layout, models, provenance, search,
-                              sharding)
+from interdistill_jax import (assets, digests, files, hf_weights, inference, layout, models,
+                              provenance, search, sharding)
 from interdistill_jax import corpus as corpus_lib
 from interdistill_jax import shards, token_cache, tokenization
 
@@ -60,7 +58,7 @@ class Encoder:
 
   @classmethod
   def from_config(cls, config, *, mesh) -> "Encoder":
-    model, ckpt = models.load_dual_encoder(config.model, seed=config.seed)
+    model, ckpt = hf_weights.load_dual_encoder(config.model, seed=config.seed)
     return cls(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                model_config=config.model, mesh=mesh, param_rules=config.mesh.param_rules,
                model_id=_weights_id(ckpt.dir, config.model))
@@ -92,7 +90,7 @@ class Encoder:
     chunk = max(self.batch_sizes[tower] * TOKENIZE_AHEAD, TOKENIZE_AHEAD_MIN)
 
     def chunks():
-      for seqs in tokenized_ahead(self.tokenizer, texts, self._max_length(tower), chunk):
+      for seqs in tokenization.tokenized_ahead(self.tokenizer, texts, self._max_length(tower), chunk):
         if keep is not None:
           keep.extend(seqs)
         yield seqs, None
@@ -166,24 +164,6 @@ class Encoder:
     return out
 
 
-def tokenized_ahead(tokenizer: tokenization.Tokenizer, texts: Sequence[str], max_length: int,
-                    chunk: int) -> Iterator[list[np.ndarray]]:
-  """`tokenizer.encode` of `texts` in consecutive chunks of `chunk`, each one computed in a
-  worker thread while the caller uses the one before."""
-  starts = range(0, len(texts), chunk)
-  if len(starts) <= 1:
-    yield tokenizer.encode(texts, max_length) if texts else []
-    return
-  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
-    ahead = collections.deque()
-    for start in starts:
-      ahead.append(pool.submit(tokenizer.encode, texts[start:start + chunk], max_length))
-      if len(ahead) > 1:
-        yield ahead.popleft().result()
-    while ahead:
-      yield ahead.popleft().result()
-
-
 def embeddings_key(model_id: str, corpus_id: str, max_doc_length: int, *extra: str) -> str:
   """Names a model's embeddings of a corpus on disk (model, corpus, passage length, extra)."""
   fields = "|".join([model_id, corpus_id, str(max_doc_length), *extra])
@@ -219,8 +199,7 @@ def _encode(model, ids, types, mask, *, tower: str):
 def _weights_id(directory: str, model_config) -> str:
   """Identifies a checkpoint's weights and everything that changes its embeddings."""
   st = os.stat(os.path.join(directory, "model.safetensors"))
-  attention = models.attention_impl(model_config)
-  attention = "cudnn" if attention == "cudnn_dropout" else attention  # the same embeddings
+  attention = models.inference_attention(model_config)
   return (f"{os.path.realpath(directory)}|{st.st_size}|{int(st.st_mtime)}|"
           f"{model_config.pooling}|{model_config.normalize}|{model_config.dtype}"
           + ("" if attention == "xla" else f"|{attention}"))

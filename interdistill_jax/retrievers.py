@@ -32,18 +32,18 @@ from absl import logging
 from flax import nnx
 
 from interdistill_jax import fusion as fusion_lib
-from interdistill_jax import checkpoints, checks, layout, losses, metrics, models, retrieval, search
+from interdistill_jax import checkpoints, checks, hf_weights, layout, losses, metrics, models, retrieval, search
 
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
 
 
 def build_student(model_config, towers: str, *,
-                  seed: int) -> tuple[models.DualEncoder, models.Checkpoint, object]:
+                  seed: int) -> tuple[models.DualEncoder, hf_weights.Checkpoint, object]:
   """The retriever to train (from the checkpoint `model_config` names) and the filter of its
   trainable parameters."""
   checks.require_one_of("distill.towers", towers, checks.TOWERS)
   shared = towers == "both"
-  model, ckpt = models.load_dual_encoder(model_config, shared=shared, seed=seed)
+  model, ckpt = hf_weights.load_dual_encoder(model_config, shared=shared, seed=seed)
   return model, ckpt, (nnx.Param if shared else QUERY_TOWER)
 
 
@@ -93,7 +93,7 @@ def initial_weights(model_config, towers: str, *, seed: int):
 
 
 def load_distilled(model_config, out_dir: str, *, mesh, param_rules, seed: int,
-                   interpolation: float = 1.0) -> tuple[models.DualEncoder, models.Checkpoint, dict]:
+                   interpolation: float = 1.0) -> tuple[models.DualEncoder, hf_weights.Checkpoint, dict]:
   """A finished distillation's selected retriever, with its done.json; its trainable weights
   interpolated with the initial ones when `interpolation` < 1 (`distill.interpolation`)."""
   info = layout.read_done(out_dir)

@@ -7,6 +7,8 @@ truncation reset so that we, not the file, decide lengths: a shipped file may fi
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import os
 import threading
@@ -144,3 +146,21 @@ def bucketed_batches(seqs: Sequence[np.ndarray], batch_size: int, buckets: Seque
 
 def num_batches(n: int, batch_size: int) -> int:
   return -(-n // batch_size)
+
+
+def tokenized_ahead(tokenizer: Tokenizer, texts: Sequence[str], max_length: int,
+                    chunk: int) -> Iterator[list[np.ndarray]]:
+  """`tokenizer.encode` of `texts` in consecutive chunks of `chunk`, each one computed in a
+  worker thread while the caller uses the one before."""
+  starts = range(0, len(texts), chunk)
+  if len(starts) <= 1:
+    yield tokenizer.encode(texts, max_length) if texts else []
+    return
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+    ahead = collections.deque()
+    for start in starts:
+      ahead.append(pool.submit(tokenizer.encode, texts[start:start + chunk], max_length))
+      if len(ahead) > 1:
+        yield ahead.popleft().result()
+    while ahead:
+      yield ahead.popleft().result()

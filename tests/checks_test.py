@@ -246,11 +246,11 @@ def test_missing_files_the_stages_need(data_dir, tmp_path):
 
 
 def test_the_modules_check_through_the_same_tables():
-  from interdistill_jax import fusion, labeling, models, retrievers, shards, train
+  from interdistill_jax import fusion, hf_weights, labeling, retrievers, shards, train
   with pytest.raises(checks.ConfigError, match="^ranker.fuse_initial='x': must be one of 'none', 'fit'$"):
     fusion.check_fuse_initial("x")
   with pytest.raises(checks.ConfigError, match="^ranker.head='x'"):
-    models.ranker_head("x", {})
+    hf_weights.ranker_head("x", {})
   with pytest.raises(checks.ConfigError, match="^distill.towers='x'"):
     retrievers.build_student(defaults.model_config(), "x", seed=0)
   with pytest.raises(checks.ConfigError, match="^label.weak_teacher='x'"):

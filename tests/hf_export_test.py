@@ -12,7 +12,7 @@ import yaml
 from flax import nnx
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import defaults, hf_export, models, sharding, tokenization
+from interdistill_jax import defaults, hf_export, hf_weights, models, sharding, tokenization
 from tests.conftest import data_path, run_reference
 
 MAX_LEN = 256
@@ -78,9 +78,9 @@ def exported(tmp_path_factory):
 
   config = defaults.base_config()
   rng = np.random.default_rng(0)
-  retriever, ckpt = models.load_dual_encoder(config.model)
+  retriever, ckpt = hf_weights.load_dual_encoder(config.model)
   _perturb(retriever.query_tower, rng)
-  ranker, _ = models.load_cross_encoder(config.ranker.model)
+  ranker, _ = hf_weights.load_cross_encoder(config.ranker.model)
   _perturb(ranker.bert, rng)
   ranker.pooler.bias[...] = ranker.pooler.bias[...] + 0.1
   ranker.classifier.kernel[...] = jnp.asarray(rng.normal(0, 0.3, (384, 1)), jnp.float32)
@@ -141,12 +141,12 @@ def test_automodel_loads_retriever_without_missing_or_unexpected_weights(referen
 def test_exported_directories_load_back_into_our_models(exported):
   config = defaults.base_config()
   config.model.init = str(exported.dir / "retriever")
-  retriever, ckpt = models.load_dual_encoder(config.model)
+  retriever, ckpt = hf_weights.load_dual_encoder(config.model)
   assert (ckpt.pooling, ckpt.normalize) == ("mean", True)
   np.testing.assert_allclose(_embed(retriever, exported.tok, exported.passages[:10]),
                              exported.embeddings[:10], atol=1e-5)
   config.ranker.model.init = str(exported.dir / "ranker")
-  ranker, _ = models.load_cross_encoder(config.ranker.model)
+  ranker, _ = hf_weights.load_cross_encoder(config.ranker.model)
   np.testing.assert_allclose(_score(ranker, exported.tok, exported.pairs), exported.scores, atol=1e-5)
 
 
@@ -161,7 +161,7 @@ def test_exported_tokenizer_has_no_fixed_padding_or_truncation(exported):
 
 def test_separate_towers_export_as_query_and_doc_models(tmp_path):
   config = defaults.base_config()
-  model, ckpt = models.load_dual_encoder(config.model, shared=False)
+  model, ckpt = hf_weights.load_dual_encoder(config.model, shared=False)
   _perturb(model.query_tower, np.random.default_rng(1))
   hf_export.export_dual_encoder(model, ckpt.dir, str(tmp_path / "retriever"), card={},
                                 max_seq_length=MAX_LEN, max_query_length=64)
@@ -169,7 +169,7 @@ def test_separate_towers_export_as_query_and_doc_models(tmp_path):
   texts = ["a claim about protein folding", "another one, about gene 7"]
   for tower in ("query", "doc"):
     config.model.init = str(tmp_path / "retriever" / tower)
-    loaded, _ = models.load_dual_encoder(config.model)
+    loaded, _ = hf_weights.load_dual_encoder(config.model)
     np.testing.assert_allclose(_embed(loaded, tok, texts), _embed(model, tok, texts, tower=tower),
                                atol=1e-5)
   with open(tmp_path / "retriever" / "query" / "sentence_bert_config.json") as f:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from interdistill_jax import defaults, inference, models, ranker, retrieval, sharding, tokenization
+from interdistill_jax import defaults, hf_weights, inference, ranker, retrieval, sharding, tokenization
 from tests import fixtures
 
 # Several lengths (several buckets, one past the longest), 13 items: not a multiple of the batch (8).
@@ -91,7 +91,7 @@ def test_encoder_matches_the_model_one_text_at_a_time(tiny, tower, ahead, monkey
   monkeypatch.setattr(retrieval, "TOKENIZE_AHEAD", ahead)
   monkeypatch.setattr(retrieval, "TOKENIZE_AHEAD_MIN", 1)
   config, tok = tiny
-  model, _ = models.load_dual_encoder(config.model)
+  model, _ = hf_weights.load_dual_encoder(config.model)
   encoder = retrieval.Encoder(model, tok, encode_config=config.encode, model_config=config.model,
                              mesh=sharding.make_mesh())
   ours = encoder.encode(TEXTS, tower=tower)
@@ -104,7 +104,7 @@ def test_encoder_matches_the_model_one_text_at_a_time(tiny, tower, ahead, monkey
 
 def test_pair_scorer_matches_the_model_one_pair_at_a_time(tiny):
   config, tok = tiny
-  model, _ = models.load_cross_encoder(config.ranker.model, head="cls")
+  model, _ = hf_weights.load_cross_encoder(config.ranker.model, head="cls")
   scorer = ranker.make_scorer(model, tok, ranker_config=config.ranker, encode_config=config.encode,
                               mesh=sharding.make_mesh(), param_rules=config.mesh.param_rules)
   queries, passages = TEXTS, TEXTS[3:] + TEXTS[:3]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from interdistill_jax import assets, defaults, models, retrieval, sharding, tokenization
+from interdistill_jax import assets, defaults, hf_weights, models, retrieval, sharding, tokenization
 from tests.conftest import run_reference
 
 TEXTS = [
@@ -42,7 +42,7 @@ def encoder():
   config = defaults.base_config()
   config.encode.batch_size = 8
   config.encode.buckets = (16, 64, 128)
-  model, ckpt = models.load_dual_encoder(config.model)
+  model, ckpt = hf_weights.load_dual_encoder(config.model)
   return retrieval.Encoder(model, tokenization.Tokenizer(ckpt.dir), encode_config=config.encode,
                            model_config=config.model, mesh=sharding.make_mesh())
 
@@ -65,17 +65,17 @@ def test_encoding_is_independent_of_batch_and_bucket(encoder):
 
 
 def test_checkpoint_settings_follow_sentence_transformers_files():
-  ckpt = models.resolve_checkpoint("")
+  ckpt = hf_weights.resolve_checkpoint("")
   assert (ckpt.pooling, ckpt.normalize) == ("mean", True)
   assert ckpt.config.num_hidden_layers == 6 and ckpt.config.hidden_size == 384
 
 
 def test_missing_weight_names_the_checkpoint_and_tensor(tmp_path):
-  tensors = models.read_safetensors(assets.packaged_encoder_dir())
+  tensors = hf_weights.read_safetensors(assets.packaged_encoder_dir())
   del tensors["encoder.layer.3.output.dense.weight"]
-  bert = models.Bert(models.resolve_checkpoint("").config, rngs=models.nnx.Rngs(0))
+  bert = models.Bert(hf_weights.resolve_checkpoint("").config, rngs=models.nnx.Rngs(0))
   with pytest.raises(KeyError, match="encoder.layer.3.output.dense.weight"):
-    models.load_bert_weights(bert, tensors, source="ckpt-dir")
+    hf_weights.load_bert_weights(bert, tensors, source="ckpt-dir")
 
 
 def test_tokenizer_file_padding_and_truncation_are_reset():
@@ -200,15 +200,30 @@ def test_attention_auto_is_xla_off_gpu_and_cudnn_is_refused_there():
     models.attention_impl(config.model)
 
 
+def test_cudnn_dropout_computes_embeddings_as_cudnn_does(monkeypatch):
+  """`cudnn_dropout` differs from `cudnn` only in training: inference (and so the embeddings a
+  corpus cache is keyed by) names the same attention."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setenv("XLA_FLAGS", models.NO_COMMAND_BUFFERS)
+  config = defaults.base_config()
+  config.model.dtype = "bfloat16"
+  seen = {}
+  for choice in ("auto", "xla", "cudnn", "cudnn_dropout"):
+    config.model.attention = choice
+    seen[choice] = (models.attention_impl(config.model), models.inference_attention(config.model))
+  assert seen == {"auto": ("cudnn", "cudnn"), "xla": ("xla", "xla"), "cudnn": ("cudnn", "cudnn"),
+                  "cudnn_dropout": ("cudnn_dropout", "cudnn")}
+
+
 def test_attention_dropout_override_reaches_every_layer(tmp_path):
   from tests import fixtures
   config = defaults.base_config()
   config.ranker.model.init = str(fixtures.tiny_bert(tmp_path / "bert", layers=2, hidden=16, heads=2))
-  model, ckpt = models.load_cross_encoder(config.ranker.model)
+  model, ckpt = hf_weights.load_cross_encoder(config.ranker.model)
   assert ckpt.config.attention_probs_dropout_prob > 0
   assert {layer.attn_dropout for layer in model.bert.layers} == {ckpt.config.attention_probs_dropout_prob}
   config.ranker.model.attention_dropout = 0.0
-  model, _ = models.load_cross_encoder(config.ranker.model)
+  model, _ = hf_weights.load_cross_encoder(config.ranker.model)
   assert {layer.attn_dropout for layer in model.bert.layers} == {0.0}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from interdistill_jax import checkpoints, models, sharding
+from interdistill_jax import checkpoints, hf_weights, sharding
 from tests import fixtures
 from tests.conftest import REPO
 
@@ -59,7 +59,7 @@ def _selected_params(out_dir, bert):
   """The stage's selected parameters, loaded as later stages load them, onto this process's 4
   devices (whatever topology saved them)."""
   head = json.loads((out_dir / "done.json").read_text())["head"]
-  model, _ = models.load_cross_encoder(ml_collections.ConfigDict(dict(init=str(bert), dtype="float32")),
+  model, _ = hf_weights.load_cross_encoder(ml_collections.ConfigDict(dict(init=str(bert), dtype="float32")),
                                        head=head)
   step = checkpoints.restore_params(model, str(out_dir), mesh=sharding.make_mesh())
   return step, jax.tree.map(np.asarray, nnx.state(model, nnx.Param))

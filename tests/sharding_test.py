@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from interdistill_jax import defaults, models, retrieval, sharding, train
+from interdistill_jax import defaults, hf_weights, retrieval, sharding, train
 from tests import fixtures
 
 
@@ -55,7 +55,7 @@ def bert(tmp_path_factory):
 def _params(bert):
   config = defaults.model_config()
   config.init = str(bert)
-  model, _ = models.load_cross_encoder(config)
+  model, _ = hf_weights.load_cross_encoder(config)
   return nnx.split(model, nnx.Param, ...)[1]
 
 

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from interdistill_jax import checkpoints, defaults, fusion, layout, models, ranker, sharding, shards, tokenization
+from interdistill_jax import checkpoints, defaults, fusion, hf_weights, layout, ranker, sharding, shards, tokenization
 from interdistill_jax import train
 from interdistill_jax import data as data_lib
 from tests import events_test, fixtures
@@ -49,7 +49,7 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
   bert = fixtures.tiny_bert(tmp_path / "bert", layers=1, hidden=16, heads=2, hidden_dropout=0.0)
   config = fixtures.small_config(bert, data_dir)
   config.ranker.model.attention_dropout = 0.0
-  model, _ = models.load_cross_encoder(config.ranker.model)
+  model, _ = hf_weights.load_cross_encoder(config.ranker.model)
   assert model.dropout == 0.0 and model.bert.cfg.hidden_dropout_prob == 0.0
   assert {(layer.hidden_dropout, layer.attn_dropout) for layer in model.bert.layers} == {(0.0, 0.0)}
   examples = _examples(config, data_dir, tmp_path)
@@ -57,7 +57,7 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices)
-    model, _ = models.load_cross_encoder(config.ranker.model)
+    model, _ = hf_weights.load_cross_encoder(config.ranker.model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx, _ = train.make_optimizer(config.ranker.optim, total_steps=10)
     shardings = train.state_shardings(params, tx, mesh)
@@ -91,7 +91,7 @@ def test_train_step_on_four_devices_matches_one(tiny, tmp_path):
 def _train_on(devices, config, examples, out_dir, *, batch_size, param_rules=()):
   """train_loop on a mesh of `devices`: (metrics.jsonl records, summary)."""
   mesh = sharding.make_mesh(devices)
-  model, _ = models.load_cross_encoder(config.ranker.model)
+  model, _ = hf_weights.load_cross_encoder(config.ranker.model)
   loop = train.loop_config(config.ranker, 0)
   loop.batch_size, loop.eval_every, loop.checkpoint_every = batch_size, 4, 4
   _, summary = train.train_loop(
@@ -139,7 +139,7 @@ def test_each_step_compiles_once_per_shape(tiny, tmp_path):
     traces.append(batch["input_ids"].shape)  # runs only while tracing
     return ranker.listmle_loss(model, batch, rng)
 
-  model, _ = models.load_cross_encoder(config.ranker.model)
+  model, _ = hf_weights.load_cross_encoder(config.ranker.model)
   loop = train.loop_config(config.ranker, 0)
   loop.epochs = 3.0
   loop.eval_every = loop.checkpoint_every = 3
@@ -170,7 +170,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny, tmp_path):
   bert, data_dir = tiny
   config = fixtures.small_config(bert, data_dir)
   examples = _examples(config, data_dir, tmp_path)
-  model, _ = models.load_cross_encoder(config.ranker.model)
+  model, _ = hf_weights.load_cross_encoder(config.ranker.model)
   nan_loss = lambda m, b, r: ranker.listmle_loss(m, b, r) * jnp.nan  # noqa: E731
   batches = []
 
@@ -548,10 +548,10 @@ def _check_residual_export(config, workdir, out):
   want = ranker.score_pairs(dataset, model, tok, pairs, desc="test", doc_embeddings=initial, **scoring)
   exported = defaults.model_config()
   exported.init = str(out)
-  joint, _ = models.load_cross_encoder(exported, head="cls")
+  joint, _ = hf_weights.load_cross_encoder(exported, head="cls")
   logits = ranker.make_scorer(joint, tok, **scoring).score_pairs(dataset, pairs, desc="test")
   exported.init = str(out / "query_tower")
-  tower, _ = models.load_dual_encoder(exported)
+  tower, _ = hf_weights.load_dual_encoder(exported)
   q = retrieval.Encoder(tower, tok, encode_config=config.encode, model_config=exported, mesh=mesh).encode(
       [dataset.queries[q].text for q, _ in pairs], tower="query")
   e = initial([d for _, d in pairs])
@@ -568,7 +568,7 @@ def test_residual_ranker_starts_as_the_scaled_initial_retriever(tiny, tmp_path):
   config = fixtures.small_config(bert, data_dir)
   labels = fixtures.write_labels(tmp_path / "labels.jsonl", data_dir, list_size=6)
   dataset, tok = data_lib.load_beir(data_dir), tokenization.Tokenizer(config.model.init)
-  model, _ = models.load_cross_encoder(config.ranker.model, head="auto")  # a bi-encoder: residual
+  model, _ = hf_weights.load_cross_encoder(config.ranker.model, head="auto")  # a bi-encoder: residual
   assert model.residual and not np.asarray(model.classifier.kernel[...]).any()
   model.log_scale[...] = jnp.log(jnp.float32(7.0))
   mesh = sharding.make_mesh()
@@ -617,7 +617,7 @@ def _train_until(config, examples, out_dir, *, stop_after_save=None):
   """train_loop with a dev set, a checkpoint and an evaluation every 2 steps; with
   `stop_after_save`, the run dies right after its saves of that step have committed."""
   mesh = sharding.make_mesh()
-  model, _ = models.load_cross_encoder(config.ranker.model)
+  model, _ = hf_weights.load_cross_encoder(config.ranker.model)
   loop = train.loop_config(config.ranker, 0)
   loop.batch_size, loop.eval_every, loop.checkpoint_every, loop.epochs = 4, 2, 2, 2.0
   real_save = checkpoints.Checkpoints.save
