@@ -144,9 +144,12 @@ def held_out(files, splits: int) -> dict:
     runs[one["run"]][one["rate"]] = one
     groups[one["run"]] = one.get("group", "")
   rng = np.random.default_rng(0)
-  report, by_group = {}, collections.defaultdict(list)
+  report, by_group, skipped = {}, collections.defaultdict(list), {}
   for name in sorted(runs):
     rates = sorted(runs[name])
+    if len(rates) < 2:
+      skipped[name] = f"one ranker only (rate {rates[0]:g}): nothing to choose"
+      continue
     qids = {r: runs[name][r]["qids"] for r in rates}
     if len({tuple(q) for q in qids.values()}) != 1:
       raise ValueError(f"run {name}: its rankers were fitted on different dev queries")
@@ -190,7 +193,7 @@ def held_out(files, splits: int) -> dict:
                        for r in entries[0]["rule_loses"]},
     }
   return {"splits": splits, "lower_is_better": "fused dev ListMLE", "runs": report,
-          "by_group": summary}
+          "by_group": summary, "skipped": skipped}
 
 
 def main(_):

@@ -62,3 +62,13 @@ def test_rankers_of_one_run_must_share_their_dev_queries(tmp_path):
   (tmp_path / "b.json").write_text(json.dumps(other))
   with pytest.raises(ValueError, match="different dev queries"):
     rate_rule.held_out([first, str(tmp_path / "b.json")], 5)
+
+
+def test_a_run_with_one_ranker_is_left_out_and_said_so(tmp_path):
+  rng = np.random.default_rng(3)
+  ce, initial = rng.normal(size=(8, 4)), rng.normal(size=(8, 4))
+  files = [_write(tmp_path / "a.json", "r0", 5e-5, ce, initial),
+           _write(tmp_path / "b.json", "r0", 1e-4, ce + rng.normal(size=ce.shape), initial),
+           _write(tmp_path / "c.json", "r1", 5e-5, ce, initial)]
+  out = rate_rule.held_out(files, 5)
+  assert list(out["runs"]) == ["r0"] and "nothing to choose" in out["skipped"]["r1"]
