@@ -4,13 +4,19 @@
 
 The step of `benchmarks/accelerator.py` (bf16, `lists x list_size` pairs of `length` tokens),
 with the checkpoint's config as it is ("as_is"), then with its hidden dropout off
-("no_hidden_dropout"), its exact GELU replaced by the tanh approximation ("gelu_tanh"), and both.
+("no_hidden_dropout"), its exact GELU replaced by the tanh approximation ("gelu_tanh"), and both;
+and with every LayerNorm computing in bfloat16 ("bf16_norms": flax keeps the statistics in
+float32 and the parameters in float32, but the normalised output, and so the residual stream
+between the layers, is bfloat16 instead of float32), alone and with the two others.
 Each variant is the same arithmetic otherwise; a variant's time saved is what that piece costs.
-These are measurements, not options: the model keeps the checkpoint's dropout and activation.
+These are measurements, not options: the model keeps the checkpoint's dropout and activation,
+and its LayerNorms' float32 output.
 With `--dump_dir`, XLA's optimized HLO of the first variant's step is written there too.
 """
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -29,12 +35,37 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (median reported).")
 _DUMP = flags.DEFINE_string("dump_dir", "", "XLA dump directory for the first variant ('' = none).")
 _OUT = flags.DEFINE_string("out", "", "Also write the JSON here.")
 
+_FAST = {"hidden_dropout_prob": 0.0, "hidden_act": "gelu_new"}
+# name -> (BertConfig fields changed, LayerNorm compute dtype or None for the model's own).
 VARIANTS = {
-    "as_is": {},
-    "no_hidden_dropout": {"hidden_dropout_prob": 0.0},
-    "gelu_tanh": {"hidden_act": "gelu_new"},
-    "no_hidden_dropout_gelu_tanh": {"hidden_dropout_prob": 0.0, "hidden_act": "gelu_new"},
+    "as_is": ({}, None),
+    "no_hidden_dropout": ({"hidden_dropout_prob": 0.0}, None),
+    "gelu_tanh": ({"hidden_act": "gelu_new"}, None),
+    "no_hidden_dropout_gelu_tanh": (_FAST, None),
+    "bf16_norms": ({}, "bfloat16"),
+    "bf16_norms_no_hidden_dropout_gelu_tanh": (_FAST, "bfloat16"),
 }
+
+
+_NAMES = flags.DEFINE_list("variants", list(VARIANTS), "Variants to time (as_is first: the others' "
+                           "time saved is against it).")
+
+
+@contextlib.contextmanager
+def _variant(hf_weights, change: dict, norms: str | None):
+  """Builds models with the checkpoint's config changed by `change` and, with `norms`, every
+  LayerNorm computing in that dtype; restored on exit."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  real_config, real_norm = hf_weights._bert_config, nnx.LayerNorm
+  hf_weights._bert_config = lambda ckpt, mc: dataclasses.replace(real_config(ckpt, mc), **change)
+  if norms:
+    nnx.LayerNorm = functools.partial(real_norm, dtype=jnp.dtype(norms))
+  try:
+    yield
+  finally:
+    hf_weights._bert_config, nnx.LayerNorm = real_config, real_norm
 
 
 def main(argv):
@@ -51,23 +82,23 @@ def main(argv):
   models.prepare_backend(config)
   import jax
 
-  real = hf_weights._bert_config
   out = {"benchmark": "step_variants", "device_kind": jax.devices()[0].device_kind,
          "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
          "attention": _ATTENTION.value, "lists": _LISTS.value, "list_size": _LIST_SIZE.value,
          "tokens": _LENGTH.value, "variants": {}}
-  for name, change in VARIANTS.items():
-    hf_weights._bert_config = lambda ckpt, mc, change=change: dataclasses.replace(real(ckpt, mc), **change)
-    try:
+  if not _NAMES.value or _NAMES.value[0] != "as_is" or set(_NAMES.value) - set(VARIANTS):
+    raise app.UsageError(f"--variants: as_is first, then any of {sorted(VARIANTS)}")
+  for name in _NAMES.value:
+    change, norms = VARIANTS[name]
+    with _variant(hf_weights, change, norms):
       step, state, batch, _, ckpt = ranker_step.build(config.ranker, _LISTS.value, _LIST_SIZE.value,
                                                       _LENGTH.value)
-      compile_s, times, m, _ = ranker_step.time_steps(step, state, batch, warmup=3, steps=_STEPS.value)
-    finally:
-      hf_weights._bert_config = real
+    compile_s, times, m, _ = ranker_step.time_steps(step, state, batch, warmup=3, steps=_STEPS.value)
     step_s = ranker_step.median(times)
     flops = ranker_step.flops_per_pair(ckpt.config, _LENGTH.value) * _LISTS.value * _LIST_SIZE.value
-    out["variants"][name] = {"change": change, "step_s": step_s, "tflops": flops / step_s / 1e12,
-                             "compile_s": compile_s, "loss": float(m["loss"])}
+    out["variants"][name] = {"change": change, "norms": norms, "step_s": step_s,
+                             "tflops": flops / step_s / 1e12, "compile_s": compile_s,
+                             "loss": float(m["loss"])}
     print(f"[{name}] {step_s * 1e3:.2f} ms", file=sys.stderr, flush=True)
   base = out["variants"]["as_is"]["step_s"]
   for v in out["variants"].values():
