@@ -19,11 +19,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from interdistill_jax import assets, checks
-from interdistill_jax.models import Bert, BertConfig, CrossEncoder, DualEncoder, attention_impl
+from interdistill_jax import assets, checks, models
 
 
-def hf_name_table(cfg: BertConfig) -> list[tuple[str, tuple, bool]]:
+def hf_name_table(cfg: models.BertConfig) -> list[tuple[str, tuple, bool]]:
   """(HF BertModel name, path in our `Bert`, transpose?) for every weight.
 
   Torch `Linear.weight` is [out, in]; our kernels are [in, out], hence the transposes.
@@ -60,7 +59,7 @@ def cross_encoder_head_table(prefix: str = "bert.") -> list[tuple[str, tuple, bo
           ("classifier.bias", ("classifier", "bias"), False)]
 
 
-def cross_encoder_tensors(model: CrossEncoder) -> dict[str, np.ndarray]:
+def cross_encoder_tensors(model: models.CrossEncoder) -> dict[str, np.ndarray]:
   """The ranker's joint encoder and head as HF BertForSequenceClassification tensors."""
   tensors = bert_tensors(model.bert, prefix="bert.")
   for hf_name, path, transpose in cross_encoder_head_table():
@@ -76,7 +75,7 @@ def _get_path(module, path):
   return node
 
 
-def load_bert_weights(bert: Bert, tensors: dict[str, np.ndarray], *, prefix: str | None = None,
+def load_bert_weights(bert: models.Bert, tensors: dict[str, np.ndarray], *, prefix: str | None = None,
                       source: str = "") -> None:
   """Copies HF BERT tensors into `bert` by the name table; every name must be present."""
   if prefix is None:
@@ -94,7 +93,7 @@ def load_bert_weights(bert: Bert, tensors: dict[str, np.ndarray], *, prefix: str
     param[...] = jnp.asarray(value)
 
 
-def bert_tensors(bert: Bert, *, prefix: str = "") -> dict[str, np.ndarray]:
+def bert_tensors(bert: models.Bert, *, prefix: str = "") -> dict[str, np.ndarray]:
   """`bert`'s weights as HF BERT tensors (float32, torch layout): `load_bert_weights` in reverse."""
   tensors = {}
   for hf_name, path, transpose in hf_name_table(bert.cfg):
@@ -116,7 +115,7 @@ class Checkpoint:
   """A resolved Hugging Face model directory and what its files say."""
 
   dir: str
-  config: BertConfig
+  config: models.BertConfig
   pooling: str        # "mean" or "cls" (sentence-transformers 1_Pooling), default "cls".
   normalize: bool     # whether sentence-transformers appends a Normalize module.
 
@@ -124,7 +123,7 @@ class Checkpoint:
 def resolve_checkpoint(init: str) -> Checkpoint:
   """`init`: "" (packaged all-MiniLM-L6-v2), a local HF directory, or a Hub id."""
   directory = assets.model_dir(init)
-  cfg = BertConfig.from_json(os.path.join(directory, "config.json"))
+  cfg = models.BertConfig.from_json(os.path.join(directory, "config.json"))
   pooling, normalize = "cls", False
   pooling_cfg = os.path.join(directory, "1_Pooling", "config.json")
   if os.path.exists(pooling_cfg):
@@ -147,7 +146,7 @@ def _dtype(name: str):
   return getattr(jnp, checks.require_one_of("model.dtype", name, checks.COMPUTE_DTYPES))
 
 
-def _bert_config(ckpt: Checkpoint, model_config) -> BertConfig:
+def _bert_config(ckpt: Checkpoint, model_config) -> models.BertConfig:
   """The checkpoint's config with `model.attention_dropout` applied (< 0 keeps the checkpoint's)."""
   rate = model_config.get("attention_dropout", -1.0)
   if rate < 0:
@@ -155,14 +154,15 @@ def _bert_config(ckpt: Checkpoint, model_config) -> BertConfig:
   return dataclasses.replace(ckpt.config, attention_probs_dropout_prob=float(rate))
 
 
-def load_dual_encoder(model_config, *, shared: bool = True, seed: int = 0) -> tuple[DualEncoder, Checkpoint]:
+def load_dual_encoder(model_config, *, shared: bool = True,
+                      seed: int = 0) -> tuple[models.DualEncoder, Checkpoint]:
   """Builds a DualEncoder from `config.model` and loads its weights."""
   ckpt = resolve_checkpoint(model_config.init)
   pooling = model_config.pooling or ckpt.pooling
   normalize = ckpt.normalize if model_config.normalize < 0 else bool(model_config.normalize)
-  model = DualEncoder(_bert_config(ckpt, model_config), pooling=pooling, normalize=normalize, shared=shared,
-                      dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed),
-                      attention=attention_impl(model_config))
+  model = models.DualEncoder(_bert_config(ckpt, model_config), pooling=pooling,
+                             normalize=normalize, shared=shared, dtype=_dtype(model_config.dtype),
+                             rngs=nnx.Rngs(seed), attention=models.attention_impl(model_config))
   tensors = read_safetensors(ckpt.dir)
   load_bert_weights(model.query_tower, tensors, source=ckpt.dir)
   if not shared:
@@ -186,7 +186,8 @@ def ranker_head(head: str, tensors: dict[str, np.ndarray]) -> str:
   return "cls" if has_classifier(tensors) else "residual"
 
 
-def load_cross_encoder(model_config, *, seed: int = 0, head: str = "cls") -> tuple[CrossEncoder, Checkpoint]:
+def load_cross_encoder(model_config, *, seed: int = 0,
+                       head: str = "cls") -> tuple[models.CrossEncoder, Checkpoint]:
   """A CrossEncoder from an HF BERT (head from `pooler`/`classifier` when present).
 
   `head` is `ranker.head` ("auto", "cls" or "residual"). The residual head (see `CrossEncoder`)
@@ -198,10 +199,11 @@ def load_cross_encoder(model_config, *, seed: int = 0, head: str = "cls") -> tup
   tensors = read_safetensors(ckpt.dir)
   residual = ranker_head(head, tensors) == "residual"
   normalize = model_config.get("normalize", -1)
-  model = CrossEncoder(_bert_config(ckpt, model_config), dtype=_dtype(model_config.dtype), rngs=nnx.Rngs(seed),
-                       attention=attention_impl(model_config), residual=residual,
-                       pooling=model_config.get("pooling", "") or ckpt.pooling,
-                       normalize=ckpt.normalize if normalize < 0 else bool(normalize))
+  model = models.CrossEncoder(_bert_config(ckpt, model_config), dtype=_dtype(model_config.dtype),
+                              rngs=nnx.Rngs(seed), attention=models.attention_impl(model_config),
+                              residual=residual,
+                              pooling=model_config.get("pooling", "") or ckpt.pooling,
+                              normalize=ckpt.normalize if normalize < 0 else bool(normalize))
   load_bert_weights(model.bert, tensors, source=ckpt.dir)
   if residual:
     load_bert_weights(model.query_tower, tensors, source=ckpt.dir)

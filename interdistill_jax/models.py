@@ -84,9 +84,9 @@ def _cudnn_attention_with_dropout(q, k, v, lengths, rate: float, seed: int):
 
   q, k, v: [B, T, N, D]; lengths: [B] valid (right-padded) positions. jax.nn does not expose
   dropout for cuDNN, so this calls JAX's cuDNN lowering directly (jax._src, a private module:
-  checked on JAX 0.11.2 by benchmarks/accelerator.py's `cudnn_dropout_check`). cuDNN draws the masks from its Philox generator with the
-  static `seed`; XLA advances the generator's offset at every execution, so each step gets new
-  masks, but they do not follow the run's dropout key.
+  checked on JAX 0.11.2 by benchmarks/accelerator.py's `cudnn_dropout_check`). cuDNN draws the
+  masks from its Philox generator with the static `seed`; XLA advances the generator's offset at
+  every execution, so each step gets new masks, but they do not follow the run's dropout key.
   """
   from jax._src.cudnn import fused_attention_stablehlo as cudnn  # noqa: PLC0415 (GPU only)
   return cudnn.dot_product_attention(
