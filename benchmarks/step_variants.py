@@ -26,14 +26,6 @@ from absl import app, flags
 
 import ranker_step  # benchmarks/ranker_step.py
 
-_MODEL = flags.DEFINE_string("model_dir", "", "HF BERT directory ('' = packaged MiniLM).")
-_ATTENTION = flags.DEFINE_string("attention", "cudnn_dropout", "ranker.model.attention.")
-_LISTS = flags.DEFINE_integer("lists", 16, "Lists per step.")
-_LIST_SIZE = flags.DEFINE_integer("list_size", 32, "Pairs per list.")
-_LENGTH = flags.DEFINE_integer("length", 256, "Tokens per pair.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (median reported).")
-_DUMP = flags.DEFINE_string("dump_dir", "", "XLA dump directory for the first variant ('' = none).")
-_OUT = flags.DEFINE_string("out", "", "Also write the JSON here.")
 
 _FAST = {"hidden_dropout_prob": 0.0, "hidden_act": "gelu_new"}
 # name -> (BertConfig fields changed, LayerNorm compute dtype or None for the model's own).
@@ -47,8 +39,19 @@ VARIANTS = {
 }
 
 
-_NAMES = flags.DEFINE_list("variants", list(VARIANTS), "Variants to time (as_is first: the others' "
-                           "time saved is against it).")
+def _define_flags() -> None:
+  """Defined only when the script runs: the tests import `_variant` beside modules whose flags
+  share these names."""
+  flags.DEFINE_string("model_dir", "", "HF BERT directory ('' = packaged MiniLM).")
+  flags.DEFINE_string("attention", "cudnn_dropout", "ranker.model.attention.")
+  flags.DEFINE_integer("lists", 16, "Lists per step.")
+  flags.DEFINE_integer("list_size", 32, "Pairs per list.")
+  flags.DEFINE_integer("length", 256, "Tokens per pair.")
+  flags.DEFINE_integer("steps", 20, "Timed steps (median reported).")
+  flags.DEFINE_string("dump_dir", "", "XLA dump directory for the first variant ('' = none).")
+  flags.DEFINE_string("out", "", "Also write the JSON here.")
+  flags.DEFINE_list("variants", list(VARIANTS), "Variants to time (as_is first: the others' time "
+                    "saved is against it).")
 
 
 @contextlib.contextmanager
@@ -70,32 +73,33 @@ def _variant(hf_weights, change: dict, norms: str | None):
 
 def main(argv):
   del argv
-  if _DUMP.value:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={_DUMP.value}"
+  f = flags.FLAGS
+  if f.dump_dir:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={f.dump_dir}"
                                " --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*step_fn.*").strip()
   from interdistill_jax import defaults, hf_weights, models
 
   config = defaults.base_config()
-  config.ranker.model.init = _MODEL.value
+  config.ranker.model.init = f.model_dir
   config.ranker.model.dtype = "bfloat16"
-  config.ranker.model.attention = _ATTENTION.value
+  config.ranker.model.attention = f.attention
   models.prepare_backend(config)
   import jax
 
   out = {"benchmark": "step_variants", "device_kind": jax.devices()[0].device_kind,
          "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-         "attention": _ATTENTION.value, "lists": _LISTS.value, "list_size": _LIST_SIZE.value,
-         "tokens": _LENGTH.value, "variants": {}}
-  if not _NAMES.value or _NAMES.value[0] != "as_is" or set(_NAMES.value) - set(VARIANTS):
+         "attention": f.attention, "lists": f.lists, "list_size": f.list_size,
+         "tokens": f.length, "variants": {}}
+  if not f.variants or f.variants[0] != "as_is" or set(f.variants) - set(VARIANTS):
     raise app.UsageError(f"--variants: as_is first, then any of {sorted(VARIANTS)}")
-  for name in _NAMES.value:
+  for name in f.variants:
     change, norms = VARIANTS[name]
     with _variant(hf_weights, change, norms):
-      step, state, batch, _, ckpt = ranker_step.build(config.ranker, _LISTS.value, _LIST_SIZE.value,
-                                                      _LENGTH.value)
-    compile_s, times, m, _ = ranker_step.time_steps(step, state, batch, warmup=3, steps=_STEPS.value)
+      step, state, batch, _, ckpt = ranker_step.build(config.ranker, f.lists, f.list_size,
+                                                      f.length)
+    compile_s, times, m, _ = ranker_step.time_steps(step, state, batch, warmup=3, steps=f.steps)
     step_s = ranker_step.median(times)
-    flops = ranker_step.flops_per_pair(ckpt.config, _LENGTH.value) * _LISTS.value * _LIST_SIZE.value
+    flops = ranker_step.flops_per_pair(ckpt.config, f.length) * f.lists * f.list_size
     out["variants"][name] = {"change": change, "norms": norms, "step_s": step_s,
                              "tflops": flops / step_s / 1e12, "compile_s": compile_s,
                              "loss": float(m["loss"])}
@@ -104,10 +108,11 @@ def main(argv):
   for v in out["variants"].values():
     v["saved_ms"] = (base - v["step_s"]) * 1e3
   text = json.dumps(out, indent=1)
-  if _OUT.value:
-    pathlib.Path(_OUT.value).write_text(text + "\n")
+  if f.out:
+    pathlib.Path(f.out).write_text(text + "\n")
   print(text)
 
 
 if __name__ == "__main__":
+  _define_flags()
   sys.exit(app.run(main))
