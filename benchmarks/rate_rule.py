@@ -66,15 +66,15 @@ def dev_lists(config, workdir: str) -> dict:
   by_qid = {r["qid"]: r for r in labels}
   dev_labels = [by_qid[q] for q in dev_qids]
   encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-  doc_embeddings = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset,
-                                                 encode_config=config.encode, data_config=config.data)
+  doc_embeddings = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset, encode_config=config.encode,
+                                                 data_config=config.data)
   initial = fusion.InitialScores.encoded(encoder, dataset,
                                          [(r["qid"], d) for r in dev_labels for d in r["docids"]],
                                          doc_embeddings)
   init_arr, ranking, mask, prefix, pairs, (rows, cols) = fusion.label_arrays(
       dev_labels, initial, use_prefix=section.prefix_only, top_k=section.top_k)
-  model, tokenizer = ranker.load_trained_ranker(section.model, workdir, mesh=mesh,
-                                                param_rules=config.mesh.param_rules, seed=config.seed)
+  model, tokenizer = ranker.load_trained_ranker(section.model, workdir, mesh=mesh, seed=config.seed,
+                                                param_rules=config.mesh.param_rules)
   ce = ranker.score_pairs(dataset, model, tokenizer, pairs, desc="ranker dev scores",
                           ranker_config=section, encode_config=config.encode, mesh=mesh,
                           param_rules=config.mesh.param_rules,
@@ -209,7 +209,8 @@ def main(_):
   lists = Lists(out)
   recomputed = lists.fit(lists.all)[1]
   print(json.dumps({"run": f.run, "rate": out["rate"], "dev_queries": len(out["qids"]),
-                    "fused_recomputed": recomputed, "fused_done_json": out["done_fused"]}), flush=True)
+                    "fused_recomputed": recomputed, "fused_done_json": out["done_fused"]}),
+        flush=True)
   with open(f.out, "w") as fp:
     json.dump(out, fp)
 

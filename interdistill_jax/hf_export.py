@@ -38,7 +38,8 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import checks, files, hf_weights, layout, model_cards, models, provenance, sharding
+from interdistill_jax import (checks, files, hf_weights, layout, model_cards, models, provenance,
+                              sharding)
 
 _IDENTITY = "torch.nn.modules.linear.Identity"
 _TOKENIZER_FILES = ("vocab.txt", "special_tokens_map.json")

@@ -75,8 +75,8 @@ def _get_path(module, path):
   return node
 
 
-def load_bert_weights(bert: models.Bert, tensors: dict[str, np.ndarray], *, prefix: str | None = None,
-                      source: str = "") -> None:
+def load_bert_weights(bert: models.Bert, tensors: dict[str, np.ndarray], *,
+                      prefix: str | None = None, source: str = "") -> None:
   """Copies HF BERT tensors into `bert` by the name table; every name must be present."""
   if prefix is None:
     prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""

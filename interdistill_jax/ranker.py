@@ -31,8 +31,8 @@ import numpy as np
 from absl import logging
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, files, fusion, hf_weights, inference, layout, losses, models, peers, provenance
-from interdistill_jax import checkpoints, retrieval, sharding, tokenization, train
+from interdistill_jax import assets, files, fusion, hf_weights, inference, layout, losses, models
+from interdistill_jax import checkpoints, peers, provenance, retrieval, sharding, tokenization, train
 
 
 class PairScorer:

@@ -90,7 +90,8 @@ class Encoder:
     chunk = max(self.batch_sizes[tower] * TOKENIZE_AHEAD, TOKENIZE_AHEAD_MIN)
 
     def chunks():
-      for seqs in tokenization.tokenized_ahead(self.tokenizer, texts, self._max_length(tower), chunk):
+      length = self._max_length(tower)
+      for seqs in tokenization.tokenized_ahead(self.tokenizer, texts, length, chunk):
         if keep is not None:
           keep.extend(seqs)
         yield seqs, None

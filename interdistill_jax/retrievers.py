@@ -32,7 +32,8 @@ from absl import logging
 from flax import nnx
 
 from interdistill_jax import fusion as fusion_lib
-from interdistill_jax import checkpoints, checks, hf_weights, layout, losses, metrics, models, retrieval, search
+from interdistill_jax import (checkpoints, checks, hf_weights, layout, losses, metrics, models,
+                              retrieval, search)
 
 QUERY_TOWER = nnx.All(nnx.Param, nnx.PathContains("query_tower"))
 
@@ -92,8 +93,9 @@ def initial_weights(model_config, towers: str, *, seed: int):
   return host_weights(initial, trainable), trainable
 
 
-def load_distilled(model_config, out_dir: str, *, mesh, param_rules, seed: int,
-                   interpolation: float = 1.0) -> tuple[models.DualEncoder, hf_weights.Checkpoint, dict]:
+def load_distilled(
+    model_config, out_dir: str, *, mesh, param_rules, seed: int, interpolation: float = 1.0,
+) -> tuple[models.DualEncoder, hf_weights.Checkpoint, dict]:
   """A finished distillation's selected retriever, with its done.json; its trainable weights
   interpolated with the initial ones when `interpolation` < 1 (`distill.interpolation`)."""
   info = layout.read_done(out_dir)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from interdistill_jax import defaults, hf_weights, inference, ranker, retrieval, sharding, tokenization
+from interdistill_jax import (defaults, hf_weights, inference, ranker, retrieval, sharding,
+                              tokenization)
 from tests import fixtures
 
 # Several lengths (several buckets, one past the longest), 13 items: not a multiple of the batch (8).

@@ -1,4 +1,4 @@
-"""benchmarks/step_variants.py builds each variant's model as it says, and leaves the rest as it was."""
+"""benchmarks/step_variants.py builds each variant's model as it says, and the rest as it was."""
 
 import sys
 import pathlib
@@ -21,7 +21,7 @@ def test_a_variant_changes_the_norms_and_the_config_only_while_it_builds():
   with step_variants._variant(hf_weights, {"hidden_act": "gelu_new"}, "bfloat16"):
     model, _ = hf_weights.load_cross_encoder(section, head="residual")
   norms = _norms(model)
-  assert len(norms) == 2 * (1 + 2 * 6)  # the joint encoder and the query tower: embeddings + 2 a layer
+  assert len(norms) == 2 * (1 + 2 * 6)  # joint encoder and query tower: embeddings, 2 per layer
   assert all(n.dtype == jnp.bfloat16 and n.scale[...].dtype == jnp.float32 for n in norms)
   assert all(layer.approximate_gelu for layer in model.bert.layers)
   plain, _ = hf_weights.load_cross_encoder(section, head="residual")

@@ -15,7 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from interdistill_jax import checkpoints, defaults, fusion, hf_weights, layout, ranker, sharding, shards, tokenization
+from interdistill_jax import (checkpoints, defaults, fusion, hf_weights, layout, ranker, sharding,
+                              shards, tokenization)
 from interdistill_jax import train
 from interdistill_jax import data as data_lib
 from tests import events_test, fixtures
