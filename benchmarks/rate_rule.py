@@ -57,7 +57,9 @@ def dev_lists(config, workdir: str) -> dict:
   """The dev queries' teacher lists, as `train_ranker` fits its fusion on them, with the trained
   ranker's own scores and the initial retriever's: {"ce", "initial", "ranking", "mask",
   "prefix"} ([Q, L] lists, [Q] prefix), "qids", and "done_fused", the fused dev ListMLE the
-  ranker's done.json records (recomputed here by `check`)."""
+  ranker's done.json records (`main` fits the fusion on these lists again and prints both, a
+  check that they are the lists train_ranker scored). The same steps as train_ranker's
+  `_fit_fusion_on_dev`, kept here so the package's stage stays as it is."""
   section = config.ranker
   mesh = sharding.mesh_from_config(config.mesh)
   dataset = assets.load_dataset(config.data)
