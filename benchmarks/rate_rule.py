@@ -30,15 +30,12 @@ import collections
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
-from scipy import optimize
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, fusion, layout, losses, ranker, retrieval, sharding, train
+from interdistill_jax import assets, fusion, layout, ranker, retrieval, sharding
 
 
 def _define_flags() -> None:
@@ -58,44 +55,29 @@ def dev_lists(config, workdir: str) -> dict:
   ranker's own scores and the initial retriever's: {"ce", "initial", "ranking", "mask",
   "prefix"} ([Q, L] lists, [Q] prefix), "qids", and "done_fused", the fused dev ListMLE the
   ranker's done.json records (`main` fits the fusion on these lists again and prints both, a
-  check that they are the lists train_ranker scored). The same steps as train_ranker's
-  `_fit_fusion_on_dev`, kept here so the package's stage stays as it is."""
+  check that they are the lists train_ranker scored: both are made by `ranker.dev_lists`)."""
   section = config.ranker
   mesh = sharding.mesh_from_config(config.mesh)
   dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir), dataset)
-  _, dev_qids = train.dev_split([r["qid"] for r in labels], section.dev_fraction, config.seed)
-  by_qid = {r["qid"]: r for r in labels}
-  dev_labels = [by_qid[q] for q in dev_qids]
+  _, dev_labels = ranker.split_labels(labels, section, config.seed)
   encoder = retrieval.Encoder.from_config(config, mesh=mesh)
   doc_embeddings = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset, encode_config=config.encode,
                                                  data_config=config.data)
   initial = fusion.InitialScores.encoded(encoder, dataset,
                                          [(r["qid"], d) for r in dev_labels for d in r["docids"]],
                                          doc_embeddings)
-  init_arr, ranking, mask, prefix, pairs, (rows, cols) = fusion.label_arrays(
-      dev_labels, initial, use_prefix=section.prefix_only, top_k=section.top_k)
   model, tokenizer = ranker.load_trained_ranker(section.model, workdir, mesh=mesh, seed=config.seed,
                                                 param_rules=config.mesh.param_rules)
-  ce = ranker.score_pairs(dataset, model, tokenizer, pairs, desc="ranker dev scores",
-                          ranker_config=section, encode_config=config.encode, mesh=mesh,
-                          param_rules=config.mesh.param_rules,
-                          doc_embeddings=doc_embeddings if model.residual else None)
-  ce_arr = np.zeros(mask.shape, np.float32)
-  ce_arr[rows, cols] = ce
+  lists = ranker.dev_lists(dataset, model, tokenizer, dev_labels, initial,
+                           doc_embeddings if model.residual else None, ranker_config=section,
+                           encode_config=config.encode, mesh=mesh,
+                           param_rules=config.mesh.param_rules)
   done = layout.read_done(layout.ranker_dir(workdir))
-  return {"qids": list(dev_qids), "ce": ce_arr.tolist(), "initial": init_arr.tolist(),
-          "ranking": np.asarray(ranking).tolist(), "mask": np.asarray(mask).tolist(),
-          "prefix": np.asarray(prefix).tolist(), "done_fused": done["dev_listmle"]["fused"]}
-
-
-def _weighted_listmle(w, feats, ranking, mask, prefix, weights):
-  per_query = losses.listmle(jnp.tensordot(w, feats, 1), ranking, mask, prefix)
-  return jnp.sum(per_query * weights) / jnp.sum(weights)
-
-
-_loss = jax.jit(_weighted_listmle)
-_value_and_grad = jax.jit(jax.value_and_grad(_weighted_listmle))
+  return {"qids": [r["qid"] for r in dev_labels], "ce": lists.ce.tolist(),
+          "initial": lists.initial.tolist(), "ranking": np.asarray(lists.ranking).tolist(),
+          "mask": np.asarray(lists.mask).tolist(), "prefix": np.asarray(lists.prefix).tolist(),
+          "done_fused": done["dev_listmle"]["fused"]}
 
 
 class Lists:
@@ -103,36 +85,28 @@ class Lists:
   (one shape for every subset: the queries outside it weigh 0)."""
 
   def __init__(self, run: dict):
-    self.feats = jnp.stack([jnp.asarray(run["ce"], jnp.float32),
-                            jnp.asarray(run["initial"], jnp.float32)])
-    self.ranking = jnp.asarray(run["ranking"], jnp.int32)
-    self.mask = jnp.asarray(run["mask"], bool)
-    self.prefix = jnp.asarray(run["prefix"], jnp.int32)
+    self.feats = [np.asarray(run["ce"], np.float32), np.asarray(run["initial"], np.float32)]
+    self.ranking = np.asarray(run["ranking"], np.int32)
+    self.mask = np.asarray(run["mask"], bool)
+    self.prefix = np.asarray(run["prefix"], np.int32)
     self.n = int(self.mask.shape[0])
     self.all = np.arange(self.n)
     self.x0 = self.fit(self.all, x0=np.ones(2))[0]  # the whole slice's fit: where subsets start
 
-  def _args(self, x, rows):
+  def _weights(self, rows) -> np.ndarray:
     weights = np.zeros(self.n, np.float32)
     weights[rows] = 1.0
-    return (jnp.asarray(x, jnp.float32), self.feats, self.ranking, self.mask, self.prefix,
-            jnp.asarray(weights))
+    return weights
 
   def loss(self, x, rows) -> float:
     """The mean fused ListMLE over the queries `rows` with the fusion weights `x`."""
-    return float(_loss(*self._args(x, rows)))
+    return fusion.mixed_listmle(x, self.feats, self.ranking, self.mask, self.prefix,
+                                self._weights(rows))
 
   def fit(self, rows, x0=None) -> tuple[np.ndarray, float]:
     """(weights, loss): the fusion minimising the mean ListMLE over `rows` (convex: L-BFGS)."""
-    def f(x):
-      v, g = _value_and_grad(*self._args(x, rows))
-      return float(v), np.asarray(g, np.float64)
-
-    start = np.asarray(self.x0 if x0 is None else x0, np.float64)
-    res = optimize.minimize(f, start, jac=True, method="L-BFGS-B")
-    if not np.all(np.isfinite(res.x)):
-      raise FloatingPointError(f"the fusion fit diverged ({res.message})")
-    return res.x, float(res.fun)
+    return fusion.fit_weights(self.feats, self.x0 if x0 is None else x0, self.ranking, self.mask,
+                              self.prefix, self._weights(rows))
 
 
 def held_out(files, splits: int) -> dict:

@@ -52,14 +52,47 @@ def fit_fusion(ce: np.ndarray, initial: np.ndarray, ranking: np.ndarray, mask: n
                                       "ranker_as_is": as_is}
 
 
-def fit_weights(features, x0, ranking, mask, prefix):
-  """(w, loss): the weights minimising the mean ListMLE of sum_i w_i * features[i] (convex in w)."""
+def _mix_listmle(w, feats, ranking, mask, prefix, weights):
+  """The ListMLE of sum_i w_i * feats[i] over the lists, averaged (weighted by `weights` [Q]
+  when given)."""
+  per_query = losses.listmle(jnp.tensordot(w, feats, 1), ranking, mask, prefix)
+  if weights is None:
+    return per_query.mean()
+  return jnp.sum(per_query * weights) / jnp.sum(weights)
+
+
+_mix_loss = jax.jit(_mix_listmle)
+_mix_value_and_grad = jax.jit(jax.value_and_grad(_mix_listmle))
+
+
+def _mix_args(features, ranking, mask, prefix, weights):
+  return (jnp.stack([jnp.asarray(f, jnp.float32) for f in features]), jnp.asarray(ranking),
+          jnp.asarray(mask), jnp.asarray(prefix),
+          None if weights is None else jnp.asarray(weights, jnp.float32))
+
+
+def mixed_listmle(w, features, ranking, mask, prefix, weights=None) -> float:
+  """The mean ListMLE of sum_i w_i * features[i] (weighted per query by `weights` [Q] when
+  given: a query of weight 0 takes no part)."""
+  return float(_mix_loss(jnp.asarray(w, jnp.float32), *_mix_args(features, ranking, mask, prefix,
+                                                                  weights)))
+
+
+def fit_weights(features, x0, ranking, mask, prefix, weights=None):
+  """(w, loss): the weights minimising the mean ListMLE of sum_i w_i * features[i] (convex in w).
+
+  With `weights` [Q] the mean is weighted per query (0 leaves a query out): refits on subsets of
+  one set of lists then share one compiled loss. Without, the lists are compiled in as constants,
+  as every ranker's fusion has been fitted (the two compile to different float32 roundings, which
+  move the fitted weights along the loss's flat directions).
+  """
   from scipy import optimize
 
-  feats = jnp.stack([jnp.asarray(f, jnp.float32) for f in features])
-  ranking, mask, prefix = jnp.asarray(ranking), jnp.asarray(mask), jnp.asarray(prefix)
-  value_and_grad = jax.jit(jax.value_and_grad(
-      lambda w: losses.listmle(jnp.tensordot(w, feats, 1), ranking, mask, prefix).mean()))
+  args = _mix_args(features, ranking, mask, prefix, weights)
+  if weights is None:
+    value_and_grad = jax.jit(jax.value_and_grad(lambda w: _mix_listmle(w, *args)))
+  else:
+    value_and_grad = lambda w: _mix_value_and_grad(w, *args)  # noqa: E731
 
   def f(x):
     v, g = value_and_grad(jnp.asarray(x, jnp.float32))

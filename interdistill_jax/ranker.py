@@ -20,6 +20,7 @@ beside it as `ranker_fused`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -178,16 +179,33 @@ def score_pairs(dataset, model: models.CrossEncoder, tokenizer: tokenization.Tok
   return (scores + scale * dots).astype(np.float32)
 
 
-def _fit_fusion_on_dev(workdir: str, dataset, model, tokenizer, dev_labels,
-                       initial: fusion.InitialScores, doc_embeddings, *, ranker_config,
-                       encode_config, mesh, param_rules) -> dict:
-  """Fits and writes ranker/fusion.json on the dev queries' teacher rankings.
+def split_labels(labels: Sequence[dict], ranker_config, seed: int) -> tuple[list[dict], list[dict]]:
+  """(train, dev) label records: the queries held out for the ranker's dev loss and fusion."""
+  train_qids, dev_qids = train.dev_split([r["qid"] for r in labels], ranker_config.dev_fraction, seed)
+  by_qid = {r["qid"]: r for r in labels}
+  return [by_qid[q] for q in train_qids], [by_qid[q] for q in dev_qids]
 
-  Every candidate the teacher ranked for a dev query takes part (not only the ranker's training
-  list): the fused score is what distillation will soften over the candidate lists. The ranking
-  is trusted as far as in training (the ranked prefix, cut to `ranker.top_k` when set). Returns
-  the dev ListMLE of the ranker alone, of the initial retriever and of the fusion.
-  """
+
+@dataclasses.dataclass(frozen=True)
+class DevLists:
+  """The dev queries' teacher lists, [Q, L]: the ranker's own scores (`ce`), the initial
+  retriever's (`initial`), the teacher's ranking, mask and [Q] trusted prefix, and the
+  (qid, docid) pairs scored."""
+
+  ce: np.ndarray
+  initial: np.ndarray
+  ranking: np.ndarray
+  mask: np.ndarray
+  prefix: np.ndarray
+  pairs: list
+
+
+def dev_lists(dataset, model, tokenizer, dev_labels, initial: fusion.InitialScores,
+              doc_embeddings, *, ranker_config, encode_config, mesh, param_rules) -> DevLists:
+  """The lists the fusion is fitted on. Every candidate the teacher ranked for a dev query takes
+  part (not only the ranker's training list): the fused score is what distillation will soften
+  over the candidate lists. The ranking is trusted as far as in training (the ranked prefix, cut
+  to `ranker.top_k` when set)."""
   init_arr, ranking, mask, prefix, pairs, (rows, cols) = fusion.label_arrays(
       dev_labels, initial, use_prefix=ranker_config.prefix_only, top_k=ranker_config.top_k)
   ce = score_pairs(dataset, model, tokenizer, pairs, desc="ranker dev scores",
@@ -195,7 +213,19 @@ def _fit_fusion_on_dev(workdir: str, dataset, model, tokenizer, dev_labels,
                    param_rules=param_rules, doc_embeddings=doc_embeddings)
   ce_arr = np.zeros(mask.shape, np.float32)
   ce_arr[rows, cols] = ce
-  fit, dev_loss = fusion.fit_fusion(ce_arr, init_arr, ranking, mask, prefix)
+  return DevLists(ce_arr, init_arr, ranking, mask, prefix, pairs)
+
+
+def _fit_fusion_on_dev(workdir: str, dataset, model, tokenizer, dev_labels,
+                       initial: fusion.InitialScores, doc_embeddings, *, ranker_config,
+                       encode_config, mesh, param_rules) -> dict:
+  """Fits and writes ranker/fusion.json on the dev queries' teacher rankings (`dev_lists`).
+  Returns the dev ListMLE of the ranker alone, of the initial retriever and of the fusion."""
+  lists = dev_lists(dataset, model, tokenizer, dev_labels, initial, doc_embeddings,
+                    ranker_config=ranker_config, encode_config=encode_config, mesh=mesh,
+                    param_rules=param_rules)
+  fit, dev_loss = fusion.fit_fusion(lists.ce, lists.initial, lists.ranking, lists.mask,
+                                     lists.prefix)
   logging.info("Ranker on %d dev queries, ListMLE of the teacher's rankings (each at its best "
                "scale): ranker %.4f, initial retriever %.4f, fused %.4f (%.4f * ranker + %.4f * "
                "initial)", len(dev_labels),
@@ -209,7 +239,7 @@ def _fit_fusion_on_dev(workdir: str, dataset, model, tokenizer, dev_labels,
   if jax.process_index() == 0:
     data_lib.write_json(path, {
         "ce_weight": fit.ce_weight, "initial_weight": fit.initial_weight,
-        "initial_run": initial.source, "dev_queries": len(dev_labels), "dev_pairs": len(pairs),
+        "initial_run": initial.source, "dev_queries": len(dev_labels), "dev_pairs": len(lists.pairs),
         "dev_listmle": dev_loss})
   peers.barrier("fusion:" + path)  # every process reads it next (distill, evaluate)
   return dev_loss
@@ -287,9 +317,7 @@ def run(config, workdir: str) -> None:
   from interdistill_jax import labeling  # noqa: PLC0415 (the teacher's code only for its audit)
   labeling.check_teacher(labeling.recorded_audit(workdir), config.label.weak_teacher,
                          layout.label_stats(workdir))
-  train_qids, dev_qids = train.dev_split([r["qid"] for r in labels], section.dev_fraction, config.seed)
-  by_qid = {r["qid"]: r for r in labels}
-  train_labels, dev_labels = [by_qid[q] for q in train_qids], [by_qid[q] for q in dev_qids]
+  train_labels, dev_labels = split_labels(labels, section, config.seed)
   cut = data_lib.choices_cut(train_labels, section.list_size, use_prefix=section.prefix_only,
                              top_k=section.top_k)
   if cut:

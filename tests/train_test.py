@@ -471,6 +471,30 @@ def test_fusion_fit_recovers_plackett_luce_weights():
   np.testing.assert_allclose(fit([2.0], [0.5]), [2.0 * fit.ce_weight + 0.5 * fit.initial_weight])
 
 
+def test_fit_weights_per_query_weights_fit_the_chosen_queries_only():
+  """Weight 0 leaves a query out: the weighted fit over every list equals the plain fit over the
+  weighted lists alone, and the weighted loss scores those lists alone."""
+  rng = np.random.default_rng(1)
+  q, l = 400, 8
+  ce, initial = rng.normal(size=(q, l)), rng.normal(size=(q, l))
+  # The first half follows 2 * ce, the second -2 * ce: fitted together they cancel out.
+  sign = np.where(np.arange(q) < q // 2, 1.0, -1.0)[:, None]
+  ranking = np.argsort(-(2.0 * sign * ce + initial + rng.gumbel(size=(q, l))), axis=1).astype(np.int32)
+  mask, prefix = np.ones((q, l), bool), np.full((q,), l, np.int32)
+  first = np.arange(q) < q // 2
+  w_sub, loss_sub = fusion.fit_weights([ce[first], initial[first]], [1.0, 1.0], ranking[first],
+                                       mask[first], prefix[first])
+  w_weighted, loss_weighted = fusion.fit_weights([ce, initial], [1.0, 1.0], ranking, mask, prefix,
+                                                 weights=first.astype(np.float32))
+  w_all, _ = fusion.fit_weights([ce, initial], [1.0, 1.0], ranking, mask, prefix)
+  np.testing.assert_allclose(w_weighted, w_sub, atol=1e-3)
+  assert abs(loss_weighted - loss_sub) < 1e-5 and w_sub[0] > 1.5 and abs(w_all[0]) < 0.5
+  np.testing.assert_allclose(
+      fusion.mixed_listmle(w_sub, [ce, initial], ranking, mask, prefix, first.astype(np.float32)),
+      fusion.mixed_listmle(w_sub, [ce[first], initial[first]], ranking[first], mask[first],
+                           prefix[first]), rtol=1e-5)
+
+
 def _write_candidates(workdir, labels, depth=10):
   """candidates/train.trec as `retrieve` would leave it: each labelled list first, then more
   candidates the teacher did not see, down to `depth`."""
