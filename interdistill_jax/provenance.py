@@ -47,6 +47,12 @@ NEUTRAL = frozenset({
     "export.repo_id_labels",
 })
 
+# Fields that say where the data set's files are, not what they hold: their content digests
+# (`data_files`) say that. Two spellings of one directory (relative, absolute, through a link), or a
+# copy of it, are the same inputs (`same_inputs`). They stay in the recorded inputs and the
+# fingerprint, which every stage recorded before this rule existed.
+LOCATION = frozenset({"data.dir", "data.corpus_file"})
+
 # Fields declared after stages began recording their inputs, with the default that does what
 # the stage did before they existed: left out of the inputs at that default, so a workdir
 # recorded earlier stays current.
@@ -233,6 +239,24 @@ def differences(recorded: Mapping, current: Mapping) -> list[str]:
   return out
 
 
+def same_inputs(recorded: Mapping, current: Mapping) -> bool:
+  """Whether a done marker (`recorded`: its "fingerprint" and "inputs") was computed from the
+  inputs `current`: the same fingerprint, or inputs that differ only in `LOCATION` fields while
+  every data file's content digest is the same."""
+  if recorded.get("fingerprint") == fingerprint(current):
+    return True
+  before = recorded.get("inputs")
+  if not isinstance(before, Mapping) or not before.get("data_files") \
+      or before.get("data_files") != current.get("data_files"):
+    return False
+
+  def what(stage_inputs):
+    fields = {k: v for k, v in stage_inputs.get("config", {}).items() if k not in LOCATION}
+    return {**stage_inputs, "config": fields}
+
+  return fingerprint(what(before)) == fingerprint(what(current))
+
+
 def status(name: str, config, workdir: str) -> tuple[str, list[str]]:
   """("missing" | "current" | "stale" | "unrecorded", differences) of stage `name`'s output."""
   recorded = read_marker(name, workdir)
@@ -241,7 +265,7 @@ def status(name: str, config, workdir: str) -> tuple[str, list[str]]:
   if "fingerprint" not in recorded:
     return "unrecorded", []
   current = inputs(name, config, workdir)
-  if recorded["fingerprint"] == fingerprint(current):
+  if same_inputs(recorded, current):
     return "current", []
   return "stale", differences(recorded.get("inputs", {}), current) or ["its inputs changed"]
 

@@ -34,7 +34,7 @@ def matches(name: str, config, source: str, workdir: str) -> bool:
   recorded = provenance.read_marker(name, source)
   if not recorded or "fingerprint" not in recorded:
     return False
-  return recorded["fingerprint"] == provenance.fingerprint(provenance.inputs(name, config, workdir))
+  return provenance.same_inputs(recorded, provenance.inputs(name, config, workdir))
 
 
 def _copy_stage_dir(src: str, dst: str, *, skip: tuple[str, ...] = ()) -> None:

@@ -79,6 +79,22 @@ def _max_queries_order(n: int) -> float:
   return float("inf") if n <= 0 else n
 
 
+def _retrieve_key(root: str, current: dict) -> str:
+  """The key of the root's retrieve store for inputs `current`: their fingerprint's, or that of a
+  store already finished from the same inputs recorded under another spelling of the data's
+  location (`provenance.same_inputs`), so that spelling `data.dir` otherwise reruns nothing."""
+  key = _key(current)
+  if provenance.read_marker("retrieve", layout.upstream_dir(root, "retrieve", key)) is not None:
+    return key
+  prefix = os.path.basename(layout.upstream_dir(root, "retrieve", ""))
+  parent = os.path.dirname(layout.upstream_dir(root, "retrieve", ""))
+  for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else ():
+    recorded = provenance.read_marker("retrieve", os.path.join(parent, name))
+    if name.startswith(prefix) and recorded and provenance.same_inputs(recorded, current):
+      return name[len(prefix):]
+  return key
+
+
 def plan(base_config, axes, root: str, *, source: str = "sweep") -> list[PlannedPoint]:
   """The points of the grid and the upstream workdirs they share."""
   planned, stores = [], {}
@@ -90,7 +106,7 @@ def plan(base_config, axes, root: str, *, source: str = "sweep") -> list[Planned
       pipeline.stage(name)
     p = PlannedPoint(point.name, point.values, layout.point_dir(root, point.name), config, {})
     if "retrieve" in stages:
-      r_key = _key(provenance.inputs("retrieve", config, p.workdir))
+      r_key = _retrieve_key(root, provenance.inputs("retrieve", config, p.workdir))
       path = layout.upstream_dir(root, "retrieve", r_key)
       p.stores["retrieve"] = stores.setdefault(path, Store("retrieve", path, config))
       if "label" in stages:

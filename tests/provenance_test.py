@@ -232,3 +232,37 @@ def test_a_field_added_later_leaves_earlier_records_current_at_its_default(tmp_p
   config.label.sample_seed = 0
   assert provenance.status("label", config, workdir) == (
       "stale", ["label.sample_seed: '<absent>' then, 0 now"])
+
+
+def test_another_spelling_of_the_data_directory_leaves_every_stage_current(tmp_path, monkeypatch):
+  """data.dir says where the files are, their digests what they hold: relative, absolute and
+  through a link, the same files rerun nothing; an edited file still makes retrieve stale."""
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  for name in ("retrieve", "label", "train_ranker"):
+    _finish(name, config, workdir)
+  monkeypatch.chdir(tmp_path)
+  os.symlink(tmp_path / "data", tmp_path / "link")
+  for spelling in ("data", "./data/", str(tmp_path / "link")):
+    config.data.dir = spelling
+    assert [provenance.status(n, config, workdir) for n in ("retrieve", "label", "train_ranker")] \
+        == [("current", [])] * 3, spelling
+  # Another location with other bytes is other inputs, and says which file.
+  shutil.copytree(tmp_path / "data", tmp_path / "other")
+  (tmp_path / "other" / "queries.jsonl").write_text('{"_id": "q1", "text": "c"}\n')
+  config.data.dir = "other"
+  state, changes = provenance.status("retrieve", config, workdir)
+  assert state == "stale" and "data file queries.jsonl changed" in changes
+  assert provenance.status("label", config, workdir)[0] == "current"  # until retrieve reruns
+  # A field that says what (not where) still counts beside a respelled directory.
+  config.data.dir = "data"
+  config.retrieve.splits = ("train", "test")
+  assert provenance.status("retrieve", config, workdir)[0] == "stale"
+
+
+def test_a_record_without_data_files_is_not_taken_as_the_same_by_location_alone(tmp_path):
+  config, workdir = _config(tmp_path / "data"), str(tmp_path / "work")
+  current = provenance.inputs("retrieve", config, workdir)
+  recorded = {"config": {**current["config"], "data.dir": "elsewhere"}, "upstream": {}}
+  assert not provenance.same_inputs({"inputs": recorded, "fingerprint": "x"}, current)
+  recorded["data_files"] = current["data_files"]
+  assert provenance.same_inputs({"inputs": recorded, "fingerprint": "x"}, current)

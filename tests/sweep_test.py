@@ -261,6 +261,28 @@ def test_stages_are_taken_by_recorded_inputs_never_by_name(data_dir, tmp_path, m
   assert _labels(workdir) == _labels(source)
 
 
+def test_a_sweep_rerun_with_another_spelling_of_the_data_directory_reruns_nothing(
+    data_dir, tmp_path, monkeypatch):
+  """The stores are found by recorded inputs: the same data under another spelling of data.dir
+  takes the root's retrieve and label stores, and every finished point stays finished."""
+  fakes = Fakes(monkeypatch)
+  root = str(tmp_path / "root")
+  axes = {"seed": (0, 1)}
+  assert sweep.run(base_config(data_dir), axes, root) == []
+  stores = sorted(os.listdir(os.path.join(root, "upstream")))
+  fakes.ran.clear()
+  monkeypatch.chdir(tmp_path)
+  config = base_config(data_dir)
+  config.data.dir = os.path.relpath(data_dir, tmp_path)
+  assert sweep.run(config, axes, root) == []
+  assert fakes.ran == [] and sorted(os.listdir(os.path.join(root, "upstream"))) == stores
+  # A new point of the same data takes the stores too; only its own stages run.
+  assert sweep.run(config, {"seed": (0, 1, 2)}, root) == []
+  assert sorted(fakes.ran) == [(t, "seed=2") for t in ("distill", "evaluate", "train_ranker")]
+  assert sorted(os.listdir(os.path.join(root, "upstream"))) == stores
+  assert not [d for d, _, _ in os.walk(root) if os.path.basename(d) == "stale"]
+
+
 def test_a_learning_curve_labels_nested_sets_paying_each_answer_once(data_dir, tmp_path, monkeypatch):
   fakes = Fakes(monkeypatch)
   root = str(tmp_path / "root")
