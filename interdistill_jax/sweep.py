@@ -86,12 +86,12 @@ def _retrieve_key(root: str, current: dict) -> str:
   key = _key(current)
   if provenance.read_marker("retrieve", layout.upstream_dir(root, "retrieve", key)) is not None:
     return key
-  prefix = os.path.basename(layout.upstream_dir(root, "retrieve", ""))
-  parent = os.path.dirname(layout.upstream_dir(root, "retrieve", ""))
-  for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else ():
-    recorded = provenance.read_marker("retrieve", os.path.join(parent, name))
-    if name.startswith(prefix) and recorded and provenance.same_inputs(recorded, current):
-      return name[len(prefix):]
+  pattern = layout.upstream_dir(root, "retrieve", "*")
+  prefix = os.path.basename(pattern)[:-1]
+  for path in files.glob(os.path.dirname(pattern), os.path.basename(pattern)):
+    recorded = provenance.read_marker("retrieve", path)
+    if recorded and provenance.same_inputs(recorded, current):
+      return os.path.basename(path)[len(prefix):]
   return key
 
 
