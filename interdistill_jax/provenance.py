@@ -250,11 +250,11 @@ def same_inputs(recorded: Mapping, current: Mapping) -> bool:
       or before.get("data_files") != current.get("data_files"):
     return False
 
-  def what(stage_inputs):
+  def without_location(stage_inputs):
     fields = {k: v for k, v in stage_inputs.get("config", {}).items() if k not in LOCATION}
     return {**stage_inputs, "config": fields}
 
-  return fingerprint(what(before)) == fingerprint(what(current))
+  return fingerprint(without_location(before)) == fingerprint(without_location(current))
 
 
 def status(name: str, config, workdir: str) -> tuple[str, list[str]]:
