@@ -181,22 +181,27 @@ def test_committed_sweep_files_fit_the_scifact_config():
   spec.loader.exec_module(module)
   sizes = {}
   for name in ("learning_curve", "teacher_quality", "ranker_schedule", "ranker_rate_pipeline",
-               "ranker_rate_default_teacher", "ranker_warmup"):
+               "ranker_rate_default_teacher", "ranker_warmup", "ranker_epochs"):
     path = str(REPO / "configs" / "sweeps" / f"{name}.py")
     points = grid.points(grid.load(path), source=path)
     for p in points:
       config = grid.apply(module.get_config(), p.values, source=path)
-      if name in ("ranker_schedule", "ranker_rate_default_teacher", "ranker_warmup"):  # dev only
+      if name in ("ranker_schedule", "ranker_rate_default_teacher", "ranker_warmup",
+                  "ranker_epochs"):  # dev only
         assert tuple(config.pipeline.stages)[-1] == "train_ranker"
       if name == "ranker_warmup":  # the config's peak rate, a longer warmup
         assert config.ranker.optim.learning_rate == 1e-4
         assert config.ranker.optim.warmup_fraction == 0.3
+      if name == "ranker_epochs":  # the config's schedule, but for its length
+        assert config.ranker.epochs in (1.5, 2.5) and config.ranker.optim.learning_rate == 1e-4
+        assert config.ranker.optim.warmup_fraction == module.get_config().ranker.optim.warmup_fraction
       if name == "ranker_rate_pipeline":  # the config's whole pipeline, the lower rate
         assert tuple(config.pipeline.stages) == tuple(module.get_config().pipeline.stages)
         assert config.ranker.optim.learning_rate == 5e-5
     sizes[name] = len(points)
   assert sizes == {"learning_curve": 8, "teacher_quality": 12, "ranker_schedule": 12,
-                   "ranker_rate_pipeline": 6, "ranker_rate_default_teacher": 4, "ranker_warmup": 6}
+                   "ranker_rate_pipeline": 6, "ranker_rate_default_teacher": 4, "ranker_warmup": 6,
+                   "ranker_epochs": 12}
 
 
 # --- sharing --------------------------------------------------------------------------------
