@@ -141,6 +141,16 @@ def config_fields(name: str, config) -> dict:
           if k not in ignored and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
+def result_settings(config) -> dict:
+  """Every config field that can change some stage's result (each stage's `config_fields`),
+  less where the data lies (`LOCATION`): two configs with the same ones compute the same
+  outputs from the same data."""
+  fields = {}
+  for name in _READS:
+    fields.update(config_fields(name, config))
+  return {k: v for k, v in fields.items() if k not in LOCATION}
+
+
 def _data_files(config, recorded: Mapping | None = None) -> dict:
   """The content digest of each of the data set's files (fetched or written first where the
   config says how): an edited corpus, query or qrels file makes retrieve, and all after it,

@@ -32,6 +32,7 @@ import json
 import os
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -49,6 +50,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("root", None, "Directory of the points' workdirs.")
   flags.DEFINE_bool("dry_run", False, "Print the points and what they share; run nothing.")
   flags.DEFINE_bool("verbose_errors", False, "Log a failed point's traceback.")
+  flags.DEFINE_bool("replace", False, "Recompute points whose workdirs were run with other "
+                    "settings (their outputs are moved to stale/); without it such a sweep stops.")
 
 
 @dataclasses.dataclass
@@ -215,6 +218,37 @@ def write_plan(root: str, points: list[PlannedPoint], argv: list[str]) -> dict:
   return record
 
 
+def clashes(points: list[PlannedPoint]) -> dict[str, list[str]]:
+  """Points whose workdir holds a point run with other result-changing settings (another sweep
+  whose points got the same names: an axis with one value stays out of the names), with what
+  differs. Running them would move that point's outputs aside and recompute them."""
+  out = {}
+  for p in points:
+    path = layout.point_record(p.workdir)
+    if not files.exists(path):
+      continue
+    try:
+      before = provenance.result_settings(
+          ml_collections.ConfigDict(data_lib.read_json(path)["config"]))
+    except (KeyError, AttributeError, data_lib.DataError) as e:
+      logging.warning("%s: not compared with this sweep's settings (%s)", path, e)
+      continue
+    now = provenance.result_settings(p.config)
+    diffs = [f"{k}: {before.get(k, '<absent>')!r} then, {now.get(k, '<absent>')!r} now"
+             for k in sorted(set(before) | set(now)) if before.get(k, "<absent>") != now.get(k, "<absent>")]
+    if diffs:
+      out[p.name] = diffs
+  return out
+
+
+def _clash_message(root: str, found: dict[str, list[str]]) -> str:
+  lines = [f"{name}: {'; '.join(diffs)}" for name, diffs in found.items()]
+  return (f"{root}: {len(found)} points of this sweep have the names of points run there with other "
+          "settings:\n  " + "\n  ".join(lines) + "\nName them apart (give the axis that differs "
+          "two values, e.g. the config's own beside the new one), use another root, or pass "
+          "--replace to recompute them (their outputs are moved to stale/, never deleted)")
+
+
 def describe(points: list[PlannedPoint], root: str) -> str:
   """The plan in words: each point, and each shared workdir with the points it serves."""
   lines = [f"{len(points)} points under {root}:"]
@@ -228,13 +262,17 @@ def describe(points: list[PlannedPoint], root: str) -> str:
 
 
 def run(base_config, axes, root: str, *, source: str = "sweep", argv: list[str] | None = None,
-        verbose_errors: bool = False) -> list[str]:
+        verbose_errors: bool = False, replace: bool = False) -> list[str]:
   """Runs every point not finished yet, one after another; returns the names of those that
-  failed (each failure is logged, and the others still run)."""
+  failed (each failure is logged, and the others still run). A point whose workdir was run with
+  other settings (`clashes`) stops the sweep before anything runs, unless `replace`."""
   if not files.is_local(root):
     raise ValueError(f"--root={root}: a sweep's root must be on local disk (its points share "
                      "embeddings through symbolic links and LLM answers through SQLite files)")
   points = plan(base_config, axes, root, source=source)
+  found = clashes(points)
+  if found and not replace:
+    raise grid.SweepError(_clash_message(root, found))
   for p in points:  # before JAX starts its backends
     models.prepare_backend(p.config)
   record = write_plan(root, points, argv or [])
@@ -286,10 +324,13 @@ def main(argv):
   try:
     axes = grid.load(f.sweep)
     if f.dry_run:
-      print(describe(plan(f.config, axes, f.root, source=f.sweep), f.root))  # noqa: T201
+      points = plan(f.config, axes, f.root, source=f.sweep)
+      found = clashes(points)
+      print(describe(points, f.root)  # noqa: T201
+            + (f"\n{_clash_message(f.root, found)}" if found else ""))
       return
     failed = run(f.config, axes, f.root, source=f.sweep, argv=sys.argv[1:],
-                 verbose_errors=f.verbose_errors)
+                 verbose_errors=f.verbose_errors, replace=f.replace)
   except ValueError as e:
     if f.verbose_errors:
       raise

@@ -288,6 +288,35 @@ def test_a_sweep_rerun_with_another_spelling_of_the_data_directory_reruns_nothin
   assert not [d for d, _, _ in os.walk(root) if os.path.basename(d) == "stale"]
 
 
+def test_a_sweep_whose_points_have_the_names_of_other_settings_stops_before_running(
+    data_dir, tmp_path, monkeypatch):
+  """An axis with one value stays out of the names: a second sweep with another such value would
+  recompute the first one's points under their names. It stops, naming the points and the
+  field, unless told to replace them; going on with the same settings (more stages) is fine."""
+  fakes = Fakes(monkeypatch)
+  root = str(tmp_path / "root")
+  base = base_config(data_dir)
+  first = {"seed": (0, 1), "teacher.sim_noise": (0.0,),
+           "pipeline.stages": (("retrieve", "label", "train_ranker"),)}
+  assert sweep.run(base, first, root) == []
+  assert sweep.clashes(sweep.plan(base, {**first, "pipeline.stages": (tuple(base.pipeline.stages),)},
+                                  root)) == {}
+  fakes.ran.clear()
+  other = {**first, "teacher.sim_noise": (3.0,)}
+  with pytest.raises(grid.SweepError) as e:
+    sweep.run(base, other, root)
+  assert "seed=0" in str(e.value) and "seed=1" in str(e.value)
+  assert "teacher.sim_noise: 0.0 then, 3.0 now" in str(e.value) and "--replace" in str(e.value)
+  assert fakes.ran == [] and not [d for d, _, _ in os.walk(root) if os.path.basename(d) == "stale"]
+  assert sweep.run(base, other, root, replace=True) == []
+  assert sorted(w for t, w in fakes.ran if t == "train_ranker") == ["seed=0", "seed=1"]
+  assert [d for d, _, _ in os.walk(root) if os.path.basename(d) == "stale"]
+  # Going on from the same settings to the whole pipeline runs only the later stages.
+  fakes.ran.clear()
+  assert sweep.run(base, {**other, "pipeline.stages": (tuple(base.pipeline.stages),)}, root) == []
+  assert sorted({t for t, _ in fakes.ran}) == ["distill", "evaluate"]
+
+
 def test_a_learning_curve_labels_nested_sets_paying_each_answer_once(data_dir, tmp_path, monkeypatch):
   fakes = Fakes(monkeypatch)
   root = str(tmp_path / "root")
