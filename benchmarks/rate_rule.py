@@ -35,7 +35,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from interdistill_jax import data as data_lib
-from interdistill_jax import assets, fusion, layout, ranker, retrieval, sharding
+from interdistill_jax import assets, fusion, layout, ranker, sharding
 
 
 def _define_flags() -> None:
@@ -61,12 +61,8 @@ def dev_lists(config, workdir: str) -> dict:
   dataset = assets.load_dataset(config.data)
   labels = data_lib.load_labels(layout.labels(workdir), dataset)
   _, dev_labels = ranker.split_labels(labels, section, config.seed)
-  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-  doc_embeddings = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset, encode_config=config.encode,
-                                                 data_config=config.data)
-  initial = fusion.InitialScores.encoded(encoder, dataset,
-                                         [(r["qid"], d) for r in dev_labels for d in r["docids"]],
-                                         doc_embeddings)
+  # The initial retriever's scores of every labelled pair, as train_ranker computes them.
+  doc_embeddings, initial = ranker.initial_side(config, workdir, dataset, labels, mesh=mesh)
   model, tokenizer = ranker.load_trained_ranker(section.model, workdir, mesh=mesh, seed=config.seed,
                                                 param_rules=config.mesh.param_rules)
   lists = ranker.dev_lists(dataset, model, tokenizer, dev_labels, initial,

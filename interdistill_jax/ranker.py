@@ -145,11 +145,24 @@ def listmle_loss(model: models.CrossEncoder, batch: dict, rng) -> jax.Array:
   return losses.listmle(scores, batch["ranking"], batch["mask"], batch["prefix"])
 
 
-def initial_doc_embeddings(config, workdir: str, dataset, *, mesh) -> retrieval.CorpusEmbeddings:
+def initial_doc_embeddings(config, workdir: str, dataset, *, mesh,
+                           encoder: retrieval.Encoder | None = None) -> retrieval.CorpusEmbeddings:
   """The initial retriever's passage embeddings (the residual head's frozen passage side)."""
-  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
+  encoder = encoder or retrieval.Encoder.from_config(config, mesh=mesh)
   return retrieval.CorpusEmbeddings.of(workdir, encoder, dataset, encode_config=config.encode,
                                        data_config=config.data)
+
+
+def initial_side(config, workdir: str, dataset, labels: Sequence[dict], *,
+                 mesh) -> tuple[retrieval.CorpusEmbeddings, fusion.InitialScores]:
+  """The initial retriever's side of the ranker's lists: its passage embeddings and its score of
+  every candidate of `labels` (the term the fusion weighs against the ranker's)."""
+  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
+  doc_embeddings = initial_doc_embeddings(config, workdir, dataset, mesh=mesh, encoder=encoder)
+  initial = fusion.InitialScores.encoded(encoder, dataset,
+                                         [(r["qid"], d) for r in labels for d in r["docids"]],
+                                         doc_embeddings)
+  return doc_embeddings, initial
 
 
 def score_pairs(dataset, model: models.CrossEncoder, tokenizer: tokenization.Tokenizer,
@@ -332,14 +345,7 @@ def run(config, workdir: str) -> None:
                      "ranker.dev_fraction > 0")
   model, ckpt = hf_weights.load_cross_encoder(section.model, seed=config.seed, head=section.head)
   tokenizer = tokenization.Tokenizer(ckpt.dir)
-  # The initial retriever: its passage embeddings, and its scores of every labelled pair.
-  encoder = retrieval.Encoder.from_config(config, mesh=mesh)
-  doc_embeddings = retrieval.CorpusEmbeddings.of(workdir, encoder, dataset,
-                                                 encode_config=config.encode, data_config=config.data)
-  initial = fusion.InitialScores.encoded(encoder, dataset,
-                                         [(r["qid"], d) for r in labels for d in r["docids"]],
-                                         doc_embeddings)
-  del encoder
+  doc_embeddings, initial = initial_side(config, workdir, dataset, labels, mesh=mesh)
   extra = {"head": "residual" if model.residual else "cls", "fuse_initial": section.fuse_initial,
            "train_lists_cut": cut}
   if not model.residual:

@@ -528,6 +528,12 @@ def test_ranker_fused_with_the_initial_retriever_end_to_end(tiny, tmp_path, head
   assert np.isfinite([info["ce_weight"], info["initial_weight"]]).all() and info["dev_queries"] == 3
   assert info["dev_listmle"]["fused"] <= min(info["dev_listmle"]["ranker"], info["dev_listmle"]["initial"]) + 1e-5
   assert done["dev_listmle"] == info["dev_listmle"]
+  from benchmarks import rate_rule  # its per-query dev lists must be the ones fitted here
+  lists = rate_rule.dev_lists(config, str(tmp_path))
+  assert lists["done_fused"] == info["dev_listmle"]["fused"] and len(lists["qids"]) == 3
+  again = rate_rule.Lists(lists)
+  fitted = np.array([info["ce_weight"], info["initial_weight"]])
+  assert again.loss(fitted, again.all) == pytest.approx(info["dev_listmle"]["fused"], rel=1e-6)
   distill.run(config, str(tmp_path))
   assert layout.read_done(str(tmp_path / "retriever"))["ranker_fusion"] == {
       "ce_weight": info["ce_weight"], "initial_weight": info["initial_weight"]}
