@@ -306,6 +306,7 @@ def _teacher(c) -> list:
       _needs_model("teacher", t) if "label" in planned_stages(c) else None,
       window(t),
       at_least("teacher.sim_noise", t.sim_noise, 0),
+      at_least("teacher.seed", t.seed, 0),
       fraction("teacher.sim_malformed_rate", t.sim_malformed_rate),
   ]
 

@@ -155,6 +155,9 @@ def teacher_config() -> ml_collections.ConfigDict:
       sim_noise=0.0,           # simulated: std of Gaussian noise added to relevance grades.
       sim_position_bias=0.0,   # simulated: score bonus for the first passage shown, 0 for the last.
       sim_malformed_rate=0.0,  # simulated: fraction of answers that are malformed.
+      # The teacher's own random draws (the simulated teacher's noise and malformed answers,
+      # llama.cpp's sampling). Not `seed`: runs that differ only in `seed` learn the same labels.
+      seed=0,
   ))
 
 

@@ -56,7 +56,7 @@ LOCATION = frozenset({"data.dir", "data.corpus_file"})
 # Fields declared after stages began recording their inputs, with the default that does what
 # the stage did before they existed: left out of the inputs at that default, so a workdir
 # recorded earlier stays current.
-ADDED_LATER = {"label.sample_seed": -1, "distill.interpolation": 1.0}
+ADDED_LATER = {"label.sample_seed": -1, "distill.interpolation": 1.0, "teacher.seed": 0}
 
 # Provenance stages: the pipeline's `distill` is one of the three retriever stages, by teacher.
 RETRIEVER_STAGES = layout.SYSTEM_TEACHERS

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,27 @@ def test_labels_of_other_settings_are_moved_aside_never_extended(dataset):
   with pytest.raises(data.DataError, match="model"):
     labeling.run(config, str(workdir))
   assert len(os.listdir(workdir / "stale")) == 1  # nothing more was moved
+
+
+def test_the_teacher_draws_from_teacher_seed_not_from_the_runs_seed(dataset, tmp_path):
+  """Runs that differ only in `seed` learn the same labels (a sweep shares one label stage between
+  them, whichever labels first); `teacher.seed` draws another noisy teacher, so labels made under
+  one are relabelled under another, the old ones moved aside."""
+  root, workdir = dataset
+  labeling.run(_config(root, sim_noise=1.0), str(workdir))
+  first = _content(_labels(workdir))
+  other = tmp_path / "other"
+  shutil.copytree(workdir / "candidates", other / "candidates")
+  config = _config(root, sim_noise=1.0)
+  config.seed = 5
+  labeling.run(config, str(other))
+  assert _content(_labels(other)) == first
+  labeling.run(_config(root, sim_noise=1.0, seed=3), str(workdir))
+  redrawn = _content(_labels(workdir))
+  assert redrawn.keys() == first.keys()
+  assert sum(redrawn[q]["ranking"] != first[q]["ranking"] for q in first) >= NUM_QUERIES // 2
+  (moved,) = os.listdir(workdir / "stale")
+  assert _content(data.load_labels(str(workdir / "stale" / moved / "labels.jsonl"))) == first
 
 
 @pytest.mark.parametrize("policy", ["prefix", "retry", "drop"])

@@ -80,9 +80,10 @@ def make_teacher(cfg: ml_collections.ConfigDict, *, cache: Cache, on_failure: st
     cache: where answers are stored before they are used.
     on_failure, reasks: the malformed-answer policy (`config.label`), see `ListwiseTeacher`.
     relevance: query text -> docid -> grade, for the simulated backend only.
-    seed: `config.seed`; seeds the simulated teacher's noise and the retry jitter.
+    seed: `config.seed`; seeds the retry jitter (timing only). The teacher's answers draw from
+      `cfg.seed`, so every run's seed learns the same labels.
   """
-  backend = make_backend(cfg, relevance=relevance, seed=seed)
+  backend = make_backend(cfg, relevance=relevance, seed=cfg.seed)
   runner = Runner.from_section(backend, cache, cfg, seed=seed)
   counter = backend.token_counter() or prompt.make_token_counter(cfg.tokenizer)
   if backend.mode == POINTWISE:
