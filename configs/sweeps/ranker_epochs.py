@@ -19,6 +19,14 @@ ListMLE (ranker/metrics.jsonl) still falling as the rate decays to 0: selected s
 2.0416 at steps 210, 240, 273. 2.5 epochs (455 steps) keep the config's warmup fraction and
 peak rate, and add about 15 minutes per ranker on 2 cores (the config's 2-hour budget holds).
 
+As run (benchmarks/results/scifact_ranker_epochs.json): the ranker_schedule root was gone, so a
+fresh root, with the code of 15706fa (before `teacher.seed`, when the simulated teacher drew from
+the seed of the point that labelled first). Its noise-0.43 labels were made first by a one-point
+sweep of retrieve and label at seed 0, its noise-0.38 labels by this sweep's first point (seed 1):
+train-list nDCG@10 0.7095 and 0.7549, the labels of the old root, whose 1.5-epoch rankers' dev
+figures (scifact_ranker_warmup.json, warmup 0.1) this root's 1.5 points are to reproduce. With
+`teacher.seed` those draws are `--config.teacher.seed=0` and `=1`.
+
 The rule, fixed before any of these points ran: 2.5 replaces 1.5 as `ranker.epochs` in
 configs/scifact.py if, for each teacher, the mean over seeds 0, 1 and 2 of the fused ranker's dev
 ListMLE (`ranker/done.json`) is lower at 2.5.
